@@ -1,0 +1,277 @@
+"""FASA (Fully Adaptive Self-Attention) and its ablation variant space.
+
+Paper: `Lightweight Vision Transformer with Bidirectional Interaction` (NeurIPS 2023), https://arxiv.org/abs/2306.00396
+Official code: https://github.com/qhfan/FAT (classification/models.py, commit 729ec45).
+
+With x the GroupNorm-ed block input, Q = W_q x, L = DWConv_k(Q) (the local branch) and
+G = MHA(Q; K, V = W_kv D(x)) (the global branch over a downsampled map D(x)), the released code computes
+``W_o(SiLU(L) * sigmoid(G) * G)``. Each design choice behind that line is an orthogonal axis here:
+
+==============  ==============================================  ============================================
+axis            values (first = official code)                  meaning
+==============  ==============================================  ============================================
+local           self_modulated | static | none                  l = SiLU(L) | l = L | no local branch
+global          attention | none                                g = G | no global branch
+downsample      fine_grained | avgpool                          D = DWConv-BN(-1x1) ladder | AvgPool, same grid
+interaction     one_way | bidirectional | none                  W_o(l*s(g)*g) | W_o((l*s(g))*(g*s(l))) | W_o(l+g)
+==============  ==============================================  ============================================
+
+With one branch absent the output is W_o of the other and ``interaction`` must be ``none``; ``downsample``
+only exists with the global branch. A FASA module builds only the layers its config uses, so no variant
+carries unused parameters.
+"""
+import difflib
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import use_fused_attn
+
+__all__ = [
+    'AXES', 'FasaCfg', 'FASA', 'FASA_PRESETS', 'list_fasa_presets', 'resolve_fasa', 'resolve_fasa_stages',
+]
+
+AXES: Dict[str, Tuple[str, ...]] = {
+    'local': ('self_modulated', 'static', 'none'),
+    'global': ('attention', 'none'),
+    'downsample': ('fine_grained', 'avgpool'),
+    'interaction': ('one_way', 'bidirectional', 'none'),
+}
+
+
+def _choice_error(what: str, value: Any, choices: Sequence[str]) -> ValueError:
+    close = difflib.get_close_matches(str(value), choices, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ''
+    return ValueError(f"FASA: unknown {what} {value!r}; valid: {', '.join(choices)}{hint}")
+
+
+@dataclass(frozen=True)
+class FasaCfg:
+    """One point of the FASA variant space. Defaults are the official code.
+
+    The ``global`` axis is stored as ``global_`` (``global`` is a Python keyword); ``as_dict()`` and
+    ``from_dict()`` use the axis names users type in grids.
+    """
+    local: str = 'self_modulated'
+    global_: str = 'attention'
+    downsample: str = 'fine_grained'
+    interaction: str = 'one_way'
+
+    def __post_init__(self):
+        for axis, value in self.as_dict().items():
+            if value not in AXES[axis]:
+                raise _choice_error(f"value for axis '{axis}':", value, AXES[axis])
+        if self.local == 'none' and self.global_ == 'none':
+            raise ValueError("FASA: local='none' with global='none' leaves no branch; keep at least one")
+        missing = 'local' if self.local == 'none' else 'global' if self.global_ == 'none' else None
+        if missing and self.interaction != 'none':
+            raise ValueError(
+                f"FASA: interaction={self.interaction!r} needs both branches but {missing}='none'; "
+                f"use interaction='none'")
+        if self.global_ == 'none' and self.downsample != 'fine_grained':
+            raise ValueError(
+                f"FASA: downsample={self.downsample!r} has no effect with global='none' (no keys/values to "
+                f"downsample); leave downsample at its default")
+
+    def as_dict(self) -> Dict[str, str]:
+        return {'local': self.local, 'global': self.global_, 'downsample': self.downsample,
+                'interaction': self.interaction}
+
+    @classmethod
+    def from_dict(cls, axes: Mapping[str, str]) -> 'FasaCfg':
+        """Axes not given take the official values, except that a missing branch implies interaction='none'."""
+        axes = dict(axes)
+        if 'global_' in axes:
+            axes['global'] = axes.pop('global_')
+        for key in axes:
+            if key not in AXES:
+                raise _choice_error('axis', key, tuple(AXES))
+        if 'interaction' not in axes and 'none' in (axes.get('local'), axes.get('global')):
+            axes['interaction'] = 'none'
+        return cls(
+            local=axes.get('local', cls.local), global_=axes.get('global', cls.global_),
+            downsample=axes.get('downsample', cls.downsample), interaction=axes.get('interaction', cls.interaction))
+
+    @property
+    def name(self) -> str:
+        """The preset name when this config is one, else a compact axis string."""
+        for preset, (cfg, _, _) in FASA_PRESETS.items():
+            if cfg == self:
+                return preset
+        return ','.join(f'{k}={v}' for k, v in self.as_dict().items())
+
+
+# name -> (config, what it ablates, equation); the first is the official code
+FASA_PRESETS: Dict[str, Tuple[FasaCfg, str, str]] = {
+    'fasa': (
+        FasaCfg(), 'nothing: the official code',
+        'W_o(SiLU(L) * s(G) * G)'),
+    'fasa_bidirectional': (
+        FasaCfg(interaction='bidirectional'), 'adds the commented-out global<-local gate (paper wording)',
+        'W_o((SiLU(L) * s(G)) * (G * s(SiLU(L))))'),
+    'no_interaction': (
+        FasaCfg(interaction='none'), 'the cross-modulation: branches are summed',
+        'W_o(SiLU(L) + G)'),
+    'avgpool_downsample': (
+        FasaCfg(downsample='avgpool'), 'the fine-grained K/V downsampling: AvgPool to the same grid',
+        'W_o(SiLU(L) * s(G) * G), D = AvgPool'),
+    'static_conv': (
+        FasaCfg(local='static'), 'the self-modulation of the local conv',
+        'W_o(L * s(G) * G)'),
+    'global_only': (
+        FasaCfg(local='none', interaction='none'), 'the local branch (its depthwise conv)',
+        'W_o(G)'),
+    'local_only': (
+        FasaCfg(global_='none', interaction='none'), 'the global branch (K/V projection and downsampling)',
+        'W_o(SiLU(L))'),
+}
+
+
+def list_fasa_presets() -> Dict[str, str]:
+    """Preset name -> one line saying what it ablates and its equation."""
+    return {name: f'{what}; {eq}' for name, (_, what, eq) in FASA_PRESETS.items()}
+
+
+FasaSpec = Union[str, FasaCfg, Mapping[str, str]]
+
+
+def resolve_fasa(spec: FasaSpec) -> FasaCfg:
+    """A preset name, a FasaCfg or a dict of axes -> FasaCfg (ValueError naming the problem otherwise)."""
+    if isinstance(spec, FasaCfg):
+        return spec
+    if isinstance(spec, str):
+        if spec not in FASA_PRESETS:
+            raise _choice_error('preset', spec, tuple(FASA_PRESETS))
+        return FASA_PRESETS[spec][0]
+    if isinstance(spec, Mapping):
+        return FasaCfg.from_dict(spec)
+    raise ValueError(f'FASA: expected a preset name, a FasaCfg or a dict of axes, got {type(spec).__name__}')
+
+
+def resolve_fasa_stages(spec: Union[FasaSpec, Sequence[FasaSpec]], num_stages: int) -> Tuple[FasaCfg, ...]:
+    """One spec for every stage, or a list with one spec per stage."""
+    if isinstance(spec, (list, tuple)):
+        if len(spec) != num_stages:
+            raise ValueError(f'FASA: a per-stage list needs {num_stages} entries, got {len(spec)}')
+        return tuple(resolve_fasa(s) for s in spec)
+    return (resolve_fasa(spec),) * num_stages
+
+
+def fine_grained_downsample(dim: int, window_size: int, kernel_size: int = 5) -> nn.Module:
+    """The official `refined_downsample`: log2(r) steps of DWConv(k, s2)-BN, a 1x1 conv between steps.
+
+    Each step maps n to ceil(n / 2), so the K/V grid is ceil(h / r) x ceil(w / r) for any input size.
+    """
+    if window_size == 1:
+        return nn.Identity()
+    steps = int(math.log2(window_size))
+    if 2 ** steps != window_size:
+        raise ValueError(f'FASA: fine_grained downsampling needs a power-of-two window size, got {window_size}')
+    layers: List[Tuple[str, nn.Module]] = []
+    for i in range(steps):
+        layers.append((f'conv{i}', nn.Conv2d(dim, dim, kernel_size, 2, kernel_size // 2, groups=dim)))
+        layers.append((f'bn{i}', nn.BatchNorm2d(dim)))
+        if i != steps - 1:
+            layers.append((f'linear{i}', nn.Conv2d(dim, dim, 1)))
+    return nn.Sequential(OrderedDict(layers))
+
+
+def avgpool_downsample(window_size: int) -> nn.Module:
+    """AvgPool onto the same ceil(h / r) x ceil(w / r) grid; edge windows average their valid pixels."""
+    if window_size == 1:
+        return nn.Identity()
+    return nn.AvgPool2d(window_size, window_size, ceil_mode=True)
+
+
+class FASA(nn.Module):
+    """Fully Adaptive Self-Attention on NCHW maps, configured by a `FasaCfg`."""
+    fused_attn: torch.jit.Final[bool]
+    self_modulate: torch.jit.Final[bool]
+    interaction: torch.jit.Final[str]
+
+    def __init__(
+            self,
+            dim: int,
+            kernel_size: int,
+            num_heads: int,
+            window_size: int,
+            cfg: FasaCfg = FasaCfg(),
+    ):
+        """
+        Args:
+            dim: Channels in and out.
+            kernel_size: Depthwise kernel of the local branch.
+            num_heads: Attention heads; channel c belongs to head c // (dim // num_heads).
+            window_size: K/V downsampling ratio r (1 = full global attention).
+            cfg: The variant.
+        """
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f'FASA: dim {dim} is not divisible by num_heads {num_heads}')
+        self.cfg = cfg
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.window_size = window_size
+        self.fused_attn = use_fused_attn()
+        self.self_modulate = cfg.local == 'self_modulated'
+        self.interaction = cfg.interaction
+
+        self.q = nn.Conv2d(dim, dim, 1)
+        if cfg.global_ == 'attention':
+            self.kv = nn.Conv2d(dim, dim * 2, 1)
+            if cfg.downsample == 'fine_grained':
+                self.pool = fine_grained_downsample(dim, window_size)
+            else:
+                self.pool = avgpool_downsample(window_size)
+        else:
+            self.kv = None
+            self.pool = None
+        if cfg.local != 'none':
+            self.local_mixer = nn.Conv2d(dim, dim, kernel_size, 1, kernel_size // 2, groups=dim)
+        else:
+            self.local_mixer = None
+        self.mixer = nn.Conv2d(dim, dim, 1)
+
+    def extra_repr(self) -> str:
+        return f'variant={self.cfg.name}, num_heads={self.num_heads}, window_size={self.window_size}'
+
+    def global_branch(self, x: torch.Tensor, q_map: torch.Tensor) -> torch.Tensor:
+        """G: multi-head attention of every query pixel over the downsampled K/V grid."""
+        assert self.kv is not None and self.pool is not None
+        B, C, H, W = q_map.shape
+        q = q_map.reshape(B, self.num_heads, self.head_dim, H * W).transpose(-1, -2)
+        kv = self.kv(self.pool(x))
+        # channels [0, C) are K and [C, 2C) are V, each split into contiguous head chunks
+        k, v = kv.reshape(B, 2, self.num_heads, self.head_dim, -1).transpose(-1, -2).unbind(1)
+        if self.fused_attn:
+            g = F.scaled_dot_product_attention(q, k, v)
+        else:
+            attn = (q * self.scale) @ k.transpose(-1, -2)
+            g = attn.softmax(dim=-1) @ v
+        return g.transpose(-1, -2).reshape(B, C, H, W)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q_map = self.q(x)
+        local: Optional[torch.Tensor] = None
+        if self.local_mixer is not None:
+            local = self.local_mixer(q_map)
+            if self.self_modulate:
+                local = F.silu(local)
+        if self.kv is None:
+            assert local is not None
+            return self.mixer(local)
+        g = self.global_branch(x, q_map)
+        if local is None:
+            return self.mixer(g)
+        if self.interaction == 'one_way':
+            y = local * F.silu(g)  # l * s(g) * g
+        elif self.interaction == 'bidirectional':
+            y = (local * torch.sigmoid(g)) * (g * torch.sigmoid(local))
+        else:
+            y = local + g
+        return self.mixer(y)
