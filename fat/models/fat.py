@@ -181,6 +181,7 @@ class FatStage(nn.Module):
 
 class FAT(nn.Module):
     """Fully Adaptive Transformer (NCHW throughout)."""
+    __jit_unused_properties__ = ['fasa_variant']
 
     def __init__(
             self,
@@ -246,7 +247,7 @@ class FAT(nn.Module):
 
         self.num_features = self.head_hidden_size = embed_dims[-1]
         self.norm = GroupNorm1(self.num_features)
-        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     @property
@@ -284,7 +285,7 @@ class FAT(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
         self.num_classes = num_classes
         if global_pool is not None:
-            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
         device = self.norm.weight.device if isinstance(self.norm, nn.GroupNorm) else None
         self.head = nn.Linear(self.num_features, num_classes, device=device) if num_classes > 0 else nn.Identity()
 
