@@ -228,3 +228,19 @@ def test_fx_backward_reaches_every_parameter(name):
     assert out.shape == (2, 42)
     out.mean().backward()
     _assert_all_grads(model)
+
+
+def test_group_matcher_orders_every_parameter_for_layer_decay():
+    from timm.models import group_parameters
+    model = timm.create_model('fat_b0')
+    groups = group_parameters(model, model.group_matcher())
+    names = [n for _, params in sorted(groups.items()) for n in params]
+    assert sorted(names) == sorted(n for n, _ in model.named_parameters())
+    ordered = [params for _, params in sorted(groups.items())]
+    # stem, then one group per block (12 in fat_b0; timm folds the final norm into the last), then the head
+    assert len(ordered) == 1 + 12 + 1
+    assert all(n.startswith('stem.') for n in ordered[0])
+    blocks = [f'stages.{i}.blocks.{j}.' for i, depth in enumerate((2, 2, 6, 2)) for j in range(depth)]
+    for prefix, params in zip(blocks, ordered[1:-1], strict=True):
+        assert all(n.startswith((prefix, 'norm.')) for n in params), prefix
+    assert {'norm.weight', 'norm.bias'} <= set(ordered[-2]) and ordered[-1] == ['head.weight', 'head.bias']
