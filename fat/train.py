@@ -1,0 +1,906 @@
+"""Training: the official FAT recipe built from timm's parts, with bit-exact resume, DDP and honest results.
+
+Interface: `resolve_config(overrides, base)` validates a run's config, `main(cfg)` runs or resumes it in
+`cfg['output_dir']` and returns the result it writes to `<output_dir>/result.json`; `PRESETS` holds named bases.
+"""
+import argparse
+import difflib
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import submitit
+import timm
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+import yaml
+from timm.data import Mixup
+from timm.layers import convert_sync_batchnorm
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2, optimizer_kwargs
+from timm.scheduler import CosineLRScheduler
+from timm.utils import ModelEmaV3, NativeScaler, dispatch_clip_grad, distribute_bn, setup_default_logging
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, Subset, TensorDataset
+from tqdm import tqdm
+
+import fat
+
+from .data import SeededSamples, build_datasets, build_transforms, eval_dataset
+from .models import resolve_fasa_stages
+
+__all__ = ['DEFAULTS', 'PRESETS', 'Trainer', 'config_diff', 'main', 'resolve_config']
+
+_logger = logging.getLogger(__name__)
+
+# Every recipe value of the run, with the official ImageNet values (`../shared/spec/FAT.md` section 6.1) as
+# defaults. Learning rates are per 512 images of total batch (linear scaling, as the official code does).
+# The type of each key is the type of its default unless `_TYPES` says otherwise.
+DEFAULTS: Dict[str, Any] = {
+    # model
+    'model': 'fat_b0',
+    'fasa': 'fasa',  # FASA preset name, dict of axes, or a list with one per stage
+    'model_args': {},  # extra timm.create_model kwargs, e.g. {'window_sizes': [8, 4, 2, 1]}
+    'drop_path': None,  # None: the model's own (official) rate
+    # data
+    'dataset': 'imagenet',  # imagenet (train/ and val/ class folders) | fashion_mnist | synthetic
+    'data_dir': None,  # None: the dataset's standard place (fashion_mnist: the Debian package's)
+    'train_subset': 0,  # use only this many training images (a fixed random subset); 0: all
+    'val_subset': 0,
+    'num_classes': None,  # None: from the dataset
+    'in_chans': None,  # None: the dataset's own (1 for grayscale); 3 with grayscale data replicates it
+    'img_size': 224,
+    'scale': [0.08, 1.0],  # RandomResizedCrop area range
+    'crop_pct': 0.875,  # eval Resize(img_size / crop_pct) + CenterCrop(img_size)
+    'interpolation': 'bicubic',
+    'mean': None,  # None: ImageNet's (the official), averaged over channels for one-channel input
+    'std': None,
+    'batch_size': 128,  # per process
+    'workers': 8,
+    # schedule and optimizer
+    'epochs': 300,
+    'warmup_epochs': 20.0,  # may be fractional
+    'lr': 5e-4,
+    'warmup_lr': 5e-7,
+    'min_lr': 5e-6,
+    'lr_base_size': 512,  # lr = lr * total batch / lr_base_size (also warmup_lr and min_lr)
+    'opt': 'adamw',
+    'opt_eps': 1e-8,  # eps and betas go to the optimizer unless null
+    'opt_betas': [0.9, 0.999],
+    'momentum': 0.9,
+    'weight_decay': 0.05,  # not on 1-D parameters and biases
+    'clip_grad': 5.0,  # None: no clipping
+    'clip_mode': 'norm',
+    'amp': True,  # automatic mixed precision on CUDA; a CPU run is always float32
+    'amp_dtype': 'float16',
+    # augmentation and loss
+    'hflip': 0.5,
+    'color_jitter': 0.4,  # timm ignores it when auto_augment is set, as in the official code
+    'auto_augment': 'rand-m9-mstd0.5-inc1',
+    'reprob': 0.25,
+    'remode': 'pixel',
+    'recount': 1,
+    'mixup': 0.8,
+    'cutmix': 1.0,
+    'cutmix_minmax': None,
+    'mixup_prob': 1.0,
+    'mixup_switch_prob': 0.5,
+    'mixup_mode': 'batch',
+    'smoothing': 0.1,
+    'ema': False,  # the official code has no EMA
+    'ema_decay': 0.9998,
+    'ema_warmup': False,
+    # run
+    'seed': 0,
+    'deterministic': False,
+    'threads': 0,  # torch intra-op threads; 0: torch's default
+    'channels_last': False,
+    'device': 'auto',  # auto | cpu | cuda
+    'sync_bn': True,  # under DDP on an accelerator (SyncBatchNorm has no CPU kernel)
+    'eval_every': 1,  # epochs; the last epoch is always evaluated
+    'checkpoint_steps': 0,  # also checkpoint every this many steps inside an epoch; 0: at epoch ends only
+    'checkpoint_minutes': 10.0,  # ... and at least this often; 0: off
+    'log_interval': 50,  # steps between plain log lines (when stderr is not a terminal)
+    'output_dir': None,
+}
+
+_CHOICES: Dict[str, tuple] = {
+    'dataset': ('imagenet', 'fashion_mnist', 'synthetic'),
+    'device': ('auto', 'cpu', 'cuda'),
+    'clip_mode': ('norm', 'value', 'agc'),
+    'amp_dtype': ('float16', 'bfloat16'),
+    'remode': ('pixel', 'rand', 'const'),
+    'mixup_mode': ('batch', 'pair', 'elem'),
+    'interpolation': ('bicubic', 'bilinear', 'nearest', 'lanczos', 'random'),
+}
+
+# keys whose type is not that of their default: (allowed types, may be None)
+_TYPES: Dict[str, tuple] = {
+    'fasa': ((str, dict, list), False),
+    'drop_path': ((float,), True),
+    'data_dir': ((str,), True),
+    'num_classes': ((int,), True),
+    'in_chans': ((int,), True),
+    'mean': ((list,), True),
+    'std': ((list,), True),
+    'clip_grad': ((float,), True),
+    'auto_augment': ((str,), True),
+    'cutmix_minmax': ((list,), True),
+    'output_dir': ((str,), True),
+    'opt_eps': ((float,), True),
+    'opt_betas': ((list,), True),
+}
+
+# keys that may change between a run's invocations without changing its results
+RUNTIME_KEYS = ('output_dir', 'data_dir', 'workers', 'checkpoint_steps', 'checkpoint_minutes', 'log_interval')
+
+# named bases: `resolve_config(overrides, PRESETS[name])`, `fat train --preset NAME`
+PRESETS: Dict[str, Dict[str, Any]] = {
+    # CPU ablation screening (README "Training"): ~40k Fashion-MNIST images seen in ~1 minute on one thread.
+    # A short run learns little under the official regularisation (Mixup/CutMix, RandAugment, erasing:
+    # 73.0 % vs 79.6 % top-1 at this budget and lr 4e-3), so the proxy keeps label smoothing, flips and mild crops.
+    'proxy': dict(
+        model='fat_proxy', dataset='fashion_mnist', img_size=48, train_subset=20000, epochs=2, warmup_epochs=0.25,
+        lr=8e-3, warmup_lr=8e-6, min_lr=8e-5, mixup=0., cutmix=0., auto_augment=None, reprob=0., scale=[0.5, 1.],
+        workers=0, threads=1, deterministic=True, channels_last=True),
+    # seconds-long runs on synthetic data, for tests
+    'smoke': dict(
+        model='fat_proxy', dataset='synthetic', img_size=48, in_chans=1, train_subset=64, val_subset=32,
+        batch_size=16, epochs=2, warmup_epochs=1., workers=0, threads=1, deterministic=True, channels_last=True),
+}
+
+
+def _type_name(types: tuple, optional: bool) -> str:
+    names = ' or '.join(t.__name__ for t in types)
+    return f'{names} or null' if optional else names
+
+
+def _check_value(key: str, value: Any) -> Any:
+    """The value, with ints widened to float and tuples to lists; ValueError naming the key otherwise."""
+    types, optional = _TYPES.get(key, ((type(DEFAULTS[key]),), False))
+    if value is None:
+        if optional:
+            return None
+        raise ValueError(f'config key {key!r} may not be null (expected {_type_name(types, optional)})')
+    if isinstance(value, tuple):
+        value = list(value)
+    if float in types and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    # bool is an int subclass: refuse it where a number is expected, and numbers where a bool is
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+        raise ValueError(
+            f'config key {key!r} expects {_type_name(types, optional)}, got {type(value).__name__} {value!r}')
+    if key in _CHOICES and value not in _CHOICES[key]:
+        close = difflib.get_close_matches(value, _CHOICES[key], n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ''
+        raise ValueError(f"config key {key!r}: {value!r} is not one of {', '.join(_CHOICES[key])}{hint}")
+    return value
+
+
+def resolve_config(overrides: Mapping[str, Any], base: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """The full, validated config of a run: DEFAULTS, updated by `base`, then by `overrides`.
+
+    Deterministic and JSON-serialisable (tuples become lists), so it can be hashed. Unknown keys, values of the
+    wrong type and invalid choices (including FASA specs) raise a one-line ValueError naming the key.
+    """
+    cfg = dict(DEFAULTS)
+    for source in (base or {}, overrides):
+        for key, value in source.items():
+            if key not in DEFAULTS:
+                close = difflib.get_close_matches(key, DEFAULTS, n=3)
+                hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ''
+                raise ValueError(f'unknown config key {key!r}{hint}')
+            cfg[key] = _check_value(key, value)
+    resolve_fasa_stages(cfg['fasa'], 4)  # refuses an unknown preset or axis with its own one-line error
+    for key in ('batch_size', 'epochs', 'lr_base_size', 'eval_every'):
+        if cfg[key] < 1:
+            raise ValueError(f'config key {key!r} must be >= 1, got {cfg[key]}')
+    for key in ('train_subset', 'val_subset', 'warmup_epochs', 'workers', 'threads', 'checkpoint_steps',
+                'checkpoint_minutes'):
+        if cfg[key] < 0:
+            raise ValueError(f'config key {key!r} must be >= 0, got {cfg[key]}')
+    if cfg['mixup'] > 0 or cfg['cutmix'] > 0 or cfg['cutmix_minmax'] is not None:
+        if cfg['batch_size'] % 2:
+            raise ValueError(f"config key 'batch_size' must be even with mixup/cutmix, got {cfg['batch_size']}")
+    return json.loads(json.dumps(cfg))  # a deep copy with JSON types throughout
+
+
+def config_diff(a: Mapping[str, Any], b: Mapping[str, Any], ignore: Sequence[str] = RUNTIME_KEYS) -> List[str]:
+    """Keys whose values differ between two resolved configs, except `ignore`."""
+    return sorted(k for k in set(a) | set(b) if k not in ignore and a.get(k) != b.get(k))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# files of the run directory
+
+CONFIG_FILE, ENV_FILE, LOG_FILE, RESULT_FILE = 'config.json', 'environment.json', 'log.jsonl', 'result.json'
+LAST_CKPT, PREV_CKPT, BEST_CKPT = 'checkpoint-last.pt', 'checkpoint-prev.pt', 'checkpoint-best.pt'
+_CKPT_KEYS = ('config', 'epoch', 'step_in_epoch', 'global_step', 'model', 'optimizer', 'scheduler', 'ranks', 'history')
+
+
+def _fsync(path: Path):
+    with open(path, 'rb+') as f:
+        os.fsync(f.fileno())
+
+
+def _write_text_atomic(path: Path, text: str):
+    tmp = path.with_name(path.name + '.tmp')
+    tmp.write_text(text)
+    _fsync(tmp)
+    os.replace(tmp, path)
+
+
+def _write_json_atomic(path: Path, obj: Any):
+    _write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + '\n')
+
+
+def _save_checkpoint(state: Dict[str, Any], out_dir: Path):
+    """checkpoint-last.pt, written to a temporary file and renamed; the one it replaces becomes -prev."""
+    last, tmp = out_dir / LAST_CKPT, out_dir / (LAST_CKPT + '.tmp')
+    torch.save(state, tmp)
+    _fsync(tmp)
+    if last.exists():
+        os.replace(last, out_dir / PREV_CKPT)
+    os.replace(tmp, last)
+
+
+def _load_checkpoint(out_dir: Path) -> Optional[Dict[str, Any]]:
+    """The newest readable checkpoint (last, else prev), warning about each unreadable one; None if there is none."""
+    for name in (LAST_CKPT, PREV_CKPT):
+        path = out_dir / name
+        if not path.exists():
+            continue
+        try:
+            state = torch.load(path, map_location='cpu', weights_only=False)
+            missing = [k for k in _CKPT_KEYS if k not in state]
+            if missing:
+                raise ValueError(f'missing {missing}')
+            return state
+        except Exception as e:  # a truncated or corrupt file can fail in many ways
+            _logger.warning(f'checkpoint {path} is unreadable ({type(e).__name__}: {e}); trying the previous one')
+    if (out_dir / LAST_CKPT).exists() or (out_dir / PREV_CKPT).exists():
+        _logger.warning(f'no readable checkpoint in {out_dir}: starting the run from the beginning')
+    return None
+
+
+def _git_state() -> Dict[str, Any]:
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(
+            ['git', '-C', str(repo), 'rev-parse', 'HEAD'], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = bool(subprocess.run(
+            # no optional locks: a status must not rewrite the index under a concurrent git command
+            ['git', '-C', str(repo), '--no-optional-locks', 'status', '--porcelain', '--untracked-files=no'],
+            capture_output=True, text=True, check=True).stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        return dict(sha=None, dirty=None)
+    return dict(sha=sha, dirty=dirty)
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path('/proc/cpuinfo').read_text().splitlines():
+            if line.startswith('model name'):
+                return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(device: torch.device, world_size: int) -> Dict[str, Any]:
+    """Where and with what a run (re)started: code version, packages, hardware, command line."""
+    import torchvision
+    return dict(
+        time=time.strftime('%Y-%m-%dT%H:%M:%S%z'),
+        git=_git_state(),
+        versions=dict(
+            python=platform.python_version(), fat=fat.__version__, torch=torch.__version__,
+            torchvision=torchvision.__version__, timm=timm.__version__, numpy=np.__version__,
+            cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version() if torch.cuda.is_available() else None),
+        hardware=dict(
+            hostname=socket.gethostname(), platform=platform.platform(), cpu=_cpu_name(), cpu_count=os.cpu_count(),
+            torch_threads=torch.get_num_threads(), device=str(device),
+            gpus=[torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]),
+        world_size=world_size,
+        command=[sys.executable] + sys.argv,
+        slurm_job_id=os.environ.get('SLURM_JOB_ID'),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# distributed setup
+
+@dataclass
+class _Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device('cpu')
+
+    @property
+    def primary(self) -> bool:
+        return self.rank == 0
+
+
+def _export_submitit_env():
+    """In a multi-task submitit job (without torchrun's variables), export the variables torchrun would set."""
+    if 'RANK' in os.environ:
+        return
+    try:
+        if submitit.JobEnvironment().num_tasks > 1:
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    except RuntimeError:  # not inside a submitit job
+        pass
+
+
+def _setup_distributed(cfg: Mapping[str, Any]) -> _Dist:
+    """torchrun's environment, else a multi-task submitit job's; NCCL on CUDA, gloo on CPU."""
+    _export_submitit_env()
+    world_size = int(os.environ.get('WORLD_SIZE', 1))
+    rank, local_rank = int(os.environ.get('RANK', 0)), int(os.environ.get('LOCAL_RANK', 0))
+    if cfg['device'] == 'cuda' and not torch.cuda.is_available():
+        raise ValueError("config key 'device' is 'cuda' but CUDA is not available here")
+    use_cuda = cfg['device'] == 'cuda' or (cfg['device'] == 'auto' and torch.cuda.is_available())
+    device = torch.device('cuda', local_rank) if use_cuda else torch.device('cpu')
+    if use_cuda:
+        torch.cuda.set_device(device)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend='nccl' if use_cuda else 'gloo')
+    return _Dist(rank, world_size, local_rank, device)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the run
+
+def _rng_state() -> Dict[str, Any]:
+    return dict(
+        python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state(),
+        cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
+
+
+def _set_rng_state(state: Mapping[str, Any]):
+    random.setstate(state['python'])
+    np.random.set_state(state['numpy'])
+    torch.set_rng_state(state['torch'])
+    if state['cuda'] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])
+
+
+def _ignore_stop_signals(_worker_id: int):
+    # loader workers leave SIGTERM/SIGUSR2 to the main process, which checkpoints and then stops them
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+
+
+class _Diverged(Exception):
+    pass
+
+
+class Trainer:
+    """One run: built from a resolved config, resumed from its directory, trained to its result."""
+
+    def __init__(self, cfg: Dict[str, Any], env: _Dist):
+        self.cfg, self.env, self.device = cfg, env, env.device
+        self.out_dir = Path(cfg['output_dir'])
+        self.stop_signal: Optional[int] = None
+        self._previous_handlers: Dict[int, Any] = {}
+        if cfg['threads']:
+            torch.set_num_threads(cfg['threads'])
+        if cfg['deterministic']:
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+        else:
+            torch.backends.cudnn.benchmark = True  # as the official code
+        self._seed(cfg['seed'])  # the same initial model on every rank
+
+        train, val, info = build_datasets(cfg)
+        self.num_classes = info['num_classes']
+        self.in_chans = cfg['in_chans'] or info['channels']
+        train_tf, eval_tf = build_transforms(cfg, self.in_chans, info['channels'])
+        self.train_set = SeededSamples(train, train_tf, cfg['seed'])
+        val_set = eval_dataset(val, eval_tf)
+        self.val_loader = DataLoader(
+            Subset(val_set, range(env.rank, len(val_set), env.world_size)), batch_size=cfg['batch_size'],
+            num_workers=0 if isinstance(val_set, TensorDataset) else cfg['workers'],
+            pin_memory=self.device.type == 'cuda')
+        self.sampler = DistributedSampler(
+            self.train_set, num_replicas=env.world_size, rank=env.rank, shuffle=True, seed=cfg['seed'])
+        self.steps_per_epoch = len(self.sampler) // cfg['batch_size']
+        if self.steps_per_epoch < 1:
+            raise ValueError(
+                f"{len(self.train_set)} training images make no full batch of {cfg['batch_size']} per process")
+
+        model_args = dict(cfg['model_args'])
+        if cfg['drop_path'] is not None:
+            model_args['drop_path_rate'] = cfg['drop_path']
+        model = timm.create_model(
+            cfg['model'], num_classes=self.num_classes, in_chans=self.in_chans, fasa=cfg['fasa'], **model_args)
+        self.fasa_variant = getattr(model, 'fasa_variant', None)
+        self.params = sum(p.numel() for p in model.parameters())
+        model.to(self.device)
+        if cfg['channels_last']:
+            model.to(memory_format=torch.channels_last)
+        if env.world_size > 1 and cfg['sync_bn'] and self.device.type != 'cpu':
+            model = convert_sync_batchnorm(model)
+        self.model = model
+        self.ema = ModelEmaV3(model, decay=cfg['ema_decay'], use_warmup=cfg['ema_warmup']) if cfg['ema'] else None
+        self.ddp = model
+        if env.world_size > 1:
+            with warnings.catch_warnings():  # its replacement cannot yet skip the sync at init either
+                warnings.filterwarnings('ignore', message='`broadcast_buffers` is deprecated')
+                self.ddp = DistributedDataParallel(
+                    model, device_ids=[self.device.index] if self.device.type == 'cuda' else None,
+                    broadcast_buffers=False)  # as the official code
+        self._seed(cfg['seed'] + env.rank)  # from here on, as the official code: each rank its own stream
+
+        # linear lr scaling by the total batch, as the official code
+        scale = cfg['batch_size'] * env.world_size / cfg['lr_base_size']
+        self.optimizer = create_optimizer_v2(model, **optimizer_kwargs(SimpleNamespace(
+            opt=cfg['opt'], lr=cfg['lr'] * scale, weight_decay=cfg['weight_decay'], momentum=cfg['momentum'],
+            opt_eps=cfg['opt_eps'], opt_betas=cfg['opt_betas'])))
+        self.scheduler = CosineLRScheduler(
+            self.optimizer, t_initial=cfg['epochs'] * self.steps_per_epoch, lr_min=cfg['min_lr'] * scale,
+            warmup_lr_init=cfg['warmup_lr'] * scale, warmup_t=int(cfg['warmup_epochs'] * self.steps_per_epoch),
+            cycle_limit=1, t_in_epochs=False)
+        self.amp = cfg['amp'] and self.device.type == 'cuda'
+        self.amp_dtype = getattr(torch, cfg['amp_dtype'])
+        self.scaler = NativeScaler() if self.amp and self.amp_dtype == torch.float16 else None
+
+        mixup = cfg['mixup'] > 0 or cfg['cutmix'] > 0 or cfg['cutmix_minmax'] is not None
+        self.mixup_fn = Mixup(
+            mixup_alpha=cfg['mixup'], cutmix_alpha=cfg['cutmix'], cutmix_minmax=cfg['cutmix_minmax'],
+            prob=cfg['mixup_prob'], switch_prob=cfg['mixup_switch_prob'], mode=cfg['mixup_mode'],
+            label_smoothing=cfg['smoothing'], num_classes=self.num_classes) if mixup else None
+        if mixup:
+            self.criterion = SoftTargetCrossEntropy()  # label smoothing is folded into the mixed targets
+        elif cfg['smoothing'] > 0:
+            self.criterion = LabelSmoothingCrossEntropy(smoothing=cfg['smoothing'])
+        else:
+            self.criterion = nn.CrossEntropyLoss()
+
+        # progress, restored on resume
+        self.epoch = self.step_in_epoch = self.global_step = 0
+        self.meters = dict(loss_sum=0., loss_steps=0, seconds=0.)
+        self.history: List[Dict[str, Any]] = []
+        self.totals = dict(train_seconds=0., train_images=0, eval_seconds=0., eval_images=0)
+        self.last_checkpoint_time = time.monotonic()
+        self.resumed_from: Optional[Dict[str, int]] = None
+
+    def _seed(self, seed: int):
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+    # -- checkpoints ---------------------------------------------------------------------------------------
+
+    def _rank_state(self) -> Dict[str, Any]:
+        # what differs between ranks: the random states and, without SyncBatchNorm, the BN running statistics
+        state = dict(rng=_rng_state(), buffers={k: v.cpu() for k, v in self.model.named_buffers()})
+        if self.ema is not None:
+            state['ema_buffers'] = {k: v.cpu() for k, v in self.ema.named_buffers()}
+        return state
+
+    def state_dict(self) -> Dict[str, Any]:
+        if self.env.world_size > 1:
+            ranks: List[Any] = [None] * self.env.world_size
+            dist.all_gather_object(ranks, self._rank_state())
+        else:
+            ranks = [self._rank_state()]
+        return dict(
+            config=self.cfg, epoch=self.epoch, step_in_epoch=self.step_in_epoch, global_step=self.global_step,
+            model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict() if self.scaler else None,
+            ema=self.ema.state_dict() if self.ema else None, ranks=ranks, world_size=self.env.world_size,
+            meters=dict(self.meters), history=list(self.history), totals=dict(self.totals))
+
+    def checkpoint(self):
+        state = self.state_dict()  # every rank takes part (per-rank states are gathered)
+        if self.env.primary:
+            _save_checkpoint(state, self.out_dir)
+        self.last_checkpoint_time = time.monotonic()
+
+    def resume(self) -> bool:
+        state = _load_checkpoint(self.out_dir)
+        if state is None:
+            return False
+        changed = config_diff(state['config'], self.cfg)
+        if changed:
+            raise ValueError(
+                f"{self.out_dir} holds a run with a different config ({', '.join(changed)}); use a new output_dir")
+        self.model.load_state_dict(state['model'])
+        self.optimizer.load_state_dict(state['optimizer'])
+        self.scheduler.load_state_dict(state['scheduler'])
+        if self.scaler:
+            self.scaler.load_state_dict(state['scaler'])
+        if self.ema:
+            self.ema.load_state_dict(state['ema'])
+        self.epoch, self.step_in_epoch, self.global_step = state['epoch'], state['step_in_epoch'], state['global_step']
+        self.meters, self.history, self.totals = state['meters'], state['history'], state['totals']
+        if state['world_size'] == self.env.world_size:
+            mine = state['ranks'][self.env.rank]
+            _set_rng_state(mine['rng'])
+            with torch.no_grad():
+                for module, key in ((self.model, 'buffers'), (self.ema, 'ema_buffers')):
+                    for name, buf in module.named_buffers() if module is not None else ():
+                        buf.copy_(mine[key][name])
+        else:
+            _logger.warning(
+                f"resuming a {state['world_size']}-process run with {self.env.world_size} processes: "
+                f"random states are re-seeded, so the run will not match an uninterrupted one")
+            self._seed(self.cfg['seed'] * 1000 + self.global_step + self.env.rank)
+        self.resumed_from = dict(epoch=self.epoch, step_in_epoch=self.step_in_epoch, global_step=self.global_step)
+        _logger.info(f'resumed from {self.out_dir / LAST_CKPT}: epoch {self.epoch + 1}, step {self.step_in_epoch}')
+        return True
+
+    # -- signals -------------------------------------------------------------------------------------------
+
+    def _on_signal(self, signum: int, _frame: Any):
+        self.stop_signal = signum
+
+    def install_signal_handlers(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in _STOP_SIGNALS:
+                self._previous_handlers[sig] = signal.signal(sig, self._on_signal)
+
+    def restore_signal_handlers(self):
+        for sig, handler in self._previous_handlers.items():
+            signal.signal(sig, handler)
+        self._previous_handlers.clear()
+
+    def _stop(self, signum: int):
+        """After the checkpoint: hand the signal to whoever handled it before (submitit requeues), else exit."""
+        previous = self._previous_handlers.get(signum)
+        _logger.info(f'{signal.Signals(signum).name}: checkpoint written at step {self.global_step}; stopping')
+        self.restore_signal_handlers()
+        if callable(previous):
+            previous(signum, None)
+        elif previous != signal.SIG_IGN:
+            raise SystemExit(128 + signum)
+
+    # -- training ------------------------------------------------------------------------------------------
+
+    def _train_loader(self) -> DataLoader:
+        self.sampler.set_epoch(self.epoch)
+        self.train_set.set_epoch(self.epoch)
+        indices, bs = list(self.sampler), self.cfg['batch_size']
+        batches = [indices[i * bs:(i + 1) * bs] for i in range(self.step_in_epoch, self.steps_per_epoch)]
+        return DataLoader(
+            self.train_set, batch_sampler=batches, num_workers=self.cfg['workers'],
+            pin_memory=self.device.type == 'cuda', worker_init_fn=_ignore_stop_signals,
+            # its own generator: creating the loader must not draw from the global RNG the model uses
+            generator=torch.Generator().manual_seed(self.cfg['seed']))
+
+    def _agree(self, *values: float) -> List[float]:
+        """Sum of each value over the ranks (one all_reduce)."""
+        if self.env.world_size == 1:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        if self.cfg['channels_last']:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.mixup_fn is not None:
+            x, y = self.mixup_fn(x, y)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+            loss = self.criterion(self.ddp(x), y)
+        loss_sum, = self._agree(loss.item())
+        mean_loss = loss_sum / self.env.world_size
+        if not math.isfinite(mean_loss):
+            raise _Diverged(f'loss is {mean_loss} at step {self.global_step} (epoch {self.epoch + 1})')
+        self.optimizer.zero_grad(set_to_none=True)
+        clip = self.cfg['clip_grad']
+        if self.scaler is not None:
+            self.scaler(loss, self.optimizer, clip_grad=clip, clip_mode=self.cfg['clip_mode'],
+                        parameters=self.model.parameters())
+        else:
+            loss.backward()
+            if clip is not None:
+                dispatch_clip_grad(self.model.parameters(), clip, mode=self.cfg['clip_mode'])
+            self.optimizer.step()
+        self.scheduler.step_update(self.global_step)  # 0-based, as the official code
+        self.global_step += 1
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.global_step)
+        return mean_loss
+
+    def train_epoch(self):
+        cfg, start = self.cfg, self.step_in_epoch
+        self.ddp.train()
+        loader = iter(self._train_loader())
+        bar = tqdm(total=self.steps_per_epoch, initial=start, desc=f"epoch {self.epoch + 1}/{cfg['epochs']}",
+                   leave=False, dynamic_ncols=True) if self.env.primary and sys.stderr.isatty() else None
+        t0, images = time.monotonic(), 0
+        for step in range(start, self.steps_per_epoch):
+            # with workers=0 the batch is made here: its per-sample seeding must not touch the training RNG
+            rng = dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state())
+            x, y = next(loader)
+            random.setstate(rng['python'])
+            np.random.set_state(rng['numpy'])
+            torch.set_rng_state(rng['torch'])
+            loss = self.train_step(x, y)
+            self.step_in_epoch = step + 1
+            images += len(x) * self.env.world_size
+            self.meters['loss_sum'] += loss
+            self.meters['loss_steps'] += 1
+            lr = self.optimizer.param_groups[0]['lr']
+            if bar is not None:
+                bar.set_postfix(loss=f'{loss:.4f}', lr=f'{lr:.2e}', refresh=False)
+                bar.update()
+            elif self.env.primary and (step + 1) % cfg['log_interval'] == 0:
+                _logger.info(
+                    f"epoch {self.epoch + 1}/{cfg['epochs']} step {step + 1}/{self.steps_per_epoch} "
+                    f"loss {loss:.4f} lr {lr:.3e} {images / (time.monotonic() - t0):.0f} img/s")
+            due = (cfg['checkpoint_steps'] and (step + 1) % cfg['checkpoint_steps'] == 0) or (
+                cfg['checkpoint_minutes'] and time.monotonic() - self.last_checkpoint_time > 60 * cfg[
+                    'checkpoint_minutes'])
+            stop, due = self._agree(float(self.stop_signal is not None), float(bool(due) and self.env.primary))
+            if (due or stop) and step + 1 < self.steps_per_epoch:
+                self._add_time(t0, images)
+                t0, images = time.monotonic(), 0
+                self.checkpoint()
+                if stop:
+                    if bar is not None:
+                        bar.close()
+                    self._stop(self.stop_signal or _STOP_SIGNALS[0])
+        if bar is not None:
+            bar.close()
+        self._add_time(t0, images)
+
+    def _add_time(self, t0: float, images: int):
+        seconds = time.monotonic() - t0
+        self.meters['seconds'] += seconds
+        self.totals['train_seconds'] += seconds
+        self.totals['train_images'] += images
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> Dict[str, float]:
+        """Top-1 / top-5 (%) and mean cross-entropy over the whole eval set, exact under DDP."""
+        if self.env.world_size > 1:
+            distribute_bn(model, self.env.world_size, reduce=True)
+        model.eval()
+        t0 = time.monotonic()
+        k = min(5, self.num_classes)
+        counts = [0., 0., 0., 0.]  # correct@1, correct@k, loss sum, images
+        for x, y in self.val_loader:
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            if self.cfg['channels_last']:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+                out = model(x)
+            correct = out.topk(k, dim=1).indices.eq(y[:, None])
+            counts[0] += correct[:, 0].sum().item()
+            counts[1] += correct.any(dim=1).sum().item()
+            counts[2] += F.cross_entropy(out.float(), y, reduction='sum').item()
+            counts[3] += len(y)
+        top1, top5, loss, n = self._agree(*counts)
+        seconds = time.monotonic() - t0
+        self.totals['eval_seconds'] += seconds
+        self.totals['eval_images'] += n
+        return dict(top1=100 * top1 / n, top5=100 * top5 / n, loss=loss / n, images_per_s=n / seconds)
+
+    def end_epoch(self):
+        """Evaluate (when due), log, checkpoint (and the best model)."""
+        cfg = self.cfg
+        record = dict(
+            epoch=self.epoch + 1, step=self.global_step, lr=self.optimizer.param_groups[0]['lr'],
+            train_loss=self.meters['loss_sum'] / max(1, self.meters['loss_steps']),
+            train_images_per_s=self.steps_per_epoch * cfg['batch_size'] * self.env.world_size / max(
+                1e-9, self.meters['seconds']),
+            train_seconds=self.meters['seconds'])
+        if (self.epoch + 1) % cfg['eval_every'] == 0 or self.epoch + 1 == cfg['epochs']:
+            metrics = self.evaluate(self.model)
+            record.update(val_top1=metrics['top1'], val_top5=metrics['top5'], val_loss=metrics['loss'],
+                          eval_images_per_s=metrics['images_per_s'])
+            if self.ema is not None:
+                ema = self.evaluate(self.ema.module)
+                record.update(ema_top1=ema['top1'], ema_top5=ema['top5'])
+            best = max((r['val_top1'] for r in self.history if 'val_top1' in r), default=-1.)
+            if metrics['top1'] > best and self.env.primary:
+                tmp = self.out_dir / (BEST_CKPT + '.tmp')
+                torch.save(dict(model=self.model.state_dict(), epoch=self.epoch + 1, top1=metrics['top1'],
+                                top5=metrics['top5'], config=cfg), tmp)
+                _fsync(tmp)
+                os.replace(tmp, self.out_dir / BEST_CKPT)
+        self.history.append(record)
+        self.epoch, self.step_in_epoch = self.epoch + 1, 0
+        self.meters = dict(loss_sum=0., loss_steps=0, seconds=0.)
+        self.checkpoint()
+        if self.env.primary:
+            _write_text_atomic(self.out_dir / LOG_FILE, ''.join(json.dumps(r) + '\n' for r in self.history))
+            val = f" val top-1 {record['val_top1']:.2f} top-5 {record['val_top5']:.2f}" if 'val_top1' in record else ''
+            _logger.info(
+                f"epoch {record['epoch']}/{cfg['epochs']} train loss {record['train_loss']:.4f}{val} "
+                f"lr {record['lr']:.3e} {record['train_images_per_s']:.0f} img/s ({record['train_seconds']:.1f} s)")
+
+    def ranks_agree(self) -> bool:
+        """Whether every rank ends with the same weights and buffers (a float64 checksum of each)."""
+        sums = [t.double().sum().item() for t in self.model.state_dict().values() if t.is_floating_point()]
+        mine = torch.tensor(sums, dtype=torch.float64, device=self.device)
+        gathered = [torch.empty_like(mine) for _ in range(self.env.world_size)]
+        dist.all_gather(gathered, mine)
+        return all(torch.equal(g, mine) for g in gathered)
+
+    def run(self) -> Dict[str, Any]:
+        self.install_signal_handlers()
+        try:
+            while self.epoch < self.cfg['epochs']:
+                if self.step_in_epoch < self.steps_per_epoch:
+                    self.train_epoch()
+                self.end_epoch()
+                if self._agree(float(self.stop_signal is not None))[0]:
+                    self._stop(self.stop_signal or _STOP_SIGNALS[0])
+            if self.env.world_size > 1:
+                distribute_bn(self.model, self.env.world_size, reduce=True)
+                if not self.ranks_agree():
+                    raise RuntimeError('the ranks ended with different weights')
+            return self.result('done')
+        except _Diverged as e:
+            return self.result('diverged', error=str(e), diverged_step=self.global_step)
+        finally:
+            self.restore_signal_handlers()
+
+    def result(self, status: str, **extra: Any) -> Dict[str, Any]:
+        evaluated = [r for r in self.history if 'val_top1' in r]
+        final = evaluated[-1] if evaluated else {}
+        best = max(evaluated, key=lambda r: r['val_top1'], default={})
+        totals = self.totals
+        result = dict(
+            status=status, epochs=len(self.history), steps=self.global_step, model=self.cfg['model'],
+            fasa=self.fasa_variant, params=self.params, num_classes=self.num_classes, in_chans=self.in_chans,
+            final_top1=final.get('val_top1'), final_top5=final.get('val_top5'),
+            best_top1=best.get('val_top1'), best_top5=best.get('val_top5'), best_epoch=best.get('epoch'),
+            train_time_s=totals['train_seconds'],
+            train_images_per_s=totals['train_images'] / totals['train_seconds'] if totals['train_seconds'] else None,
+            eval_images_per_s=totals['eval_images'] / totals['eval_seconds'] if totals['eval_seconds'] else None,
+            world_size=self.env.world_size, device=str(self.device), amp=self.amp)
+        if self.ema is not None:
+            result.update(final_ema_top1=final.get('ema_top1'), final_ema_top5=final.get('ema_top5'))
+        return dict(result, **extra)
+
+
+def main(cfg: Mapping[str, Any]) -> Dict[str, Any]:
+    """Run, or resume, the training run `cfg` in `cfg['output_dir']`; returns the result written to result.json.
+
+    A directory holding a finished run (status done or diverged) returns its result without training; a failed
+    or interrupted one resumes from its last readable checkpoint. Exceptions are recorded as status `failed`.
+    """
+    cfg = resolve_config(cfg)
+    if not cfg['output_dir']:
+        raise ValueError("config key 'output_dir' is required")
+    out_dir = Path(cfg['output_dir'])
+    if (out_dir / CONFIG_FILE).exists():
+        changed = config_diff(json.loads((out_dir / CONFIG_FILE).read_text()), cfg)
+        if changed:
+            raise ValueError(
+                f"{out_dir} holds a run with a different config ({', '.join(changed)}); use a new output_dir")
+    if (out_dir / RESULT_FILE).exists():
+        result = json.loads((out_dir / RESULT_FILE).read_text())
+        if result.get('status') in ('done', 'diverged'):
+            return result
+    if cfg['deterministic']:
+        os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')  # before CUDA starts
+    env = _setup_distributed(cfg)
+    if not logging.root.handlers:
+        setup_default_logging(logging.INFO if env.primary else logging.WARNING)
+    # the run sets these process-wide; give them back to an in-process caller (a sweep's debug executor, tests)
+    settings = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    try:
+        return _run(cfg, out_dir, env)
+    finally:
+        torch.set_num_threads(settings[0])
+        torch.use_deterministic_algorithms(settings[1])
+        torch.backends.cudnn.benchmark = settings[2]
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _run(cfg: Dict[str, Any], out_dir: Path, env: _Dist) -> Dict[str, Any]:
+    if env.primary:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / RESULT_FILE).unlink(missing_ok=True)  # a failed run's: this attempt writes its own
+        _write_json_atomic(out_dir / CONFIG_FILE, cfg)
+    if env.world_size > 1:
+        dist.barrier()
+    trainer = None
+    try:
+        trainer = Trainer(cfg, env)
+        trainer.resume()
+        if env.primary:
+            path = out_dir / ENV_FILE
+            starts = json.loads(path.read_text()) if path.exists() else []
+            starts.append(dict(environment(env.device, env.world_size), resumed_from=trainer.resumed_from))
+            _write_json_atomic(path, starts)
+        result = trainer.run()
+    except Exception as e:
+        error = f'{type(e).__name__}: {e}'
+        if not isinstance(e, (ValueError, FileNotFoundError)):  # a bad config or missing data: the error says it all
+            _logger.exception(f'run {out_dir} failed')
+        result = trainer.result('failed', error=error) if trainer else dict(status='failed', error=error)
+    if env.primary:
+        _write_json_atomic(out_dir / RESULT_FILE, result)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the `fat train` command
+
+def _parse_override(text: str) -> Tuple[str, Any]:
+    """'key=value', the value read as YAML except where the key expects a string (so 'auto_augment=rand-m9')."""
+    key, sep, value = text.partition('=')
+    if not sep or not key:
+        raise ValueError(f'expected key=value, got {text!r}')
+    if key not in DEFAULTS:
+        resolve_config({key: None})  # raises the unknown-key error with its suggestions
+    parsed = yaml.safe_load(value) if value else None
+    types, _ = _TYPES.get(key, ((type(DEFAULTS[key]),), False))
+    if types == (str,) and parsed is not None:
+        return key, value
+    if types == (float,) and isinstance(parsed, str):
+        try:  # YAML reads 1e-3 as a string
+            return key, float(parsed)
+        except ValueError:
+            pass
+    return key, parsed
+
+
+def _train_command(args: argparse.Namespace) -> int:
+    base = dict(PRESETS[args.preset]) if args.preset else {}
+    if args.config:
+        loaded = yaml.safe_load(Path(args.config).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f'{args.config}: expected a mapping of config keys')
+        base.update(loaded)
+    overrides = dict(_parse_override(text) for text in args.overrides)
+    if args.output_dir:
+        overrides['output_dir'] = args.output_dir
+    cfg = resolve_config(overrides, base)
+    if not cfg['output_dir']:
+        # the same command line maps to the same directory, so running it again resumes
+        digest = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:8]
+        cfg['output_dir'] = str(Path('runs') / f"{cfg['model']}-{cfg['dataset']}-{digest}")
+    result = main(cfg)
+    if result['status'] == 'failed':
+        print(f"fat train: error: {result['error']}", file=sys.stderr)
+    else:
+        print(json.dumps(result, sort_keys=True))
+    return 0 if result['status'] == 'done' else 1
+
+
+def register(subparsers: argparse._SubParsersAction):
+    """Add `fat train` to the `fat` command."""
+    keys = '\n'.join(f'  {k} = {json.dumps(v)}' for k, v in DEFAULTS.items())
+    p = subparsers.add_parser(
+        'train', help='train a model: the official FAT recipe, resumable, DDP under torchrun or Slurm',
+        description='Train, or resume, one run in --output-dir. Its config: the defaults below (the official\n'
+                    'ImageNet recipe), updated by --preset, then --config, then key=value arguments.',
+        epilog=f"presets: {', '.join(PRESETS)}\n\nconfig keys and defaults:\n{keys}",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--config', metavar='FILE', help='YAML file of config keys')
+    p.add_argument('--preset', choices=list(PRESETS), help='a named base config')
+    p.add_argument('--output-dir', metavar='DIR', help='run directory (default: runs/<model>-<dataset>-<hash>)')
+    p.add_argument('overrides', nargs='*', metavar='key=value', help='config overrides (values in YAML)')
+    p.set_defaults(func=_train_command)

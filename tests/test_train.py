@@ -1,0 +1,270 @@
+"""`fat train`: config validation, the official recipe's values, data, and small complete runs."""
+import gzip
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from timm.data.auto_augment import AugmentOp, RandAugment
+from timm.data.random_erasing import RandomErasing
+from torchvision import transforms as T
+
+from fat.cli import main as cli_main
+from fat.data import FASHION_MNIST_DIR, build_datasets, build_transforms
+from fat.train import DEFAULTS, PRESETS, Trainer, _Dist, _export_submitit_env, _parse_override, main, resolve_config
+
+# a run small enough for the test suite: synthetic data, the proxy model, one thread, deterministic
+TINY = dict(PRESETS['smoke'], checkpoint_minutes=0)
+
+
+def test_defaults_are_the_official_recipe():
+    # ../shared/spec/FAT.md section 6.1 (the official config.py, configs/*.yaml, data/build.py, main.py)
+    official = dict(
+        epochs=300, warmup_epochs=20, lr=5e-4, warmup_lr=5e-7, min_lr=5e-6, lr_base_size=512, opt='adamw',
+        opt_eps=1e-8, opt_betas=[0.9, 0.999], weight_decay=0.05, batch_size=128, clip_grad=5.0, amp=True,
+        smoothing=0.1, mixup=0.8, cutmix=1.0, cutmix_minmax=None, mixup_prob=1.0, mixup_switch_prob=0.5,
+        mixup_mode='batch', auto_augment='rand-m9-mstd0.5-inc1', color_jitter=0.4, reprob=0.25, remode='pixel',
+        recount=1, interpolation='bicubic', img_size=224, crop_pct=0.875, ema=False, seed=0, drop_path=None)
+    cfg = resolve_config({})
+    assert {k: cfg[k] for k in official} == official
+    assert cfg['model'] == 'fat_b0' and cfg['fasa'] == 'fasa'
+
+
+def test_resolve_config_is_complete_deterministic_and_json():
+    a = resolve_config({'lr': 1, 'opt_betas': (0.9, 0.99)}, base=PRESETS['proxy'])
+    b = resolve_config(json.loads(json.dumps(a)))
+    assert a == b and set(a) == set(DEFAULTS)
+    assert a['lr'] == 1.0 and isinstance(a['lr'], float) and a['opt_betas'] == [0.9, 0.99]
+    assert json.loads(json.dumps(a, sort_keys=True)) == a
+    for key in ('model', 'fasa', 'seed', 'epochs', 'output_dir'):
+        assert key in a
+
+
+@pytest.mark.parametrize('overrides, message', [
+    ({'learning_rate': 1e-3}, "unknown config key 'learning_rate'"),
+    ({'epoch': 3}, "did you mean 'epochs'"),
+    ({'epochs': 'ten'}, "config key 'epochs' expects int, got str"),
+    ({'epochs': 2.5}, "config key 'epochs' expects int"),
+    ({'amp': 1}, "config key 'amp' expects bool"),
+    ({'lr': True}, "config key 'lr' expects float"),
+    ({'model': None}, "config key 'model' may not be null"),
+    ({'dataset': 'fashion'}, "did you mean 'fashion_mnist'"),
+    ({'fasa': 'global_onyl'}, "did you mean 'global_only'"),
+    ({'fasa': {'locl': 'static'}}, "unknown axis 'locl'"),
+    ({'batch_size': 0}, "'batch_size' must be >= 1"),
+    ({'batch_size': 7}, "'batch_size' must be even with mixup"),
+])
+def test_resolve_config_refuses_with_one_line_naming_the_key(overrides, message):
+    with pytest.raises(ValueError, match=message) as e:
+        resolve_config(overrides)
+    assert '\n' not in str(e.value)
+
+
+def test_cli_values_are_typed_by_key():
+    assert _parse_override('lr=1e-3') == ('lr', 1e-3)
+    assert _parse_override('auto_augment=rand-m9-mstd0.5') == ('auto_augment', 'rand-m9-mstd0.5')
+    assert _parse_override('auto_augment=null') == ('auto_augment', None)
+    assert _parse_override('scale=[0.5, 1]') == ('scale', [0.5, 1])
+    assert _parse_override('fasa={local: static}') == ('fasa', {'local': 'static'})
+    assert _parse_override('model=fat_b1') == ('model', 'fat_b1')
+    with pytest.raises(ValueError, match="unknown config key 'lrate'"):
+        _parse_override('lrate=1')
+    with pytest.raises(ValueError, match='expected key=value'):
+        _parse_override('lr')
+
+
+def test_cli_bad_value_is_one_line_exit_2(capsys):
+    assert cli_main(['train', 'epochs=ten']) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and "config key 'epochs' expects int, got str" in err
+
+
+def test_cli_config_file_is_validated_like_overrides(tmp_path, capsys):
+    (tmp_path / 'cfg.yaml').write_text('epochs: 3\nwarmup: 1\n')
+    assert cli_main(['train', '--config', str(tmp_path / 'cfg.yaml')]) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and "unknown config key 'warmup' (did you mean 'warmup_lr'" in err
+
+
+def _imagenet_folder(root: Path, classes: int = 3, per_class: int = 4) -> Path:
+    rng = np.random.default_rng(0)
+    for split in ('train', 'val'):
+        for c in range(classes):
+            (root / split / f'n{c:08d}').mkdir(parents=True)
+            for i in range(per_class):
+                img = rng.integers(0, 255, (40 + 8 * c, 56, 3), dtype=np.uint8)
+                Image.fromarray(img).save(root / split / f'n{c:08d}' / f'{i}.JPEG')
+    return root
+
+
+def test_trainer_builds_the_official_recipe(tmp_path):
+    cfg = resolve_config(dict(data_dir=str(_imagenet_folder(tmp_path)), batch_size=4, workers=0, output_dir='-'))
+    trainer = Trainer(cfg, _Dist())
+    scale = 4 / 512  # linear scaling by the total batch
+    # AdamW; no weight decay on 1-D parameters and biases (the official optimizer.py)
+    opt = trainer.optimizer
+    assert type(opt).__name__ == 'AdamW' and opt.defaults['eps'] == 1e-8 and opt.defaults['betas'] == (0.9, 0.999)
+    decayed = {id(p) for g in opt.param_groups if g['weight_decay'] == 0.05 for p in g['params']}
+    for name, p in trainer.model.named_parameters():
+        assert (id(p) in decayed) == (p.ndim > 1 and not name.endswith('.bias')), name
+    # per-step cosine: warm-up from 5e-7 over 20 epochs to 5e-4, down to 5e-6 (all scaled)
+    sched, steps = trainer.scheduler, trainer.steps_per_epoch
+    assert steps == 3 and sched.t_in_epochs is False and sched.warmup_t == 20 * steps
+    assert sched.t_initial == 300 * steps and sched.cycle_limit == 1
+    assert math.isclose(opt.param_groups[0]['lr'], 5e-7 * scale)
+    assert math.isclose(sched.base_values[0], 5e-4 * scale) and math.isclose(sched.lr_min, 5e-6 * scale)
+    # as the official code (no warmup_prefix), the cosine runs over all 300 epochs, warm-up included
+    cosine = 5e-6 + 0.5 * (5e-4 - 5e-6) * (1 + math.cos(math.pi * 20 / 300))
+    assert math.isclose(sched._get_lr(20 * steps)[0], cosine * scale)
+    assert trainer.mixup_fn.mixup_alpha == 0.8 and trainer.mixup_fn.cutmix_alpha == 1.0
+    assert trainer.mixup_fn.label_smoothing == 0.1 and type(trainer.criterion).__name__ == 'SoftTargetCrossEntropy'
+    assert isinstance(trainer.model.stages[0].blocks[0].drop_path1, torch.nn.Identity)  # fat_b0: linear 0..0.05
+    assert math.isclose(trainer.model.stages[3].blocks[-1].drop_path2.drop_prob, 0.05, rel_tol=1e-6)
+    # the transforms: RandomResizedCrop 224 bicubic, RandAugment, erasing 0.25 pixel; eval Resize 256 + crop 224
+    train_tf = trainer.train_set.transform.transforms
+    assert str(train_tf[0].interpolation) == 'InterpolationMode.BICUBIC' and train_tf[0].size == (224, 224)
+    ra = next(t for t in train_tf if isinstance(t, RandAugment))
+    assert len(ra.ops) == 15 and ra.num_layers == 2 and ra.ops[0].magnitude == 9 and ra.ops[0].magnitude_std == 0.5
+    erase = next(t for t in train_tf if isinstance(t, RandomErasing))
+    assert erase.probability == 0.25 and erase.mode == 'pixel'
+    eval_tf = trainer.val_loader.dataset.dataset.transform.transforms
+    assert isinstance(eval_tf[0], T.Resize) and eval_tf[0].size == 256 and eval_tf[1].size == (224, 224)
+    assert trainer.num_classes == 3 and trainer.in_chans == 3
+
+
+@pytest.mark.parametrize('in_chans', [3, 1])
+def test_imagenet_style_folders_train_end_to_end(tmp_path, in_chans):
+    cfg = dict(TINY, dataset='imagenet', data_dir=str(_imagenet_folder(tmp_path)), in_chans=in_chans,
+               batch_size=4, epochs=1, output_dir=str(tmp_path / 'run'))
+    result = main(cfg)
+    assert result['status'] == 'done' and result['steps'] == 3
+    assert (result['num_classes'], result['in_chans']) == (3, in_chans)
+
+
+def test_grayscale_data_one_channel_or_replicated():
+    cfg = resolve_config(dict(dataset='synthetic', in_chans=1, img_size=48))
+    train, _, info = build_datasets(cfg)
+    assert info['channels'] == 1
+    img, _ = train[0]
+    one, _ = build_transforms(dict(cfg, auto_augment=None, reprob=0.), 1, 1)
+    three, _ = build_transforms(dict(cfg, auto_augment=None, reprob=0.), 3, 1)
+    assert one(img).shape == (1, 48, 48)
+    x = three(img)
+    assert x.shape == (3, 48, 48)
+    # the same grey value in every channel, normalised by each channel's ImageNet statistics
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    raw = x * std[:, None, None] + mean[:, None, None]
+    torch.testing.assert_close(raw[0], raw[1], atol=1e-5, rtol=0)
+
+
+def test_randaugment_posterize_to_zero_bits_gives_a_black_image():
+    # magnitude 10 (m9 plus its noise) asks for 0 bits, which current Pillow refuses
+    img = Image.fromarray(np.full((8, 8, 3), 200, dtype=np.uint8))
+    out = AugmentOp('PosterizeIncreasing', prob=1., magnitude=10)(img)
+    assert out.size == img.size and np.asarray(out).max() == 0
+
+
+@pytest.mark.skipif(not Path(FASHION_MNIST_DIR).is_dir(), reason=f'Fashion-MNIST not installed at {FASHION_MNIST_DIR}')
+def test_fashion_mnist_is_read_from_the_debian_package():
+    train, val, info = build_datasets(resolve_config(dict(dataset='fashion_mnist', train_subset=100)))
+    assert (len(train), len(val), info) == (100, 10000, dict(num_classes=10, channels=1))
+    assert train.images.shape == (100, 28, 28) and train.images.dtype == torch.uint8
+    assert sorted(set(val.targets.tolist())) == list(range(10))
+
+
+def test_fashion_mnist_from_data_dir(tmp_path):
+    def idx(path, arr):
+        header = bytes([0, 0, 8, arr.ndim]) + b''.join(d.to_bytes(4, 'big') for d in arr.shape)
+        with gzip.open(path, 'wb') as f:
+            f.write(header + arr.tobytes())
+    rng = np.random.default_rng(0)
+    for prefix, n in (('train', 6), ('t10k', 4)):
+        idx(tmp_path / f'{prefix}-images-idx3-ubyte.gz', rng.integers(0, 255, (n, 28, 28), dtype=np.uint8))
+        idx(tmp_path / f'{prefix}-labels-idx1-ubyte.gz', np.arange(n, dtype=np.uint8) % 10)
+    train, val, _ = build_datasets(resolve_config(dict(dataset='fashion_mnist', data_dir=str(tmp_path))))
+    assert len(train) == 6 and len(val) == 4 and train.targets.tolist() == [0, 1, 2, 3, 4, 5]
+
+
+def test_missing_dataset_is_one_line_naming_path_and_remedy(tmp_path, capsys):
+    out = tmp_path / 'run'
+    code = cli_main(['train', '--output-dir', str(out), 'dataset=fashion_mnist', f'data_dir={tmp_path / "none"}'])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count('\n') == 1
+    assert str(tmp_path / 'none' / 'train-images-idx3-ubyte.gz') in err
+    assert 'apt-get install dataset-fashion-mnist' in err
+    result = json.loads((out / 'result.json').read_text())
+    assert result['status'] == 'failed' and 'FileNotFoundError' in result['error']
+
+
+def test_run_directory_and_idempotent_rerun(tmp_path):
+    out = tmp_path / 'run'
+    result = main(dict(TINY, output_dir=str(out)))
+    assert result['status'] == 'done' and result['epochs'] == 2 and result['steps'] == 8
+    assert json.loads((out / 'result.json').read_text()) == result
+    for key in ('final_top1', 'final_top5', 'best_top1', 'best_top5', 'train_time_s', 'params',
+                'train_images_per_s', 'eval_images_per_s'):
+        assert result[key] is not None, key
+    assert result['params'] == 435_946  # fat_proxy with 1 channel and 10 classes
+    cfg = json.loads((out / 'config.json').read_text())
+    assert cfg == resolve_config(dict(TINY, output_dir=str(out)))
+    env = json.loads((out / 'environment.json').read_text())
+    assert len(env) == 1 and {'git', 'versions', 'hardware', 'command'} <= set(env[0])
+    assert set(env[0]['git']) == {'sha', 'dirty'} and env[0]['versions']['torch'] == torch.__version__
+    log = [json.loads(line) for line in (out / 'log.jsonl').read_text().splitlines()]
+    assert [r['epoch'] for r in log] == [1, 2]
+    assert {'lr', 'train_loss', 'val_top1', 'val_top5', 'train_images_per_s', 'train_seconds'} <= set(log[0])
+    assert log[-1]['val_top1'] == result['final_top1']
+    assert (out / 'checkpoint-last.pt').exists() and (out / 'checkpoint-best.pt').exists()
+    # a finished run is not trained again
+    mtime = (out / 'checkpoint-last.pt').stat().st_mtime_ns
+    assert main(dict(TINY, output_dir=str(out))) == result
+    assert (out / 'checkpoint-last.pt').stat().st_mtime_ns == mtime
+
+
+def test_changed_config_in_a_run_directory_is_refused(tmp_path):
+    out = str(tmp_path / 'run')
+    main(dict(TINY, epochs=1, output_dir=out))
+    with pytest.raises(ValueError, match=r'different config \(epochs, lr\)'):
+        main(dict(TINY, epochs=3, lr=1e-3, output_dir=out))
+    # runtime keys may change: the finished run's result comes back
+    assert main(dict(TINY, epochs=1, workers=1, log_interval=1, output_dir=out))['status'] == 'done'
+
+
+def test_nan_loss_is_recorded_as_diverged(tmp_path):
+    result = main(dict(TINY, lr=1e30, warmup_epochs=0, clip_grad=None, output_dir=str(tmp_path / 'run')))
+    assert result['status'] == 'diverged'
+    assert result['diverged_step'] >= 1 and f"at step {result['diverged_step']}" in result['error']
+    assert json.loads((tmp_path / 'run' / 'result.json').read_text())['status'] == 'diverged'
+
+
+def test_exception_is_recorded_as_failed(tmp_path):
+    result = main(dict(TINY, model_args={'no_such_arg': 1}, output_dir=str(tmp_path / 'run')))
+    assert result['status'] == 'failed' and 'no_such_arg' in result['error']
+    assert json.loads((tmp_path / 'run' / 'result.json').read_text()) == result
+
+
+def test_loader_workers_do_not_change_the_run(tmp_path):
+    # augmentation randomness is seeded per sample, so workers (a runtime key) leave every number unchanged
+    runs = [main(dict(TINY, workers=w, output_dir=str(tmp_path / f'w{w}'))) for w in (0, 2)]
+    keys = ('final_top1', 'final_top5', 'best_top1', 'steps')
+    assert [r['status'] for r in runs] == ['done', 'done'] and all(runs[0][k] == runs[1][k] for k in keys)
+    logs = [[json.loads(line)['train_loss'] for line in (tmp_path / f'w{w}' / 'log.jsonl').read_text().splitlines()]
+            for w in (0, 2)]
+    assert logs[0] == logs[1]
+
+
+def test_distributed_environment_from_a_submitit_slurm_task(monkeypatch):
+    for key in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'LOCAL_WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT'):
+        monkeypatch.setenv(key, '')  # so that monkeypatch removes what the export sets
+        monkeypatch.delenv(key)
+    slurm = dict(SUBMITIT_EXECUTOR='slurm', SLURM_JOB_ID='42', SLURM_NTASKS='4', SLURM_JOB_NUM_NODES='2',
+                 SLURM_NODEID='1', SLURM_JOB_NODELIST='node[3-4]', SLURM_PROCID='3', SLURM_LOCALID='1')
+    for key, value in slurm.items():
+        monkeypatch.setenv(key, value)
+    _export_submitit_env()
+    assert (os.environ['RANK'], os.environ['WORLD_SIZE'], os.environ['LOCAL_RANK']) == ('3', '4', '1')
+    assert os.environ['MASTER_ADDR'] == 'node3' and int(os.environ['MASTER_PORT']) > 0
