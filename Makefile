@@ -26,10 +26,10 @@ data: $(FASHION_MNIST)
 $(FASHION_MNIST):
 	$(SUDO) apt-get install -y dataset-fashion-mnist || { $(SUDO) apt-get update && $(SUDO) apt-get install -y dataset-fashion-mnist; }
 
-demo: setup
+demo: setup data
 	$(BIN)/fat models
 
-test: setup
+test: setup data
 	$(BIN)/python -m pytest
 
 lint: setup
