@@ -1,0 +1,153 @@
+#!/usr/bin/env python3
+"""Scale of `fat sweep`: plan, status and collect over a synthetic 10,000-cell work directory, and a dry-run
+launch of 5,000 cells split into arrays under MaxArraySize=1001. Targets (2-core CPU): each <= 5 s, >= 5 arrays.
+
+The work directory is made up on disk, no training: 10 FASA variants x 10 learning rates x 10 weight decays x
+10 seeds of the `smoke` preset, the cells in every state a real grid shows (done with metrics and the trainer's
+environment.json, failed with a log, diverged, corrupt result.json, launched with their job gone, not launched).
+Each verb is timed twice: in-process (the verb's own work, `fat` already imported) and as the command a user
+types (a new `fat` process: Python, torch and timm imports included). collect is timed with its params/MACs
+cache warm (measuring a model is a one-time cost per distinct model, reported separately as "cold").
+
+    python benchmarks/sweep_scale.py [--workdir DIR] [--keep]
+"""
+import argparse
+import json
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Tuple
+
+import yaml
+
+from fat.sweep.cells import append_record
+from fat.sweep.collect import collect
+from fat.sweep.launch import launch, prepare
+from fat.sweep.state import Scheduler, cell_states, summary
+from fat.sweep.tasks import write_json_atomic
+
+FASA = ['fasa', 'fasa_bidirectional', 'no_interaction', 'avgpool_downsample', 'static_conv', 'global_only',
+        'local_only', ['fasa', 'fasa', 'fasa', 'global_only'], ['fasa', 'fasa', 'global_only', 'global_only'],
+        {'local': 'static', 'interaction': 'none'}]
+TARGET_S = 5.0
+
+
+def grid_file(root: Path, name: str, seeds: int) -> Path:
+    path = root / f'{name}.yaml'
+    path.write_text(yaml.safe_dump({
+        'name': name, 'preset': 'smoke',
+        'axes': {'fasa': FASA, 'lr': [round(1e-3 * (i + 1), 4) for i in range(10)],
+                 'weight_decay': [round(0.01 * (i + 1), 3) for i in range(10)]},
+        'seeds': list(range(seeds)), 'slurm': {'profile': str(Path(__file__).parents[1] / 'slurm' / 'local.yaml')},
+    }, sort_keys=False))
+    return path
+
+
+def populate(path: Path, workdir: Path) -> Dict[str, int]:
+    """Write every cell directory of the grid, in a realistic mix of states."""
+    sweep = prepare(path, [], workdir)
+    rng = random.Random(0)
+    env = [{'versions': {'torch': '2.14.1'}, 'hardware': {'device': 'cpu', 'cpu': 'AMD EPYC', 'hostname': 'node1'},
+            'git': {'sha': '0123456789abcdef', 'dirty': False}, 'world_size': 1, 'resumed_from': None}]
+    log_dir = sweep.root / '.submitit' / '%j'
+    kinds: Dict[str, int] = {}
+    for i, cell in enumerate(sweep.cells):
+        kind = rng.choices(['done', 'failed', 'diverged', 'corrupt', 'gone', 'fresh'], [70, 10, 5, 5, 5, 5])[0]
+        kinds[kind] = kinds.get(kind, 0) + 1
+        if kind == 'fresh':
+            continue
+        cell.write(sweep.grid)
+        job_id = f'{1000 + i // 1000}_{i % 1000}'
+        append_record(cell.dir, {'event': 'submitted', 'job_id': job_id, 'cluster': 'slurm', 'host': 'node1',
+                                 'log_dir': str(log_dir)})
+        append_record(cell.dir, {'event': 'started', 'job_id': job_id, 'host': 'node1', 'pid': 1})
+        if kind == 'done':
+            top1 = rng.uniform(10, 90)
+            write_json_atomic(cell.dir / 'result.json', {
+                'status': 'done', 'final_top1': top1, 'final_top5': top1 + 5, 'best_top1': top1 + 1,
+                'best_top5': top1 + 6, 'epochs': 2, 'steps': 8, 'params': 435946, 'train_time_s': 1.0,
+                'train_images_per_s': 140.0, 'eval_images_per_s': 800.0})
+            (cell.dir / 'environment.json').write_text(json.dumps(env))
+        elif kind == 'failed':
+            log = log_dir.parent / job_id / f'{job_id}_0_log.err'
+            log.parent.mkdir(parents=True, exist_ok=True)
+            log.write_text('Traceback (most recent call last):\nRuntimeError: CUDA out of memory\n')
+        elif kind == 'diverged':
+            write_json_atomic(cell.dir / 'result.json', {'status': 'diverged', 'error': 'loss is nan'})
+        elif kind == 'corrupt':
+            (cell.dir / 'result.json').write_text('{"status": "do')
+    return kinds
+
+
+def timed(fn: Callable[[], object]) -> Tuple[float, object]:
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def cli(args: List[str]) -> float:
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, '-m', 'fat.cli', *args], check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--workdir', type=Path, help='where to build the synthetic work directory (default: temp)')
+    parser.add_argument('--keep', action='store_true', help='keep the synthetic work directory')
+    args = parser.parse_args()
+    root = args.workdir or Path(tempfile.mkdtemp(prefix='sweep-scale-'))
+    root.mkdir(parents=True, exist_ok=True)
+    big, half = grid_file(root, 'scale10k', 10), grid_file(root, 'scale5k', 5)
+    workdir = root / 'runs'
+    rows = []
+    try:
+        t, kinds = timed(lambda: populate(big, workdir))
+        print(f'synthetic work directory: {sum(kinds.values())} cells {kinds} written in {t:.1f} s')
+
+        t_prep, sweep = timed(lambda: prepare(big, [], workdir))
+        rows.append(('expand + validate 10,000 cells (part of every verb)', t_prep, None))
+        t, states = timed(lambda: cell_states(sweep.cells, Scheduler.snapshot()))
+        print(f'status: {summary(states)}')
+        rows.append(('status 10,000 cells', t_prep + t, cli(['sweep', 'status', str(big), '--workdir', str(workdir)])))
+        t, report = timed(lambda: launch(sweep, 'slurm', dry_run=True, array_size_limit=1001))
+        rows.append(('plan 10,000 cells', t_prep + t, cli(['sweep', 'plan', str(big), '--workdir', str(workdir),
+                                                           '--cluster', 'slurm', '--max-array-size', '1001'])))
+        out = root / 'scale10k.csv'
+        t_cold, _ = timed(lambda: collect(sweep, states, out))
+        t, (frame, incomplete) = timed(lambda: collect(sweep, states, out))
+        print(f'collect: {len(frame)} rows, {len(incomplete)} incomplete listed; first collect (params/MACs of '
+              f'{len(FASA)} models measured, then cached): {t_prep + t_cold:.2f} s')
+        rows.append(('collect 10,000 cells', t_prep + t, cli(['sweep', 'collect', str(big), '--workdir',
+                                                              str(workdir), '--out', str(out)])))
+
+        t, sweep5 = timed(lambda: prepare(half, [], root / 'runs5k'))
+        t_launch, dry = timed(lambda: launch(sweep5, 'slurm', dry_run=True, array_size_limit=1001))
+        sizes = [a['size'] for a in dry.arrays]
+        print(f'dry-run launch of {len(sweep5.cells)} cells: {len(sizes)} arrays {sizes} '
+              f'(MaxArraySize {dry.max_array_size}), sbatch scripts rendered')
+        rows.append((f'dry-run launch 5,000 cells -> {len(sizes)} arrays', t + t_launch,
+                     cli(['sweep', 'launch', str(half), '--workdir', str(root / 'runs5k'), '--dry-run',
+                          '--cluster', 'slurm', '--max-array-size', '1001'])))
+        assert len(sizes) >= 5, sizes
+    finally:
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+    print(f"\n| {'verb':<52} | in-process (s) | command (s) | target |")
+    print(f"|{'-' * 54}|----------------|-------------|--------|")
+    for what, t_in, t_cli in rows:
+        cmd = f'{t_cli:11.2f}' if t_cli is not None else f"{'-':>11}"
+        ok = '' if t_cli is None else ('ok' if t_in <= TARGET_S else 'SLOW')
+        print(f'| {what:<52} | {t_in:14.2f} | {cmd} | {ok:>6} |')
+    print(f'\n`fat` start-up alone (Python + torch + timm imports): {cli(["--version"]):.2f} s')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

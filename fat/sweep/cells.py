@@ -1,0 +1,212 @@
+"""Cells: the points of a grid, each a fully resolved config with a content-addressed directory.
+
+A cell's id is a short hash of its canonical resolved config (DomainBed's pattern): keys that do not change
+results (the task's runtime keys, e.g. `output_dir`) are left out and FASA specs are reduced to their axes, so
+`fasa: no_interaction` and `fasa: {interaction: none}` are the same cell. The directory
+`<workdir>/<grid>/<id>/` holds `cell.json` (what the cell is), `jobs.jsonl` (submissions and starts, one JSON
+line each), the run's own files, and `result.json`, written last and atomically: the cell's "done" marker.
+"""
+import functools
+import hashlib
+import itertools
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
+
+from fat.models import resolve_fasa_stages
+
+from .spec import Grid, Problems
+from .tasks import Task, write_json_atomic
+
+__all__ = ['Cell', 'cell_id', 'expand', 'describe', 'append_record', 'read_records', 'read_result']
+
+ID_LENGTH = 12  # hex digits (48 bits): a collision stays improbable (< 1e-3) up to ~700,000 cells
+
+
+@dataclass
+class Cell:
+    """One run of a grid: its id, the values of the grid's varied keys, its config and its directory."""
+    id: str
+    axes: Dict[str, Any]
+    config: Dict[str, Any]
+    dir: Path
+    origin: str = 'axes'  # the grid key that produced it (`axes` or `include[i]`), for error messages
+
+    def write(self, grid: Grid) -> None:
+        """Create the cell directory and write `cell.json`, which the job reads. Only runtime keys (`data_dir`,
+        `workers`, ...) can differ from an earlier launch's: the new values win."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.dir / 'cell.json', {'id': self.id, 'grid': grid.name, 'task': grid.task,
+                                                   'axes': self.axes, 'config': self.config})
+
+
+@functools.cache
+def _fasa_axes(spec_json: str) -> Tuple[Dict[str, str], ...]:
+    # cached: a grid has few distinct FASA specs and many cells (a tuple: it is shared, JSON writes it as a list)
+    return tuple(stage.as_dict() for stage in resolve_fasa_stages(json.loads(spec_json), 4))
+
+
+def _canonical(task: Task, cfg: Mapping[str, Any]) -> Dict[str, Any]:
+    out = {k: v for k, v in cfg.items() if k not in task.runtime_keys}
+    if 'fasa' in out:
+        out['fasa'] = _fasa_axes(json.dumps(out['fasa'], sort_keys=True))
+    return out
+
+
+def cell_id(task: Task, cfg: Mapping[str, Any]) -> str:
+    """Short hash of the task and the canonical config."""
+    text = json.dumps({'task': task.name, 'config': _canonical(task, cfg)}, sort_keys=True, separators=(',', ':'))
+    return hashlib.sha1(text.encode()).hexdigest()[:ID_LENGTH]
+
+
+def describe(point: Mapping[str, Any]) -> str:
+    """`fasa=global_only lr=0.001 seed=0`: a point as one line."""
+    return ' '.join(f'{k}={json.dumps(v, separators=(",", ":")) if not isinstance(v, str) else v}'
+                    for k, v in point.items())
+
+
+def _seeds(grid: Grid) -> List[Dict[str, Any]]:
+    return [{'seed': s} for s in grid.seeds] if grid.seeds is not None else [{}]
+
+
+def _product(grid: Grid) -> Iterator[Dict[str, Any]]:
+    """The product of the axes, the zipped groups and the seeds."""
+    factors: List[List[Dict[str, Any]]] = [[{k: v} for v in values] for k, values in grid.axes.items()]
+    factors += [[dict(zip(group, values, strict=True)) for values in zip(*group.values(), strict=True)]
+                for group in grid.zip]
+    for combo in itertools.product(*factors, _seeds(grid)):
+        yield {k: v for part in combo for k, v in part.items()}
+
+
+def _points(grid: Grid) -> Iterator[Tuple[Dict[str, Any], str]]:
+    """(point, origin) for every cell: the product minus `exclude`, plus `include` (times the seeds unless the
+    entry sets its own seed)."""
+    for point in _product(grid):
+        if not any(_matches(point, ex) for ex in grid.exclude):
+            yield point, 'axes'
+    seeds = _seeds(grid)
+    for i, extra in enumerate(grid.include):
+        for seed in ([{}] if 'seed' in extra else seeds):
+            yield {**extra, **seed}, f'include[{i}]'
+
+
+def _matches(point: Mapping[str, Any], pattern: Mapping[str, Any]) -> bool:
+    return all(k in point and point[k] == v for k, v in pattern.items())
+
+
+def _check_values(grid: Grid, task: Task, p: Problems) -> bool:
+    """Resolve the base and every declared value on its own, so that each bad value gets its own line."""
+    try:
+        task.resolve(grid.base, grid.preset)
+    except ValueError as e:
+        p.add('preset' if 'preset' in str(e) else 'base', str(e))
+        return False
+    ok = True
+    for key, value in grid.overrides.items():
+        try:
+            task.resolve({**grid.base, key: value}, grid.preset)
+        except ValueError as e:
+            p.add(f'{key} (command line)', str(e))
+            ok = False
+    if not ok:
+        return False
+    base = grid.config_base
+    declared = [(f'axes.{k}', k, values) for k, values in grid.axes.items()]
+    declared += [(f'zip[{i}].{k}', k, values) for i, group in enumerate(grid.zip) for k, values in group.items()]
+    declared += [('seeds', 'seed', grid.seeds or [])]
+    for where, key, values in declared:
+        for j, value in enumerate(values):
+            try:
+                task.resolve({**base, key: value}, grid.preset)
+            except ValueError as e:
+                p.add(f'{where}[{j}]', str(e))
+                ok = False
+    for i, extra in enumerate(grid.include):
+        try:
+            task.resolve({**base, **extra}, grid.preset)
+        except ValueError as e:
+            p.add(f'include[{i}]', str(e))
+            ok = False
+    varied = grid.varied_keys
+    for i, pattern in enumerate(grid.exclude):
+        for key in pattern:
+            if key not in varied:
+                p.add(f'exclude[{i}].{key}', f"not a varied key of this grid; valid: {', '.join(varied) or 'none'}")
+                ok = False
+    return ok
+
+
+def expand(grid: Grid, task: Task, workdir: Path, p: Problems) -> List[Cell]:
+    """The grid's cells, in declaration order. Problems (bad values, duplicate cells, excludes that match
+    nothing) are added to `p`; the caller raises them all at once."""
+    if not _check_values(grid, task, p):
+        return []
+    root = Path(workdir).absolute() / grid.name
+    cells: List[Cell] = []
+    by_id: Dict[str, Cell] = {}
+    for point, origin in _points(grid):
+        try:
+            cfg = task.resolve({**grid.config_base, **point}, grid.preset)
+        except ValueError as e:  # a combination of valid values can still be invalid (e.g. odd batch + mixup)
+            p.add(origin, f'{describe(point)}: {e}')
+            continue
+        cid = cell_id(task, cfg)
+        if cid in by_id:
+            other = by_id[cid]
+            keys = [k for k in point if other.axes.get(k) != point[k]] or list(point)
+            where = origin if origin != 'axes' else ', '.join(f'axes.{k}' for k in keys)
+            p.add(where, f'duplicate cell {cid}: {describe(point)} resolves to the same config as '
+                         f'{describe(other.axes)}')
+            continue
+        cell_dir = root / cid
+        cfg['output_dir'] = str(cell_dir)
+        cell = Cell(cid, point, cfg, cell_dir, origin)
+        by_id[cid] = cell
+        cells.append(cell)
+    for i, pattern in enumerate(grid.exclude):
+        if not any(_matches(point, pattern) for point in _product(grid)):
+            p.add(f'exclude[{i}]', f'matches no point of the grid: {describe(pattern)}')
+    if not cells and not p.lines:
+        p.add('axes', 'the grid has no cells')
+    return cells
+
+
+def append_record(cell_dir: Path, record: Mapping[str, Any]) -> None:
+    """Append one JSON line to the cell's `jobs.jsonl` (one short write: lines from concurrent writers stay whole)."""
+    line = json.dumps({'time': round(time.time(), 3), **record}, sort_keys=True) + '\n'
+    with open(cell_dir / 'jobs.jsonl', 'a') as f:
+        f.write(line)
+
+
+def read_records(cell_dir: Path) -> List[Dict[str, Any]]:
+    """The cell's job records, oldest first; unreadable lines (a torn write) are skipped."""
+    try:
+        text = (cell_dir / 'jobs.jsonl').read_text()
+    except FileNotFoundError:
+        return []
+    records = []
+    for line in text.splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def read_result(cell_dir: Path) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
+    """(result, error): the parsed result.json, or None and why it is missing or corrupt (None: not written)."""
+    try:
+        text = (cell_dir / 'result.json').read_text()
+    except FileNotFoundError:
+        return None, None
+    except OSError as e:
+        return None, f'result.json unreadable: {e}'
+    try:
+        result = json.loads(text)
+    except json.JSONDecodeError as e:
+        return None, f'result.json corrupt: {e}'
+    if not isinstance(result, dict) or result.get('status') not in ('done', 'diverged', 'failed'):
+        return None, 'result.json corrupt: no status done|diverged|failed'
+    return result, None

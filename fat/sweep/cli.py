@@ -1,0 +1,160 @@
+"""`fat sweep plan | launch | status | collect GRID [key=value ...]`."""
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Tuple
+
+from submitit.core.utils import FailedJobError, FailedSubmissionError
+
+from .cells import describe
+from .cluster import CLUSTERS, default_cluster
+from .collect import collect
+from .launch import SUBMIT_STATES, Sweep, launch, prepare
+from .spec import GridError
+from .state import CellState, Scheduler, cell_states, summary
+
+__all__ = ['register']
+
+_MAX_LISTED = 20  # incomplete cells listed by collect before "... and N more"
+
+
+def _print_states(states: List[CellState], as_json: bool, source: str, plan: bool = False) -> None:
+    if as_json:
+        cells = [dict(st.as_dict(), action='submit' if st.state in SUBMIT_STATES else 'skip') if plan
+                 else st.as_dict() for st in states]
+        print(json.dumps({'cells': cells, 'summary': summary(states), 'source': source}, indent=1))
+        return
+    lines = []
+    for st in states:
+        action = ('submit ' if st.state in SUBMIT_STATES else 'skip   ') if plan else ''
+        extra = st.detail + (f' (log: {st.log})' if st.state == 'FAILED' and st.log else '')
+        lines.append(f'{st.cell.id}  {st.state:<12} {action}{describe(st.cell.axes)}'
+                     + (f'  [{st.job_id}]' if st.job_id else '') + (f'  {extra}' if extra else ''))
+    print('\n'.join(lines))
+    print(f'{summary(states)} (state source: {source})')
+
+
+def _sweep(args: argparse.Namespace) -> Sweep:
+    return prepare(args.grid, args.overrides, args.workdir)
+
+
+def _plan(args: argparse.Namespace) -> int:
+    report = launch(_sweep(args), args.cluster, dry_run=True, array_size_limit=args.max_array_size)
+    _print_states(report.states, args.json, report.source, plan=True)
+    if not args.json:
+        print(report.text())
+    return 0
+
+
+def _launch(args: argparse.Namespace) -> int:
+    sweep = _sweep(args)
+    try:
+        report = launch(sweep, args.cluster, dry_run=args.dry_run, snapshot=args.snapshot,
+                        array_size_limit=args.max_array_size)
+    except (FailedJobError, FailedSubmissionError) as e:  # sbatch refused (partition, account, ...): its words
+        lines = [ln for ln in str(e).splitlines() if ln.strip()]
+        print(f'fat sweep launch: error: sbatch failed: {lines[-1] if lines else e}', file=sys.stderr)
+        return 1
+    if args.dry_run and args.show_sbatch:
+        for i, entry in enumerate(report.arrays):
+            if entry['sbatch']:
+                print(f'# --- array {i}: {entry["size"]} cells\n{entry["sbatch"]}')
+    print(report.text())
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    sweep = _sweep(args)
+    sched = Scheduler.snapshot(default_cluster() == 'slurm')
+    _print_states(cell_states(sweep.cells, sched), args.json, sched.source)
+    return 0
+
+
+def _collect(args: argparse.Namespace) -> int:
+    sweep = _sweep(args)
+    states = sweep.states()
+    out = args.out or Path('results') / f'{sweep.grid.name}.csv'
+    frame, incomplete = collect(sweep, states, out)
+    for line in incomplete[:_MAX_LISTED]:
+        print(f'incomplete: {line}', file=sys.stderr)
+    if len(incomplete) > _MAX_LISTED:
+        print(f'incomplete: ... and {len(incomplete) - _MAX_LISTED} more (the status column of {out})',
+              file=sys.stderr)
+    print(f'wrote {out}: {len(frame)} rows; {summary(states)}')
+    return 0
+
+
+class _IntermixedParser(argparse.ArgumentParser):
+    """Parses options and `key=value` overrides in any order (`GRID --cluster local epochs=1 --dry-run`), which
+    plain argparse refuses once an option separates two positionals."""
+    _inner = False
+
+    def parse_known_args(self, args: Optional[Sequence[str]] = None, namespace: Optional[argparse.Namespace] = None
+                         ) -> Tuple[argparse.Namespace, List[str]]:
+        if self._inner:  # parse_known_intermixed_args calls back here
+            return super().parse_known_args(args, namespace)
+        self._inner = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inner = False
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f'expected a positive integer, got {text!r}')
+    return int(text)
+
+
+def _guarded(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Grid problems: one line each on stderr, exit status 2, nothing written or submitted."""
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return fn(args)
+        except GridError as e:
+            for line in e.problems:
+                print(line, file=sys.stderr)
+            return 2
+    return run
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `fat sweep plan|launch|status|collect` to the `fat` command."""
+    p = subparsers.add_parser(
+        'sweep', help='ablation grids (ablations/*.yaml) on Slurm: plan, launch, status, collect',
+        description='Run a grid of ablation cells on Slurm (or locally) through submitit. Each cell is one '
+                    'config with a content-addressed directory <workdir>/<grid>/<cell-id>; every verb is safe '
+                    'to repeat.')
+    verbs = p.add_subparsers(dest='verb', required=True, metavar='VERB', parser_class=_IntermixedParser)
+
+    def add(name: str, fn: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
+        v = verbs.add_parser(name, help=help_text, description=help_text)
+        v.add_argument('grid', type=Path, metavar='GRID', help='grid file (ablations/<name>.yaml)')
+        v.add_argument('overrides', nargs='*', metavar='key=value',
+                       help='override a config key (changes the cells), `seeds=[0,1]`, or `slurm.<resource>`')
+        v.add_argument('--workdir', type=Path, default=None,
+                       help="where cell directories go (default: the grid's `workdir`, else runs/)")
+        v.set_defaults(func=_guarded(fn))
+        return v
+
+    v = add('plan', _plan, 'list the cells, their states and what `launch` would do')
+    v.add_argument('--cluster', choices=CLUSTERS, help='default: slurm when Slurm is installed, else local')
+    v.add_argument('--max-array-size', type=_positive, help="cap arrays below the cluster's MaxArraySize")
+    v.add_argument('--json', action='store_true', help='one JSON document')
+
+    v = add('launch', _launch, 'submit the cells that are neither finished nor queued, as job arrays; '
+                               'returns at once (except --cluster debug, which runs them in this process)')
+    v.add_argument('--cluster', choices=CLUSTERS, help='default: slurm when Slurm is installed, else local')
+    v.add_argument('--dry-run', action='store_true', help='plan the arrays without writing or submitting')
+    v.add_argument('--show-sbatch', action='store_true', help='with --dry-run: print the sbatch scripts')
+    v.add_argument('--snapshot', action='store_true',
+                   help='run from a snapshot of the code (RsyncSnapshot): later edits do not reach queued jobs')
+    v.add_argument('--max-array-size', type=_positive, help="cap arrays below the cluster's MaxArraySize")
+
+    v = add('status', _status, 'state of every cell (DONE, DIVERGED, FAILED, RUNNING, REQUEUED, PENDING, '
+                               'NOT_LAUNCHED) and a summary')
+    v.add_argument('--json', action='store_true', help='one JSON document')
+
+    v = add('collect', _collect, 'one row per cell (finished or not) into results/<grid>.csv')
+    v.add_argument('--out', type=Path, help='output CSV (default: results/<grid>.csv)')

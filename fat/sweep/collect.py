@@ -1,0 +1,143 @@
+"""collect: one row per cell, finished or not, into `results/<grid>.csv`.
+
+Every cell gets a row: its axes and seed, its state (`status`: DONE, DIVERGED, FAILED, CORRUPT, RUNNING, ...),
+parameters and MACs (convention `paper`: convolutions and linear layers, as the FAT paper counts; `fvcore`:
+fvcore's count with attention matmuls), final and best top-1/top-5, epochs, training time and throughput, and
+the environment the run (last) started in. Cells without a usable result keep their row, with `error` saying
+why; a corrupt file never stops the collection. Params and MACs are measured once per distinct model and
+cached in `<workdir>/.complexity-cache.json`.
+"""
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import pandas as pd
+
+from .cells import read_result
+from .launch import Sweep
+from .state import CellState
+from .tasks import model_kwargs, write_json_atomic
+
+__all__ = ['collect', 'COLUMNS', 'ComplexityCache']
+
+COLUMNS = ('status', 'params', 'macs_paper', 'macs_fvcore', 'top1', 'top5', 'best_top1', 'best_top5', 'epochs',
+           'train_time_s', 'train_images_per_s', 'eval_images_per_s', 'environment', 'error', 'dir')
+_RESULT_COLUMNS = {'top1': 'final_top1', 'top5': 'final_top5', 'best_top1': 'best_top1', 'best_top5': 'best_top5',
+                   'epochs': 'epochs', 'train_time_s': 'train_time_s', 'train_images_per_s': 'train_images_per_s',
+                   'eval_images_per_s': 'eval_images_per_s'}
+MAC_CONVENTIONS = ('paper', 'fvcore')  # the CSV's macs_* columns
+
+
+class ComplexityCache:
+    """Params and MACs per distinct (model, img_size, model kwargs), measured with fat.complexity, kept on disk."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.errors: Dict[str, str] = {}  # key -> why it could not be measured (not cached: tried again next time)
+        try:
+            self.entries: Dict[str, Dict[str, Any]] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            self.entries = {}
+        self.dirty = False
+
+    def get(self, cfg: Mapping[str, Any], result: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+        """The model as trained: classes and channels from result.json, or, before there is one, the config's."""
+        known = {k: result[k] for k in ('num_classes', 'in_chans') if result and result.get(k) is not None}
+        kwargs = model_kwargs({**cfg, **known})
+        img_size = cfg.get('img_size', 224)
+        key = json.dumps([cfg['model'], img_size, kwargs], sort_keys=True)
+        if key not in self.entries and key not in self.errors:
+            try:
+                from fat import complexity
+                rows = complexity.measure(cfg['model'], img_size=img_size, conventions=MAC_CONVENTIONS, **kwargs)
+            except Exception as e:  # a model that cannot be counted must not stop the collection
+                self.errors[key] = f'params/MACs of {key} not measured: {type(e).__name__}: {e}'
+                return {}
+            self.entries[key] = {'params': rows[0]['params'], **{f"macs_{r['convention']}": r['macs'] for r in rows}}
+            self.dirty = True
+        return self.entries.get(key, {})
+
+    def save(self) -> None:
+        if self.dirty:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.path, self.entries)
+
+
+def _environment(cell_dir: Path, result: Optional[Mapping[str, Any]]) -> str:
+    """`torch 2.14.1, cpu (AMD EPYC 7B13), 1 process, git 1a2b3c4+, host vm`: where the run last started."""
+    try:
+        starts = json.loads((cell_dir / 'environment.json').read_text())
+        env = starts[-1] if isinstance(starts, list) and starts else (result or {}).get('environment')
+    except (OSError, ValueError):
+        env = (result or {}).get('environment')
+    if not isinstance(env, dict):
+        return ''
+    hw, versions, git = env.get('hardware', {}), env.get('versions', {}), env.get('git') or {}
+    device = hw.get('device', '')
+    chip = ', '.join(hw.get('gpus') or []) or hw.get('cpu', '')
+    sha = (git.get('sha') or '')[:7] + ('+' if git.get('dirty') else '')
+    parts = [f"torch {versions.get('torch', '?')}", f'{device} ({chip})' if chip else device,
+             f"{env.get('world_size', 1)} process{'es' if env.get('world_size', 1) != 1 else ''}",
+             f'git {sha}' if sha else '', f"host {hw.get('hostname', '?')}"]
+    return ', '.join(p for p in parts if p)
+
+
+def _value(v: Any) -> Any:
+    return v if v is None or isinstance(v, (str, int, float, bool)) else json.dumps(v, sort_keys=True)
+
+
+def _row(sweep: Sweep, st: CellState, cache: ComplexityCache) -> Tuple[Dict[str, Any], Optional[str]]:
+    cell = st.cell
+    row: Dict[str, Any] = {'grid': sweep.grid.name, 'cell': cell.id}
+    row.update({k: _value(v) for k, v in cell.axes.items()})
+    if 'seed' in cell.config:
+        row['seed'] = cell.config['seed']
+    status, result, error = st.state, st.result, None
+    if status in ('FAILED', 'NOT_LAUNCHED', 'PENDING', 'RUNNING', 'REQUEUED'):
+        _, corrupt = read_result(cell.dir)
+        if corrupt:
+            status, error = 'CORRUPT', corrupt
+        elif status == 'FAILED':
+            error = st.detail + (f' (log: {st.log})' if st.log else '')
+    if status == 'DIVERGED':
+        error = st.detail
+    row['status'] = status
+    if sweep.task.name == 'train':  # flops and bench cells measure these themselves
+        row.update(cache.get(cell.config, result))
+    if result:
+        for column, key in _RESULT_COLUMNS.items():
+            if key in result:
+                row[column] = result[key]
+        for key, value in result.items():  # flops/bench results: their own measurements
+            if key.startswith('macs_') or (sweep.task.name == 'bench' and key not in ('status', 'environment')):
+                row[key] = _value(value)
+        if result.get('params') is not None:
+            row['params'] = result['params']
+    row['environment'] = _environment(cell.dir, result)
+    row['error'] = error
+    row['dir'] = str(cell.dir)
+    return row, None if status == 'DONE' else f'{cell.id} {status}: {error or st.detail or ""}'.rstrip(': ')
+
+
+def collect(sweep: Sweep, states: Sequence[CellState], out: Path) -> Tuple[pd.DataFrame, List[str]]:
+    """Write the grid's table to `out` (CSV); returns it and one line per cell that is not DONE."""
+    cache = ComplexityCache(sweep.workdir / '.complexity-cache.json')
+    rows, incomplete = [], []
+    for st in states:
+        row, note = _row(sweep, st, cache)
+        rows.append(row)
+        if note:
+            incomplete.append(note)
+    cache.save()
+    incomplete += cache.errors.values()
+    frame = pd.DataFrame(rows)
+    axes = [k for k in dict.fromkeys([*sweep.grid.varied_keys, 'seed']) if k in frame.columns]
+    tail = ['environment', 'error', 'dir']
+    known = ['grid', 'cell', *axes, *COLUMNS]
+    extra = [c for c in frame.columns if c not in known]  # flops/bench measurements
+    frame = frame.reindex(columns=['grid', 'cell', *axes, *[c for c in COLUMNS if c not in tail], *extra, *tail])
+    if sweep.task.name != 'train':  # training metrics mean nothing for flops/bench cells
+        frame = frame.drop(columns=[c for c in COLUMNS if c not in ('status', *tail) and frame[c].isna().all()])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(out, index=False)
+    return frame, incomplete

@@ -1,0 +1,289 @@
+"""Grid files (`ablations/*.yaml`): safe loading and complete validation.
+
+A grid file declares one ablation grid::
+
+    name: fasa_variants          # optional, default: the file name; names the work and result files
+    task: train                  # train | flops | bench
+    preset: null                 # train only: a named base config (fat.train.PRESETS)
+    base: {model: fat_b0, epochs: 2}          # config shared by every cell
+    axes: {fasa: [fasa, global_only]}         # cartesian product
+    zip: [{lr: [1.0e-3, 5.0e-4], batch_size: [64, 32]}]   # groups of keys varied together
+    exclude: [{fasa: global_only, lr: 5.0e-4}]            # points dropped from the product
+    include: [{fasa: local_only, lr: 1.0e-3}]             # extra points, added after `exclude`
+    seeds: [0, 1]                # train only: every point once per seed
+    slurm: {profile: local, cpus_per_task: 1, timeout_min: 30}   # profile (slurm/<name>.yaml) + resources
+    workdir: runs                # where the cell directories go (`--workdir` wins)
+
+Every problem is reported, one line each naming the file, the key and the valid choices, before anything
+else happens (`GridError`). YAML is read with a safe loader that also refuses duplicate keys and follows YAML 1.2
+for scalars: `1e-3` is a float (PyYAML's YAML 1.1 makes it a string) and only true/false are booleans (not
+yes/no/on/off).
+"""
+import difflib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
+
+import yaml
+
+__all__ = ['GridError', 'Grid', 'Problems', 'load_yaml', 'parse_value', 'parse_overrides', 'load_grid', 'close_hint']
+
+GRID_KEYS = ('name', 'description', 'task', 'preset', 'base', 'axes', 'zip', 'include', 'exclude', 'seeds',
+             'slurm', 'workdir')
+TASKS = ('train', 'flops', 'bench')
+_NAME_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]*$')
+
+
+class GridError(ValueError):
+    """A grid (or its overrides) is invalid; `problems` holds one line per problem."""
+
+    def __init__(self, problems: Sequence[str]):
+        self.problems = list(dict.fromkeys(problems))  # de-duplicated, in order
+        super().__init__('\n'.join(self.problems))
+
+
+class Problems:
+    """Collects problems of one source file so that all of them are reported at once."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self.lines: List[str] = []
+
+    def add(self, key: str, message: str) -> None:
+        self.lines.append(f'{self.source}: {key}: {message}' if key else f'{self.source}: {message}')
+
+    def raise_if_any(self) -> None:
+        if self.lines:
+            raise GridError(self.lines)
+
+
+def close_hint(value: Any, choices: Sequence[str]) -> str:
+    """' (did you mean ...?)' for the closest choice, or ''."""
+    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ''
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate mapping keys and reads YAML 1.2 floats such as 1e-3."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f'duplicate key {key!r}', key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_Loader.add_implicit_resolver(
+    'tag:yaml.org,2002:float',
+    re.compile(r'^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$'),
+    list('-+0123456789'))
+# YAML 1.2 booleans: only true/false (YAML 1.1 also turns yes/no/on/off/y/n into booleans)
+for _first, _resolvers in _Loader.yaml_implicit_resolvers.items():
+    _resolvers[:] = [(tag, regexp) for tag, regexp in _resolvers if tag != 'tag:yaml.org,2002:bool']
+_Loader.add_implicit_resolver(
+    'tag:yaml.org,2002:bool', re.compile(r'^(?:true|True|TRUE|false|False|FALSE)$'), list('tTfF'))
+_Loader.add_constructor('tag:yaml.org,2002:map', _Loader.construct_mapping)
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """Parse YAML safely; a syntax error becomes a one-line GridError naming the source and position."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as e:
+        mark = getattr(e, 'problem_mark', None)
+        where = f'line {mark.line + 1}, column {mark.column + 1}: ' if mark else ''
+        problem = getattr(e, 'problem', None) or str(e).splitlines()[0]
+        raise GridError([f'{source}: {where}invalid YAML: {problem}']) from None
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value, read as one YAML scalar or flow collection (`1e-3`, `[0, 1]`, `{a: b}`)."""
+    return load_yaml(text, 'override')
+
+
+@dataclass
+class Grid:
+    """A validated grid file, before expansion into cells (see `fat.sweep.cells.expand`)."""
+    name: str
+    path: Path
+    task: str = 'train'
+    description: str = ''
+    preset: Optional[str] = None
+    base: Dict[str, Any] = field(default_factory=dict)
+    axes: Dict[str, List[Any]] = field(default_factory=dict)
+    zip: List[Dict[str, List[Any]]] = field(default_factory=list)
+    include: List[Dict[str, Any]] = field(default_factory=list)
+    exclude: List[Dict[str, Any]] = field(default_factory=list)
+    seeds: Optional[List[int]] = None
+    slurm: Dict[str, Any] = field(default_factory=dict)
+    workdir: Optional[str] = None
+    overrides: Dict[str, Any] = field(default_factory=dict)  # config keys set on the command line
+    slurm_overrides: Set[str] = field(default_factory=set)  # resources set on the command line
+
+    @property
+    def config_base(self) -> Dict[str, Any]:
+        """What every cell's config starts from: `base`, updated by the command line."""
+        return {**self.base, **self.overrides}
+
+    @property
+    def varied_keys(self) -> List[str]:
+        """The config keys that vary between cells, in declaration order (the CSV's axis columns)."""
+        keys = list(self.axes)
+        for group in self.zip:
+            keys += [k for k in group if k not in keys]
+        for point in self.include:
+            keys += [k for k in point if k not in keys]
+        if self.seeds is not None and 'seed' not in keys:
+            keys.append('seed')
+        return keys
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_points(p: Problems, key: str, value: Any) -> List[Dict[str, Any]]:
+    """`include` / `exclude`: a list of non-empty mappings."""
+    if not isinstance(value, list) or not all(isinstance(v, dict) and v for v in value):
+        p.add(key, f'expected a list of non-empty mappings (config key: value), got {value!r}')
+        return []
+    return value
+
+
+def parse_overrides(items: Sequence[str], problems: Problems) -> Dict[str, Any]:
+    """`key=value` command-line items -> {key: value}, values read as YAML (`fat sweep launch GRID epochs=1`);
+    malformed items are added to `problems`."""
+    out: Dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition('=')
+        if not sep or not key or not re.fullmatch(r'[A-Za-z_][A-Za-z0-9_.]*', key):
+            problems.add(item, 'expected key=value (config key, `seeds`, or slurm.<resource>)')
+            continue
+        try:
+            out[key] = parse_value(text)
+        except GridError as e:
+            problems.add(key, e.problems[0].split(': ', 1)[1])
+    return out
+
+
+def load_grid(path: Path, overrides: Optional[Mapping[str, Any]] = None) -> Tuple[Grid, Problems]:
+    """Read a grid file and check its structure, with command-line overrides applied.
+
+    Overrides: `seeds=[...]`, `slurm.<resource>=value`, and `key=value` for any other config key (it joins
+    `base`, so it changes the cells and their ids). Returns the grid and the problems found so far: config
+    values and resources are checked by `fat.sweep.launch.prepare`, which reports every problem at once.
+    A file that is not YAML or not a mapping raises GridError at once.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'grid file not found: {path}')
+    source = str(path)
+    doc = load_yaml(path.read_text(), source)
+    p = Problems(source)
+    if not isinstance(doc, dict):
+        p.add('', f'expected a mapping of grid keys ({", ".join(GRID_KEYS)}), got {type(doc).__name__}')
+        p.raise_if_any()
+    for key in doc:
+        if key not in GRID_KEYS:
+            p.add(str(key), f'unknown grid key{close_hint(key, GRID_KEYS)}; valid: {", ".join(GRID_KEYS)}')
+
+    name = doc.get('name', path.stem)
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        p.add('name', f'expected a name of letters, digits, _ . - (it names directories and files), got {name!r}')
+    task = doc.get('task', 'train')
+    if task not in TASKS:
+        p.add('task', f'unknown task {task!r}{close_hint(task, TASKS)}; valid: {", ".join(TASKS)}')
+    grid = Grid(name=str(name), path=path, task=str(task))
+
+    for key in ('description', 'preset', 'workdir'):
+        value = doc.get(key)
+        if value is not None and not isinstance(value, str):
+            p.add(key, f'expected a string, got {type(value).__name__} {value!r}')
+    grid.description = doc.get('description') or ''
+    grid.preset = doc.get('preset')
+    grid.workdir = doc.get('workdir')
+
+    for key in ('base', 'slurm'):
+        value = doc.get(key, {})
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            p.add(key, f'expected a mapping, got {type(value).__name__} {value!r}')
+            value = {}
+        setattr(grid, key, dict(value))
+
+    axes = doc.get('axes', {}) or {}
+    if not isinstance(axes, dict):
+        p.add('axes', f'expected a mapping of config key -> list of values, got {type(axes).__name__}')
+        axes = {}
+    for key, values in axes.items():
+        if not isinstance(values, list) or not values:
+            p.add(f'axes.{key}', f'expected a non-empty list of values, got {values!r}')
+        else:
+            grid.axes[str(key)] = values
+
+    groups = doc.get('zip', []) or []
+    if not isinstance(groups, list):
+        p.add('zip', f'expected a list of groups (mappings of config key -> list), got {type(groups).__name__}')
+        groups = []
+    for i, group in enumerate(groups):
+        where = f'zip[{i}]'
+        if not isinstance(group, dict) or not group:
+            p.add(where, f'expected a non-empty mapping of config key -> list of values, got {group!r}')
+            continue
+        lengths = {k: len(v) for k, v in group.items() if isinstance(v, list)}
+        bad = [k for k, v in group.items() if not isinstance(v, list) or not v]
+        for k in bad:
+            p.add(f'{where}.{k}', f'expected a non-empty list of values, got {group[k]!r}')
+        if bad:
+            continue
+        if len(set(lengths.values())) > 1:
+            p.add(where, f'the lists of a zipped group must have equal lengths, got {lengths}')
+        else:
+            grid.zip.append({str(k): v for k, v in group.items()})
+
+    grid.include = _check_points(p, 'include', doc.get('include', []) or [])
+    grid.exclude = _check_points(p, 'exclude', doc.get('exclude', []) or [])
+
+    seeds = doc.get('seeds')
+    if seeds is not None:
+        if not isinstance(seeds, list) or not seeds or not all(_is_int(s) for s in seeds):
+            p.add('seeds', f'expected a non-empty list of integers, got {seeds!r}')
+        else:
+            grid.seeds = seeds
+
+    for key, value in (overrides or {}).items():
+        if key == 'seeds':
+            if not isinstance(value, list) or not value or not all(_is_int(s) for s in value):
+                p.add('seeds (command line)', f'expected a non-empty list of integers, got {value!r}')
+            else:
+                grid.seeds = value
+        elif key.startswith('slurm.'):
+            grid.slurm[key[len('slurm.'):]] = value
+            grid.slurm_overrides.add(key[len('slurm.'):])
+        elif '.' in key:
+            p.add(f'{key} (command line)', 'only slurm.<resource> keys may be dotted')
+        elif key in grid.axes or any(key in g for g in grid.zip):
+            p.add(f'{key} (command line)', f'{key!r} is an axis of this grid; edit the grid file to change it')
+        else:
+            grid.overrides[key] = value
+
+    # where one key is declared twice, the cells would silently take one of the values
+    declared: Dict[str, str] = {}
+    for where, keys in [('axes', grid.axes)] + [(f'zip[{i}]', g) for i, g in enumerate(grid.zip)]:
+        for key in keys:
+            if key in declared:
+                p.add(f'{where}.{key}', f'also declared in {declared[key]}')
+            declared.setdefault(key, where)
+    if grid.seeds is not None and 'seed' in declared:
+        p.add('seeds', f"'seed' is also varied in {declared['seed']}; use one of them")
+    if grid.task != 'train':
+        for key in ('seeds', 'preset'):
+            if doc.get(key) is not None:
+                p.add(key, f'only a train grid takes {key!r} (task: {grid.task})')
+    return grid, p

@@ -1,0 +1,89 @@
+"""Fixtures of the sweep tests: grid files written on the fly, and the real single-node Slurm cluster.
+
+`slurm_cluster` starts `slurm/cluster.sh up` once per session where it can (root, apt: Debian/Ubuntu); elsewhere
+the Slurm tests skip with the reason, except under CI=true, where they fail.
+"""
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence
+
+import pytest
+import torch
+import yaml
+from sweep_helpers import CLUSTER_SCRIPT, LOCAL_PROFILE, OUR_CONFIG_MARKS, metrics
+
+from fat.sweep.cells import Cell
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line('markers', 'slurm: needs the real single-node Slurm cluster (slurm/cluster.sh)')
+
+
+def _cluster_problem() -> Optional[str]:
+    """Bring the local cluster up; the reason it cannot be, or None."""
+    conf = Path('/etc/slurm/slurm.conf')
+    if conf.exists() and not conf.read_text().startswith(OUR_CONFIG_MARKS):
+        return f'{conf} was not written by slurm/cluster.sh: not touching this machine\'s Slurm'
+    if os.geteuid() != 0:
+        return 'starting the local Slurm cluster needs root'
+    if shutil.which('apt-get') is None or shutil.which('dpkg-query') is None:
+        return 'starting the local Slurm cluster needs apt (Debian/Ubuntu)'
+    env = dict(os.environ, SLURM_SMOKE='0')
+    try:
+        out = subprocess.run(['bash', str(CLUSTER_SCRIPT), 'up'], capture_output=True, text=True, timeout=900,
+                             env=env)
+    except subprocess.TimeoutExpired:
+        return 'slurm/cluster.sh up took over 15 minutes'
+    if out.returncode != 0:
+        tail = (out.stdout + out.stderr).strip().splitlines()[-3:]
+        return f"slurm/cluster.sh up failed: {' | '.join(tail)}"
+    return None
+
+
+@pytest.fixture(scope='session')
+def slurm_cluster() -> None:
+    """The single-node Slurm cluster of slurm/cluster.sh, up (idempotent: ~1 s when it already is)."""
+    problem = _cluster_problem()
+    if problem:
+        if os.environ.get('CI', '').lower() == 'true':
+            pytest.fail(f'Slurm tests must run under CI=true: {problem}')
+        pytest.skip(problem)
+
+
+@pytest.fixture(autouse=True)
+def _torch_state() -> Iterator[None]:
+    """Runs in this process (reference runs, the debug executor) set process-wide torch state (threads,
+    deterministic algorithms): leave it as it was for the tests that follow."""
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic)
+
+
+@pytest.fixture
+def write_grid(tmp_path: Path) -> Callable[..., Path]:
+    """write_grid(stem, **grid keys) -> tmp_path/<stem>.yaml (its name: the stem; profile: slurm/local.yaml)."""
+    def write(stem: str = 'g', **doc: Any) -> Path:
+        doc.setdefault('slurm', {'profile': LOCAL_PROFILE})
+        path = tmp_path / f'{stem}.yaml'
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        return path
+    return write
+
+
+@pytest.fixture(scope='session')
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Sequence[Cell]], Dict[str, Dict[str, Any]]]:
+    """reference(cells) -> {cell id: result metrics of an uninterrupted run} (each cell run once, in-process)."""
+    from fat.train import main
+    root = tmp_path_factory.mktemp('reference')
+    cache: Dict[str, Dict[str, Any]] = {}
+
+    def get(cells: Sequence[Cell]) -> Dict[str, Dict[str, Any]]:
+        for cell in cells:
+            if cell.id not in cache:
+                main(dict(cell.config, output_dir=str(root / cell.id)))
+                cache[cell.id] = metrics(root / cell.id)
+        return {cell.id: cache[cell.id] for cell in cells}
+    return get

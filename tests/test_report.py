@@ -1,0 +1,199 @@
+"""`fat report` pieces: the claims against the spec (section 7), NOT FOUND never becoming a number, the peer set,
+the ablation statistics on hand-made grids, benchmark files, missing and corrupt inputs, refused definitions."""
+import json
+import shutil
+from pathlib import Path
+from typing import Dict, List
+
+import pandas as pd
+import pytest
+
+from fat.cli import main
+from fat.report import build_report, load_analysis, load_measurements
+from fat.report.tables import DASH, Table, build_tables
+
+REPO = Path(__file__).resolve().parents[1]
+ANALYSIS = REPO / 'analysis'
+PINS = REPO / 'tests' / 'data' / 'complexity_pins.json'
+
+# ../shared/spec/FAT.md section 7.1 (README) and 7.5 (qhfan/RMT segmentation README), as printed there
+SPEC_IMAGENET = {'FAT-B0': ('4.5', '0.7', '77.6'), 'FAT-B1': ('7.8', '1.2', '80.1'),
+                 'FAT-B2': ('13.5', '2.0', '81.9'), 'FAT-B3': ('29', '4.4', '83.6')}
+SPEC_ADE20K = [('FAT-B0', 'Semantic FPN', '8.4', '25.0', '41.5', DASH),
+               ('FAT-B1', 'Semantic FPN', '11.6', '27.5', '42.9', DASH),
+               ('FAT-B2', 'Semantic FPN', '17.2', '32.2', '45.4', DASH),
+               ('FAT-B3', 'Semantic FPN', '32.9', '179', '48.9', DASH),
+               ('FAT-B3', 'UperNet', '59', '936', '49.6', '50.7')]
+
+
+def _tables(results: Path) -> Dict[str, Table]:
+    a = load_analysis(ANALYSIS)
+    return {t.name: t for t in build_tables(a, load_measurements(results, PINS))}
+
+
+def _grid(path: Path, rows: List[tuple]) -> None:
+    """A collected grid as `fat sweep collect` writes it: (fasa, seed, status, top1) per cell."""
+    frame = pd.DataFrame(rows, columns=['fasa', 'seed', 'status', 'top1'])
+    frame.insert(0, 'cell', [f'c{i}' for i in range(len(frame))])
+    frame.insert(0, 'grid', path.stem)
+    frame['params'], frame['macs_paper'], frame['macs_fvcore'] = 435946, 3758864, 3911984
+    frame['environment'] = 'torch 2.14.1, cpu (test)'
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(path, index=False)
+
+
+def _bench(path: Path, rows: List[dict]) -> None:
+    """A results file of `fat bench` (fat/bench.py FIELDS, the columns the report reads)."""
+    base = dict(mode='infer', step_time_ms=100., step_time_iqr_ms=1., batch_size=16, img_size=224,
+                model_kwargs='{}', precision='fp32', channels_last=True, compile='', reparam=True, device='cpu',
+                device_name='Test CPU', num_threads=2, torch='2.14.1', timm='1.0.31')
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame([{**base, **r} for r in rows]).to_csv(path, index=False)
+
+
+def test_claims_are_the_spec_numbers(tmp_path: Path):
+    tables = _tables(tmp_path)
+    imagenet = tables['imagenet'].display.set_index('Model')
+    for label, (params, macs, top1) in SPEC_IMAGENET.items():
+        row = imagenet.loc[label]
+        assert (row['Params (M) claimed'], row['GMACs claimed (convention)'], row['Top-1 (%) claimed']) == (
+            params, f'{macs} (paper)', top1)
+    ade = tables['ade20k'].display
+    got = list(ade[['Backbone', 'Decoder', 'Params (M)', 'GMACs (mmcv)', 'mIoU (%)', 'MS mIoU (%)']].itertuples(
+        index=False, name=None))
+    assert got == SPEC_ADE20K
+    assert list(ade['FLOPs input']) == ['512×512', '512×512', '512×512', '512×2048', DASH]
+
+
+def test_not_found_is_never_a_number(tmp_path: Path):
+    a = load_analysis(ANALYSIS)
+    fat_claims = a.claims[a.claims['model'].str.startswith('fat_')]
+    assert fat_claims['throughput'].isna().all()  # spec 7.1: FAT's throughput NOT FOUND
+    tables = _tables(tmp_path)
+    imagenet = tables['imagenet'].display.set_index('Model')
+    measured = ['img/s (measured)', 'Top-1 (%) measured', 'Δ top-1']
+    assert (imagenet.loc[list(SPEC_IMAGENET), measured] == DASH).all().all()
+    speed = tables['speed'].display.set_index('Model')
+    assert (speed.loc[list(SPEC_IMAGENET), ['P1 img/s', 'P2 img/s']] == DASH).all().all()
+    assert any('Not found' in n and 'throughput' in n for n in tables['imagenet'].notes)
+    assert any('Not found' in n and 'ablation' in n for n in tables['fasa_ablation'].notes)
+
+
+def test_peers_are_imagenet_1k_only_and_cite_timm():
+    a = load_analysis(ANALYSIS)
+    peers = a.claims[a.claims['file'] == 'claims/peers_timm.yaml']
+    tags = peers['tag'].dropna()
+    assert len(tags) == len(a.tables['imagenet']['peers'])
+    for tag in tags:  # no extra pretraining data, no distillation, no timm re-training recipe
+        assert tag.endswith('in1k') and not any(t in tag for t in ('dist', 'in12k', 'in22k', 'usi', 'ssl', 'ig1b'))
+    for key in peers['source'].unique():
+        assert 'pytorch-image-models/blob/aa4b5850c154/results/' in a.sources[key]['url']
+    for model in a.tables['imagenet']['peers']:  # each peer has its top-1 at its own evaluation resolution
+        assert a.claimed(model, 'imagenet-1k', 'top1', a.models[model]['img_size']) is not None
+
+
+def test_ablation_statistics(tmp_path: Path):
+    _grid(tmp_path / 'toy.csv', [
+        ('fasa', 0, 'DONE', 70.0), ('fasa', 1, 'DONE', 71.0),
+        ('global_only', 0, 'DONE', 60.0), ('global_only', 1, 'DONE', 61.0),
+        ('no_interaction', 0, 'DONE', 70.0), ('no_interaction', 1, 'DONE', 71.5),
+        ('local_only', 0, 'DONE', 65.0), ('local_only', 1, 'FAILED', None),
+        ('static_conv', 0, 'FAILED', None), ('static_conv', 1, 'RUNNING', None)])
+    table = _tables(tmp_path)['fasa_ablation-toy']
+    data = table.data.set_index('preset')
+    # rows in the definition's preset order
+    assert list(data.index) == ['fasa', 'no_interaction', 'static_conv', 'global_only', 'local_only']
+    assert data.loc['fasa', 'top1_mean'] == 70.5 and data.loc['fasa', 'exceeds'] == 'baseline'
+    # global_only: Δ -10, SE = sqrt(0.5/2 + 0.5/2) = 0.7071 -> noise 1.4142
+    assert data.loc['global_only', 'delta'] == -10.0 and data.loc['global_only', 'noise'] == pytest.approx(1.4142)
+    assert data.loc['global_only', 'exceeds'] == 'yes'
+    # no_interaction: Δ +0.25, SE = sqrt(1.125/2 + 0.5/2) = 0.9014 -> noise 1.8028
+    assert data.loc['no_interaction', 'noise'] == pytest.approx(1.8028)
+    assert data.loc['no_interaction', 'exceeds'] == 'no'
+    assert data.loc['local_only', 'n'] == 1 and data.loc['local_only', 'exceeds'] == 'n/a (n < 2)'
+    assert data.loc['local_only', 'cells'] == '1 DONE, 1 FAILED'
+    assert data.loc['static_conv', 'n'] == 0 and data.loc['static_conv', 'cells'] == '1 FAILED, 1 RUNNING'
+    display = table.display.set_index('n', drop=False)
+    assert list(table.display['Top-1 (%) mean ± std'])[:2] == ['70.50 ± 0.71', '70.75 ± 1.06']
+    assert list(display.loc['0', ['Top-1 (%) mean ± std', 'Δ vs fasa']]) == [DASH, DASH]
+
+
+def test_bench_files_fill_throughput_with_their_environment(tmp_path: Path):
+    _bench(tmp_path / 'bench-infer-fp32-nhwc-pt2.14-cpu-test.csv', [
+        dict(model='fat_b0', samples_per_sec=40.0),
+        dict(model='fat_b0', samples_per_sec=99.0, model_kwargs=json.dumps({'fasa': 'global_only'})),
+        dict(model='fat_b1', samples_per_sec=98.0, model_kwargs=json.dumps({'in_chans': 1})),
+        dict(model='mobilevit_xs', samples_per_sec=30.0, img_size=256),
+        dict(model='mobilevit_s', samples_per_sec=97.0, img_size=224),  # not its evaluation resolution
+        dict(model='fat_b0', mode='train', samples_per_sec=9.0)])
+    tables = _tables(tmp_path)
+    imagenet = tables['imagenet'].display.set_index('Model')['img/s (measured)']
+    assert (imagenet['FAT-B0'], imagenet['FAT-B1'], imagenet['MobileViT-XS'], imagenet['MobileViT-S']) == (
+        '40.0', DASH, '30.0', DASH)
+    speed = tables['speed']
+    assert speed.display.set_index('Model').loc['FAT-B0', 'M1 img/s'] == '40.0'
+    env = 'Test CPU (cpu), fp32, nhwc, reparameterized, batch 16, 2 threads, torch 2.14.1'
+    assert speed.meta['envs']['M1'] == env and any(n.startswith(f'M1: {env}') for n in speed.notes)
+    assert 'M2 img/s' not in speed.display.columns  # the train row is not an inference environment
+
+
+def test_collected_bench_and_flops_grids_are_not_ablations(tmp_path: Path):
+    """A grid of `bench` cells feeds the speed table; neither it nor a `flops` grid is an ablation table."""
+    _bench(tmp_path / 'speed.csv', [dict(model='fat_b1', samples_per_sec=20.0, grid='speed', cell='a', status='DONE'),
+                                    dict(model='fat_b2', samples_per_sec=9.0, grid='speed', cell='b', status='FAILED')])
+    pd.DataFrame(dict(grid='flops', cell=['a', 'b'], model='fat_b0', fasa=['fasa', 'global_only'], status='DONE',
+                      params=1, macs_paper=2, macs_fvcore=3)).to_csv(tmp_path / 'flops.csv', index=False)
+    tables = _tables(tmp_path)
+    speed = tables['speed'].display.set_index('Model')
+    assert (speed.loc['FAT-B1', 'M1 img/s'], speed.loc['FAT-B2', 'M1 img/s']) == ('20.0', DASH)
+    assert 'fasa_ablation' in tables and not any(name.startswith('fasa_ablation-') for name in tables)
+
+
+def test_missing_and_corrupt_inputs_leave_notes_not_crashes(tmp_path: Path):
+    results = tmp_path / 'results'
+    results.mkdir()
+    (results / 'broken.csv').write_text('a,b\n1,2,3,4\n"unterminated\n')
+    (results / 'other.csv').write_text('x,y\n1,2\n')
+    (results / 'tables').mkdir()
+    (results / 'tables' / 'fasa_ablation-gone.md').write_text('a grid that is no longer collected')
+    written, stale = build_report(results, ANALYSIS, tmp_path / 'no-pins.json')
+    assert stale == [results / 'tables' / 'fasa_ablation-gone.md'] and not stale[0].exists()
+    names = {p.relative_to(results).as_posix() for p in written}
+    assert {'tables/imagenet.md', 'tables/fasa_ablation.md', 'tables/speed.csv', 'report.md',
+            'figures/accuracy_vs_macs.png', 'figures/throughput_vs_accuracy.pdf'} <= names
+    imagenet = (results / 'tables' / 'imagenet.md').read_text()
+    assert 'no collected runs' in imagenet and 'no complexity records found' in imagenet
+    assert 'No collected ablation grid' in (results / 'tables' / 'fasa_ablation.md').read_text()
+    index = (results / 'report.md').read_text()
+    assert 'broken.csv: unreadable' in index
+    assert 'other.csv: neither a collected grid' in index
+
+
+def _analysis_copy(tmp_path: Path) -> Path:
+    copy = tmp_path / 'analysis'
+    shutil.copytree(ANALYSIS, copy)
+    return copy
+
+
+@pytest.mark.parametrize('edit, message', [
+    (('source: fat_readme, img_size: 224, params_m: 4.5', 'source: fat_readmee, img_size: 224, params_m: 4.5'),
+     "source 'fat_readmee' is not defined"),
+    (('macs_g: 0.7, macs_convention: paper, top1: 77.6}\n\n', 'macs_g: 0.7, macs_convention: paper, top1: 77.7}\n\n'),
+     'claims disagree on top1 of fat_b0'),
+    (('macs_convention: paper, top1: 80.1', 'macs_convention: papr, top1: 80.1'), "unknown macs_convention 'papr'"),
+    (('top1: 81.9}', 'top1: high}'), 'top1 must be a number'),
+])
+def test_bad_claims_are_refused_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture, edit, message):
+    copy = _analysis_copy(tmp_path)
+    path = copy / 'claims' / 'fat.yaml'
+    text = path.read_text()
+    assert edit[0] in text
+    path.write_text(text.replace(edit[0], edit[1], 1))
+    code = main(['report', '--results', str(tmp_path / 'results'), '--analysis', str(copy), '--pins', str(PINS)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and message in err and err.startswith('fat report: error:')
+
+
+def test_missing_analysis_directory_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture):
+    assert main(['report', '--results', str(tmp_path), '--analysis', str(tmp_path / 'nowhere')]) == 2
+    assert 'no analysis definitions' in capsys.readouterr().err
