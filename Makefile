@@ -26,8 +26,13 @@ data: $(FASHION_MNIST)
 $(FASHION_MNIST):
 	$(SUDO) apt-get install -y dataset-fashion-mnist || { $(SUDO) apt-get update && $(SUDO) apt-get install -y dataset-fashion-mnist; }
 
+# the main job: the 7 FASA presets x 2 seeds on the CPU proxy through the sweep launcher (Slurm where it is
+# installed, else local processes), then collect and report; results land in results/
+DEMO_GRID := ablations/demo.yaml
 demo: setup data
-	$(BIN)/fat models
+	$(BIN)/fat sweep launch $(DEMO_GRID)
+	$(BIN)/fat sweep wait $(DEMO_GRID); status=$$?; \
+	$(BIN)/fat sweep collect $(DEMO_GRID) && $(BIN)/fat report && exit $$status
 
 test: setup data
 	$(BIN)/python -m pytest

@@ -1,11 +1,13 @@
-"""`fat sweep plan | launch | status | collect GRID [key=value ...]`."""
+"""`fat sweep plan | launch | status | wait | collect GRID [key=value ...]`."""
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
 from submitit.core.utils import FailedJobError, FailedSubmissionError
+from tqdm import tqdm
 
 from .cells import describe
 from .cluster import CLUSTERS, default_cluster
@@ -17,6 +19,7 @@ from .state import CellState, Scheduler, cell_states, summary
 __all__ = ['register']
 
 _MAX_LISTED = 20  # incomplete cells listed by collect before "... and N more"
+_ACTIVE = ('RUNNING', 'REQUEUED', 'PENDING')
 
 
 def _print_states(states: List[CellState], as_json: bool, source: str, plan: bool = False) -> None:
@@ -71,6 +74,22 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _wait(args: argparse.Namespace) -> int:
+    """Poll until no cell is queued or running; exit status 0 only when every cell is DONE."""
+    sweep = _sweep(args)
+    states = sweep.states()
+    with tqdm(total=len(states), desc=f'{sweep.grid.name}: finished cells', unit='cell', disable=None) as bar:
+        while True:
+            ended = sum(st.state not in _ACTIVE for st in states)
+            bar.update(ended - bar.n)
+            if ended == len(states):
+                break
+            time.sleep(args.poll)
+            states = sweep.states()
+    print(summary(states))
+    return 0 if all(st.state == 'DONE' for st in states) else 1
+
+
 def _collect(args: argparse.Namespace) -> int:
     sweep = _sweep(args)
     states = sweep.states()
@@ -120,7 +139,7 @@ def _guarded(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Name
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `fat sweep plan|launch|status|collect` to the `fat` command."""
+    """Add `fat sweep plan|launch|status|wait|collect` to the `fat` command."""
     p = subparsers.add_parser(
         'sweep', help='ablation grids (ablations/*.yaml) on Slurm: plan, launch, status, collect',
         description='Run a grid of ablation cells on Slurm (or locally) through submitit. Each cell is one '
@@ -155,6 +174,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     v = add('status', _status, 'state of every cell (DONE, DIVERGED, FAILED, RUNNING, REQUEUED, PENDING, '
                                'NOT_LAUNCHED) and a summary')
     v.add_argument('--json', action='store_true', help='one JSON document')
+
+    v = add('wait', _wait, 'wait until no cell is queued or running (exit status 0 when all are DONE)')
+    v.add_argument('--poll', type=_positive, default=10, help='seconds between looks (default: 10)')
 
     v = add('collect', _collect, 'one row per cell (finished or not) into results/<grid>.csv')
     v.add_argument('--out', type=Path, help='output CSV (default: results/<grid>.csv)')

@@ -132,13 +132,13 @@ def test_dry_run_splits_arrays_at_max_array_size(write_grid, tmp_path):
 
 
 def test_multi_gpu_profile_one_task_per_gpu_and_site_lines():
-    sweep = prepare(REPO / 'ablations' / 'fasa_imagenet.yaml', [], Path('/WORKDIR'))
+    sweep = prepare(REPO / 'ablations' / 'imagenet_fasa_ablation.yaml', [], Path('/WORKDIR'))
     text = render_sbatch(sweep.resources, sweep.job_name, sweep.log_folder, len(sweep.cells), python='PYTHON')
     for line in ('#SBATCH --gpus-per-node=8', '#SBATCH --ntasks-per-node=8', '#SBATCH --account=my_project',
                  '#SBATCH --qos=normal', '#SBATCH --constraint=a100', '#SBATCH --partition=gpu',
                  '#SBATCH --hint=nomultithread', '#SBATCH --array=0-6%7', 'module load cuda/12.4'):
         assert line in text.splitlines(), line
-    two_nodes = prepare(REPO / 'ablations' / 'fasa_imagenet.yaml', ['slurm.nodes=2', 'slurm.gpus_per_node=4'],
+    two_nodes = prepare(REPO / 'ablations' / 'imagenet_fasa_ablation.yaml', ['slurm.nodes=2', 'slurm.gpus_per_node=4'],
                         Path('/WORKDIR'))
     text = render_sbatch(two_nodes.resources, two_nodes.job_name, two_nodes.log_folder, 1, python='PYTHON')
     assert '#SBATCH --nodes=2' in text and '#SBATCH --ntasks-per-node=4' in text and '--array' not in text
