@@ -13,7 +13,7 @@ import fat
 from fat.models import list_fasa_presets
 
 # modules that each register one or more subcommands
-_COMMAND_MODULES: List[str] = ['fat.train', 'fat.complexity', 'fat.sweep.cli', 'fat.report']
+_COMMAND_MODULES: List[str] = ['fat.train', 'fat.complexity', 'fat.sweep.cli', 'fat.report', 'fat.bench']
 
 
 def presets_help() -> str:

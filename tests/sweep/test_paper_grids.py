@@ -14,7 +14,7 @@ from fat.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 PINS = REPO / 'tests' / 'data' / 'plans'
-GRIDS = ['demo', 'imagenet_fat', 'imagenet_fasa_ablation']
+GRIDS = ['demo', 'imagenet_fat', 'imagenet_fasa_ablation', 'speed']
 
 
 @pytest.mark.parametrize('name', GRIDS)

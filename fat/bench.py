@@ -1,0 +1,427 @@
+"""Throughput and latency of any timm model: inference and training step, on CPU and CUDA.
+
+The method is timm's `benchmark.py`: build the model, re-parameterize it for inference (`fat.models.fuse.fuse_model`:
+FAT's BatchNorm / identity folding, `timm.utils.reparameterize_model` for every other model; on by default, off with
+``reparam=False``), move it to channels_last (the default) and optionally `torch.compile` it; then run warm-up steps,
+then timed steps, each closed by a device synchronisation. A record gives the median step time (the latency of one
+batch), its spread (interquartile range, min, max) and ``samples_per_sec`` = batch size / median step time. A training
+step is forward, cross-entropy on random targets, backward and an optimizer step. On CUDA an out-of-memory error backs
+off the batch size (timm's `decay_batch_step`) and retries; the record keeps the batch size asked for.
+
+Result files are named by the environment they were measured in, in timm's convention:
+``results/bench-{infer|train}-{precision}-{nchw|nhwc}-pt{X.Y}-{cpu-<cpu>|cu<ver>-<gpu>}[-dynamo].csv``, and each row
+also carries the torch / timm versions, the device name and the thread count. Writing merges: a row replaces an
+earlier one of the same model, model arguments, image size, batch size, re-parameterisation and thread count.
+"""
+import argparse
+import csv
+import difflib
+import json
+import platform
+import re
+import statistics
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.data import resolve_model_data_config
+from timm.models import get_pretrained_cfg
+from timm.optim import create_optimizer_v2
+from timm.utils import ParseKwargs, decay_batch_step
+from tqdm import tqdm
+
+import fat
+from fat.models.fuse import fuse_model
+
+__all__ = ['MODES', 'PRECISIONS', 'run', 'prepare', 'make_step', 'time_steps', 'summarize', 'results_path',
+           'write_results', 'register']
+
+MODES = ('infer', 'train')
+# precision name -> autocast dtype (None: plain float32)
+PRECISIONS: Dict[str, Optional[torch.dtype]] = {'fp32': None, 'amp_fp16': torch.float16, 'amp_bf16': torch.bfloat16}
+FIELDS = (
+    'model', 'mode', 'samples_per_sec', 'step_time_ms', 'step_time_iqr_ms', 'step_time_min_ms', 'step_time_max_ms',
+    'batch_size', 'requested_batch_size', 'img_size', 'in_chans', 'param_count', 'model_kwargs', 'precision',
+    'channels_last', 'compile', 'reparam', 'opt', 'num_warmup', 'num_iters', 'device', 'device_name', 'num_threads',
+    'torch', 'timm', 'fat_harness',
+)
+# rows with equal values here describe the same measurement (the file name fixes the rest)
+_ROW_KEY = ('model', 'model_kwargs', 'img_size', 'requested_batch_size', 'reparam', 'num_threads', 'compile')
+
+
+def _check_choice(what: str, value: str, choices: Sequence[str]) -> str:
+    if value not in choices:
+        close = difflib.get_close_matches(str(value), choices, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ''
+        raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(choices)}{hint}")
+    return value
+
+
+def resolve_device(device: Optional[str] = None) -> torch.device:
+    """The device asked for (default: CUDA when present, else CPU); ValueError when it is not available."""
+    if device is None:
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f'bad device {device!r}: {e}') from None
+    if dev.type == 'cuda' and not torch.cuda.is_available():
+        raise ValueError(f'device {device!r} asked for, but CUDA is not available here')
+    if dev.type not in ('cpu', 'cuda'):
+        raise ValueError(f'device {device!r}: only cpu and cuda are supported')
+    return dev
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU model from /proc/cpuinfo (the platform's processor string elsewhere)."""
+    if device.type == 'cuda':
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path('/proc/cpuinfo').read_text().splitlines():
+            if line.startswith('model name'):
+                return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _slug(name: str) -> str:
+    name = re.sub(r'\(r\)|\(tm\)|@.*$|\bcpu\b|\bprocessor\b|\bnvidia\b|\bgeforce\b|\brtx\b', ' ', name.lower())
+    return '_'.join(re.findall(r'[a-z0-9]+', name)) or 'unknown'
+
+
+def results_path(record: Dict[str, Any], results_dir: str = 'results') -> Path:
+    """Where `write_results` puts a record: a file named by mode, precision, layout, torch version, device, compile."""
+    torch_version = '.'.join(record['torch'].split('+')[0].split('.')[:2])
+    if record['device'] == 'cuda':
+        device = f"cu{(torch.version.cuda or '').replace('.', '')}-{_slug(record['device_name'])}"
+    else:
+        device = f"cpu-{_slug(record['device_name'])}"
+    layout = 'nhwc' if record['channels_last'] else 'nchw'
+    suffix = '-dynamo' if record['compile'] else ''
+    name = f"bench-{record['mode']}-{record['precision']}-{layout}-pt{torch_version}-{device}{suffix}.csv"
+    return Path(results_dir) / name
+
+
+def write_results(records: Sequence[Dict[str, Any]], path: Path) -> Path:
+    """Merge records into the CSV at ``path``: rows of the same measurement are replaced, others kept."""
+    rows: List[Dict[str, Any]] = []
+    if path.exists():
+        with path.open(newline='') as f:
+            rows = list(csv.DictReader(f))
+    new = [{k: str(r.get(k, '')) for k in FIELDS} for r in records]
+    keys = {tuple(r[k] for k in _ROW_KEY) for r in new}
+    rows = [r for r in rows if tuple(r.get(k, '') for k in _ROW_KEY) not in keys] + new
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open('w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS, extrasaction='ignore')
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def prepare(
+        model: nn.Module,
+        mode: str,
+        device: torch.device,
+        channels_last: bool = True,
+        reparam: bool = True,
+        compile: Optional[str] = None,
+        compile_mode: Optional[str] = None,
+) -> nn.Module:
+    """Put a model in the state a benchmark runs it in.
+
+    Args:
+        model: Any nn.Module (a timm model, or another implementation to compare with).
+        mode: 'infer' or 'train'.
+        device: Where to run.
+        channels_last: Use the channels_last memory format.
+        reparam: Re-parameterize for inference with `fuse_model` (never for training).
+        compile: A `torch.compile` backend (e.g. 'inductor'), or None for eager.
+        compile_mode: The `torch.compile` mode.
+    """
+    model.train(mode == 'train')
+    if reparam and mode == 'infer':
+        model = fuse_model(model, inplace=True)
+    model.to(device=device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    if compile:
+        model = torch.compile(model, backend=compile, mode=compile_mode)
+    return model
+
+
+def make_step(
+        model: nn.Module,
+        mode: str,
+        inputs: torch.Tensor,
+        precision: str = 'fp32',
+        opt: str = 'adamw',
+        num_classes: Optional[int] = None,
+) -> Callable[[], None]:
+    """One inference step (``torch.inference_mode``) or one training step (forward, loss, backward, optimizer).
+
+    Args:
+        model: The prepared model.
+        mode: 'infer' or 'train'.
+        inputs: The batch, already on the device in the memory format to use.
+        precision: A key of `PRECISIONS`.
+        opt: Optimizer name for `timm.optim.create_optimizer_v2` (training only).
+        num_classes: Range of the random training targets (default: the model's ``num_classes``).
+    """
+    amp_dtype = PRECISIONS[_check_choice('precision', precision, tuple(PRECISIONS))]
+    device_type = inputs.device.type
+
+    def autocast():
+        return torch.autocast(device_type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
+
+    if mode == 'infer':
+        def infer():
+            with torch.inference_mode(), autocast():
+                model(inputs)
+        return infer
+
+    optimizer = create_optimizer_v2(model, opt=opt, lr=1e-4)
+    num_classes = num_classes or getattr(model, 'num_classes', 1000)
+    targets = torch.randint(num_classes, (inputs.shape[0],), device=inputs.device)
+
+    def train():
+        optimizer.zero_grad(set_to_none=True)
+        with autocast():
+            loss = F.cross_entropy(model(inputs), targets)
+        loss.backward()
+        optimizer.step()
+    return train
+
+
+def time_steps(
+        step: Callable[[], None],
+        num_iters: int,
+        num_warmup: int = 0,
+        device: torch.device = torch.device('cpu'),
+        desc: Optional[str] = None,
+        progress: bool = False,
+) -> List[float]:
+    """Seconds per timed step, after ``num_warmup`` untimed steps; on CUDA each step ends synchronised."""
+    def now() -> float:
+        if device.type == 'cuda':
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
+
+    times = []
+    with tqdm(total=num_warmup + num_iters, desc=desc, disable=not progress, leave=False) as bar:
+        for i in range(num_warmup + num_iters):
+            start = now()
+            step()
+            end = now()
+            if i >= num_warmup:
+                times.append(end - start)
+            bar.update()
+    return times
+
+
+def summarize(times: Sequence[float], batch_size: int) -> Dict[str, float]:
+    """Throughput from the median step time, and the spread of the step times (ms)."""
+    median = statistics.median(times)
+    q1, _, q3 = statistics.quantiles(times, n=4) if len(times) > 1 else (median,) * 3
+    return dict(
+        samples_per_sec=round(batch_size / median, 2), step_time_ms=round(1e3 * median, 3),
+        step_time_iqr_ms=round(1e3 * (q3 - q1), 3), step_time_min_ms=round(1e3 * min(times), 3),
+        step_time_max_ms=round(1e3 * max(times), 3))
+
+
+def _create(model_name: str, img_size: Optional[int], model_kwargs: Dict[str, Any]) -> nn.Module:
+    cfg = get_pretrained_cfg(model_name)
+    if cfg is None:
+        close = difflib.get_close_matches(model_name, timm.list_models(), n=1)
+        raise ValueError(f"unknown model {model_name!r}" + (f" (did you mean '{close[0]}'?)" if close else ''))
+    if img_size and cfg.fixed_input_size:
+        model_kwargs = dict(model_kwargs, img_size=img_size)
+    try:
+        return timm.create_model(model_name, **model_kwargs)
+    except TypeError as e:
+        raise ValueError(f'{model_name}: bad model arguments {model_kwargs}: {e}') from None
+
+
+def _measure(
+        model_name: str, mode: str, batch_size: int, img_size: Optional[int], device: torch.device,
+        options: Dict[str, Any], model_kwargs: Dict[str, Any],
+) -> Dict[str, Any]:
+    model = _create(model_name, img_size, model_kwargs)
+    param_count = sum(p.numel() for p in model.parameters())
+    in_chans, height, width = resolve_model_data_config(model)['input_size']
+    if img_size:
+        height = width = img_size
+    num_classes = model.num_classes
+    model = prepare(model, mode, device, options['channels_last'], options['reparam'], options['compile'],
+                    options['compile_mode'])
+    inputs = torch.randn(batch_size, in_chans, height, width, device=device)
+    if options['channels_last']:
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    step = make_step(model, mode, inputs, options['precision'], options['opt'], num_classes)
+    times = time_steps(step, options['num_iters'], options['num_warmup'], device,
+                       desc=f'{model_name} {mode} b{batch_size}', progress=options['progress'])
+    return dict(summarize(times, batch_size), img_size=height, in_chans=in_chans, param_count=param_count)
+
+
+def run(
+        model_name: str,
+        mode: str = 'infer',
+        *,
+        batch_size: Optional[int] = None,
+        img_size: Optional[int] = None,
+        device: Optional[str] = None,
+        precision: str = 'fp32',
+        channels_last: bool = True,
+        compile: Optional[str] = None,
+        compile_mode: Optional[str] = None,
+        reparam: bool = True,
+        num_warmup: int = 5,
+        num_iters: int = 20,
+        num_threads: Optional[int] = None,
+        opt: str = 'adamw',
+        retry: bool = True,
+        progress: bool = False,
+        **model_kwargs: Any,
+) -> Dict[str, Any]:
+    """Benchmark one timm model and return one result record (a row of the results CSV).
+
+    Args:
+        model_name: A registered timm model name.
+        mode: 'infer' (forward under inference_mode) or 'train' (forward, backward, optimizer step).
+        batch_size: Samples per step (default: 256 on CUDA, 16 on CPU). On CUDA, halved stepwise on out-of-memory.
+        img_size: Square input side (default: the model's default input size).
+        device: 'cpu', 'cuda', 'cuda:N' (default: CUDA when present, else CPU).
+        precision: 'fp32', 'amp_fp16' or 'amp_bf16' (autocast).
+        channels_last: Model and input in the channels_last memory format.
+        compile: A `torch.compile` backend ('inductor'), or None for eager.
+        compile_mode: The `torch.compile` mode (e.g. 'max-autotune').
+        reparam: Re-parameterize for inference (`fat.models.fuse.fuse_model`); ignored for training.
+        num_warmup: Untimed steps first (they include compilation).
+        num_iters: Timed steps.
+        num_threads: CPU threads for torch (default: torch's current setting).
+        opt: Optimizer of the training step (a `timm.optim` name).
+        retry: Back off the batch size on CUDA out-of-memory.
+        progress: Show a tqdm progress bar.
+        **model_kwargs: Passed to `timm.create_model` (e.g. ``fasa='global_only'``, ``num_classes=10``).
+
+    Returns:
+        The record: model, mode, samples_per_sec, step_time_ms (median latency of one batch), its spread, batch size,
+        image size, parameter count, the options, device, device name, thread count and torch / timm versions.
+    """
+    _check_choice('mode', mode, MODES)
+    _check_choice('precision', precision, tuple(PRECISIONS))
+    dev = resolve_device(device)
+    if batch_size is None:
+        batch_size = 256 if dev.type == 'cuda' else 16
+    for what, value, low in (('batch size', batch_size, 1), ('image size', img_size, 1), ('num_iters', num_iters, 1),
+                             ('num_warmup', num_warmup, 0), ('num_threads', num_threads, 1)):
+        if value is not None and value < low:
+            raise ValueError(f'{what} must be >= {low}, got {value}')
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    if dev.type == 'cuda':
+        torch.backends.cudnn.benchmark = True
+    reparam = reparam and mode == 'infer'
+    options = dict(channels_last=channels_last, compile=compile, compile_mode=compile_mode, reparam=reparam,
+                   precision=precision, opt=opt, num_warmup=num_warmup, num_iters=num_iters, progress=progress)
+
+    requested = bs = batch_size
+    while True:
+        try:
+            result = _measure(model_name, mode, bs, img_size, dev, options, model_kwargs)
+            break
+        except torch.cuda.OutOfMemoryError:
+            if dev.type == 'cuda':
+                torch.cuda.empty_cache()
+            bs = decay_batch_step(bs)
+            if not retry or not bs:
+                raise
+    return dict(
+        model=model_name, mode=mode, **{k: result[k] for k in ('samples_per_sec', 'step_time_ms', 'step_time_iqr_ms',
+                                                                'step_time_min_ms', 'step_time_max_ms')},
+        batch_size=bs, requested_batch_size=requested, img_size=result['img_size'], in_chans=result['in_chans'],
+        param_count=result['param_count'], model_kwargs=json.dumps(model_kwargs, sort_keys=True, default=str),
+        precision=precision, channels_last=channels_last, compile=compile or '', reparam=reparam,
+        opt=opt if mode == 'train' else '', num_warmup=num_warmup, num_iters=num_iters, device=dev.type,
+        device_name=device_name(dev), num_threads=torch.get_num_threads(), torch=torch.__version__,
+        timm=timm.__version__, fat_harness=fat.__version__,
+    )
+
+
+def _model_names(patterns: Sequence[str]) -> List[str]:
+    names = []
+    for pattern in patterns:
+        matches = timm.list_models(pattern) if any(c in pattern for c in '*?[') else [pattern]
+        if not matches:
+            raise ValueError(f'no registered model matches {pattern!r}')
+        names.extend(matches)
+    return names
+
+
+def _bench(args: argparse.Namespace) -> int:
+    """`fat bench`: one record per model, mode and batch size; written to results/ and printed."""
+    modes = MODES if args.mode == 'both' else (_check_choice('mode', args.mode, MODES + ('both',)),)
+    model_kwargs = dict(args.model_kwargs or {})
+    if args.fasa is not None:
+        model_kwargs['fasa'] = args.fasa
+    records = []
+    for name in _model_names(args.models):
+        for mode in modes:
+            for batch_size in args.batch_size or [None]:
+                record = run(
+                    name, mode, batch_size=batch_size, img_size=args.img_size, device=args.device,
+                    precision=args.precision, channels_last=args.channels_last, compile=args.compile,
+                    compile_mode=args.compile_mode, reparam=args.reparam, num_warmup=args.warmup,
+                    num_iters=args.iters, num_threads=args.threads, opt=args.opt, progress=not args.no_progress,
+                    **model_kwargs)
+                records.append(record)
+                if args.json:
+                    print(json.dumps(record))
+                else:
+                    print(f"{name:<24} {mode:<5} b{record['batch_size']:<4} {record['img_size']}px "
+                          f"{record['samples_per_sec']:>9.2f} samples/s  {record['step_time_ms']:>9.2f} ms/step "
+                          f"(IQR {record['step_time_iqr_ms']:.2f})", flush=True)
+    if not args.no_save:
+        paths = {}
+        for record in records:
+            paths.setdefault(results_path(record, args.results_dir), []).append(record)
+        for path, rows in paths.items():
+            print(f'wrote {write_results(rows, path)}')
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add `fat bench` to the `fat` command."""
+    p = subparsers.add_parser(
+        'bench', help='inference / training-step throughput and latency of timm models (CPU, CUDA)',
+        description=__doc__.split('\n\n')[0] + ' Results go to results/bench-*.csv, named by the environment.')
+    p.add_argument('models', nargs='+', metavar='MODEL', help='timm model names or patterns (e.g. "fat_b*")')
+    p.add_argument('--mode', default='infer', help='infer (default), train or both')
+    p.add_argument('--batch-size', type=int, nargs='+', metavar='N',
+                   help='one or more batch sizes (default: 256 on CUDA, 16 on CPU)')
+    p.add_argument('--img-size', type=int, metavar='N', help='square input side (default: the model default)')
+    p.add_argument('--device', help='cpu, cuda or cuda:N (default: cuda when present)')
+    p.add_argument('--precision', default='fp32', help=f"{', '.join(PRECISIONS)} (default: fp32)")
+    p.add_argument('--channels-last', action=argparse.BooleanOptionalAction, default=True,
+                   help='channels_last memory format (default: on)')
+    p.add_argument('--compile', nargs='?', const='inductor', metavar='BACKEND',
+                   help='torch.compile the model (backend default: inductor)')
+    p.add_argument('--compile-mode', help='torch.compile mode, e.g. max-autotune')
+    p.add_argument('--no-reparam', dest='reparam', action='store_false',
+                   help='do not re-parameterize for inference (fat.models.fuse.fuse_model)')
+    p.add_argument('--warmup', type=int, default=5, metavar='N', help='untimed warm-up steps (default: 5)')
+    p.add_argument('--iters', type=int, default=20, metavar='N', help='timed steps (default: 20)')
+    p.add_argument('--threads', type=int, metavar='N', help="CPU threads (default: torch's setting)")
+    p.add_argument('--opt', default='adamw', help='optimizer of the training step (default: adamw)')
+    p.add_argument('--fasa', help='FASA preset for fat_* models')
+    p.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs, metavar='KEY=VALUE',
+                   help='more timm.create_model arguments')
+    p.add_argument('--results-dir', default='results', help='where the CSV goes (default: results)')
+    p.add_argument('--no-save', action='store_true', help='print only, write no CSV')
+    p.add_argument('--json', action='store_true', help='print one JSON record per line')
+    p.add_argument('--no-progress', action='store_true', help='no progress bar')
+    p.set_defaults(func=_bench)

@@ -1,0 +1,233 @@
+"""Inference-time re-parameterisation of FAT: the same function with fewer, cheaper operations.
+
+`fuse_model` returns an eval-only copy of a model in which every FAT stem and block is replaced by its fused
+equivalent:
+
+* every BatchNorm is folded into the convolution before it (stem, ConvFFN, downsampling shortcut, the
+  fine-grained K/V downsampling of FASA);
+* the identity of ``x + cpe(x)`` and of the ConvFFN's ``x + dwconv(x)`` is folded into the depthwise kernel's
+  centre tap, which removes two full-size additions per block;
+* on CPU in float32 without autograd, a convolution followed by its activation (the ConvFFN's fc1 + GELU, FASA's
+  local conv + SiLU, the stem's conv + ReLU) runs as one oneDNN primitive (`torch.ops.mkldnn._convolution_pointwise`,
+  the op torch.compile's CPU backend emits for the same pattern), so the activation costs no extra pass over memory;
+  elsewhere they run as two ops;
+* residual sums and the FASA gating run in place on tensors that nothing else reads, which saves a full-size
+  allocation each.
+
+Outputs match the unfused model in eval mode to float32 round-off (tests check 1e-5 for every FASA preset).
+Any other module that timm knows how to re-parameterize (RepViT, MobileOne, FastViT ...) goes through
+`timm.utils.reparameterize_model`, so `fuse_model` serves any timm model. FAT is not hooked into timm's
+`reparameterize_model` itself on purpose: parameter and FLOP counts (`fat.complexity`) describe the model as
+trained, BatchNorms included.
+"""
+import copy
+from typing import List, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.utils import reparameterize_model
+from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+from .fasa import FASA
+from .fat import ConvFfn, FatBlock, Stem
+
+__all__ = ['fuse_model', 'ConvAct', 'FusedFasa', 'FusedConvFfn', 'FusedFatBlock']
+
+# activation -> (oneDNN post-op name, its algorithm)
+_ONEDNN_ACTS = {'relu': ('relu', ''), 'gelu': ('gelu', 'none'), 'silu': ('swish', '')}
+
+
+@torch.no_grad()
+def fold_conv(conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d] = None, identity: bool = False) -> nn.Conv2d:
+    """A new convolution computing ``bn(x + conv(x))`` (identity) or ``bn(conv(x))``.
+
+    Args:
+        conv: A convolution; with ``identity`` a depthwise one that keeps the resolution.
+        bn: The BatchNorm (eval statistics) that follows, if any.
+        identity: Fold the residual ``x +`` into the kernel's centre tap.
+    """
+    fused = copy.deepcopy(conv)
+    if identity:
+        kh, kw = conv.kernel_size
+        if conv.groups != conv.in_channels or conv.in_channels != conv.out_channels or conv.stride != (1, 1):
+            raise ValueError('only a stride-1 depthwise convolution can absorb an identity')
+        fused.weight[:, 0, kh // 2, kw // 2] += 1
+    if bn is not None:
+        fused.weight, fused.bias = fuse_conv_bn_weights(
+            fused.weight, fused.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
+    return fused
+
+
+def _fold_sequential(seq: nn.Module) -> nn.Module:
+    """Fold each Conv2d -> BatchNorm2d pair of a Sequential (or return a non-Sequential unchanged)."""
+    if not isinstance(seq, nn.Sequential):
+        return seq
+    layers = list(seq)
+    out = []
+    while layers:
+        layer = layers.pop(0)
+        if isinstance(layer, nn.Conv2d) and layers and isinstance(layers[0], nn.BatchNorm2d):
+            layer = fold_conv(layer, layers.pop(0))
+        out.append(layer)
+    return nn.Sequential(*out)
+
+
+class ConvAct(nn.Module):
+    """``act(conv(x))``: one oneDNN primitive on CPU in float32 without autograd, two ops elsewhere."""
+    onednn: torch.jit.Final[bool]
+    act: torch.jit.Final[str]
+
+    def __init__(self, conv: nn.Conv2d, act: str):
+        """
+        Args:
+            conv: The convolution (integer padding).
+            act: 'relu', 'gelu' (erf form) or 'silu'.
+        """
+        super().__init__()
+        self.conv = conv
+        self.act = act
+        self.post_op, self.algorithm = _ONEDNN_ACTS[act]
+        self.padding: List[int] = list(conv.padding)
+        self.stride: List[int] = list(conv.stride)
+        self.dilation: List[int] = list(conv.dilation)
+        self.onednn = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, '_convolution_pointwise')
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.onednn and x.is_cpu and x.dtype == torch.float32 and not torch.is_grad_enabled():
+            return torch.ops.mkldnn._convolution_pointwise(
+                x, self.conv.weight, self.conv.bias, self.padding, self.stride, self.dilation, self.conv.groups,
+                self.post_op, [], self.algorithm)
+        x = self.conv(x)
+        if self.act == 'relu':
+            return F.relu(x, inplace=True)
+        if self.act == 'gelu':
+            return F.gelu(x)
+        return F.silu(x, inplace=True)
+
+
+def fuse_stem(stem: Stem) -> nn.Sequential:
+    """The stem as Conv-ReLU x4 (BatchNorm folded), the 1x1 conv and its GroupNorm."""
+    layers = [ConvAct(fold_conv(cna.conv, cna.bn), 'relu') for cna in (stem.conv1, stem.conv2, stem.conv3, stem.conv4)]
+    return nn.Sequential(*layers, stem.conv5, stem.norm)
+
+
+class FusedFasa(nn.Module):
+    """FASA for inference: the K/V downsampling's BatchNorms folded, the local conv fused with its SiLU, the gating
+    computed in place.
+
+    Holds the same layers as the `FASA` it is made from and computes the same variant.
+    """
+    fused_attn: torch.jit.Final[bool]
+    interaction: torch.jit.Final[str]
+
+    def __init__(self, fasa: FASA):
+        super().__init__()
+        self.num_heads = fasa.num_heads
+        self.head_dim = fasa.head_dim
+        self.scale = fasa.scale
+        self.fused_attn = fasa.fused_attn
+        self.interaction = fasa.interaction
+        self.q = fasa.q
+        self.kv = fasa.kv
+        self.pool = None if fasa.pool is None else _fold_sequential(fasa.pool)
+        if fasa.local_mixer is not None and fasa.self_modulate:
+            self.local_mixer = ConvAct(fasa.local_mixer, 'silu')  # l = SiLU(L)
+        else:
+            self.local_mixer = fasa.local_mixer
+        self.mixer = fasa.mixer
+
+    def global_branch(self, x: torch.Tensor, q_map: torch.Tensor) -> torch.Tensor:
+        assert self.kv is not None and self.pool is not None
+        B, C, H, W = q_map.shape
+        q = q_map.reshape(B, self.num_heads, self.head_dim, H * W).transpose(-1, -2)
+        kv = self.kv(self.pool(x))
+        k, v = kv.reshape(B, 2, self.num_heads, self.head_dim, -1).transpose(-1, -2).unbind(1)
+        if self.fused_attn:
+            g = F.scaled_dot_product_attention(q, k, v)
+        else:
+            g = ((q * self.scale) @ k.transpose(-1, -2)).softmax(dim=-1) @ v
+        return g.transpose(-1, -2).reshape(B, C, H, W)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q_map = self.q(x)
+        local: Optional[torch.Tensor] = None
+        if self.local_mixer is not None:
+            local = self.local_mixer(q_map)
+        if self.kv is None:
+            assert local is not None
+            return self.mixer(local)
+        g = self.global_branch(x, q_map)
+        if local is None:
+            return self.mixer(g)
+        if self.interaction == 'one_way':
+            y = local.mul_(F.silu(g, inplace=True))
+        elif self.interaction == 'bidirectional':
+            gate = torch.sigmoid(g)
+            y = g.mul_(torch.sigmoid(local)).mul_(local.mul_(gate))
+        else:
+            y = local.add_(g)
+        return self.mixer(y)
+
+
+class FusedConvFfn(nn.Module):
+    """ConvFFN for inference: fc1 + GELU -> DWConv (identity and BatchNorm folded) -> fc2."""
+
+    def __init__(self, ffn: ConvFfn):
+        super().__init__()
+        self.fc1 = ConvAct(ffn.fc1, 'gelu')
+        self.dwconv = fold_conv(ffn.dwconv, ffn.bn, identity=ffn.residual)
+        self.fc2 = ffn.fc2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.dwconv(self.fc1(x)))
+
+
+class FusedFatBlock(nn.Module):
+    """FatBlock for inference (no drop path): CPE with its identity folded, FASA and ConvFFN fused."""
+
+    def __init__(self, block: FatBlock):
+        super().__init__()
+        self.cpe = fold_conv(block.cpe, identity=True)
+        self.norm1 = block.norm1
+        self.attn = FusedFasa(block.attn)
+        self.norm2 = block.norm2
+        self.ffn = FusedConvFfn(block.ffn)
+        self.shortcut = _fold_sequential(block.shortcut)
+
+    def forward_mixer(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.cpe(x)
+        return self.attn(self.norm1(x)).add_(x)
+
+    def forward_ffn(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ffn(self.norm2(x)).add_(self.shortcut(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_ffn(self.forward_mixer(x))
+
+
+def _fuse_children(module: nn.Module) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, Stem):
+            setattr(module, name, fuse_stem(child))
+        elif isinstance(child, FatBlock):
+            setattr(module, name, FusedFatBlock(child))
+        else:
+            _fuse_children(child)
+
+
+def fuse_model(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """Re-parameterize a model for inference: FAT stems and blocks fused, then `timm.utils.reparameterize_model`.
+
+    Args:
+        model: Any timm model (FAT or not, plain or wrapped, e.g. ``features_only``).
+        inplace: Modify ``model`` itself rather than a deep copy.
+
+    Returns:
+        The fused model, in eval mode. It is for inference only: training it would not train the original.
+    """
+    if not inplace:
+        model = copy.deepcopy(model)
+    model.eval()
+    _fuse_children(model)
+    return reparameterize_model(model, inplace=True)

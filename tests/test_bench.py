@@ -1,0 +1,197 @@
+"""`fat bench` and the inference re-parameterisation (fat.models.fuse): exact fusion for every FASA preset, records,
+CSV naming and merging, OOM back-off, refusals. No timing thresholds: the speed targets live in
+benchmarks/vs_official.py."""
+import csv
+import re
+
+import pytest
+import timm
+import torch
+import torch.nn as nn
+
+import fat  # noqa: F401  (registers the models)
+from fat import bench
+from fat.cli import main
+from fat.models import FASA_PRESETS
+from fat.models.fuse import FusedFasa, FusedFatBlock, fuse_model
+
+TINY = dict(img_size=32, batch_size=2, num_warmup=1, num_iters=2)
+
+
+def _perturbed(name: str = 'fat_b0', **kwargs) -> nn.Module:
+    """A model whose norms and BatchNorm statistics are far from their init, so that folding them is exercised."""
+    torch.manual_seed(0)
+    model = timm.create_model(name, **kwargs)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.)
+    return model.eval()
+
+
+@pytest.mark.parametrize('preset', list(FASA_PRESETS))
+def test_fusion_is_exact_for_every_preset(preset):
+    model = _perturbed(fasa=preset)
+    fused = fuse_model(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules()), 'the original must be left as it was'
+    x = torch.randn(1, 3, 80, 112)  # not a multiple of 32: exercises the ceil-mode K/V grids
+    with torch.no_grad():
+        expected = model(x)
+    # with autograd on, conv + activation run as two ops; without, as one oneDNN primitive on CPU
+    torch.testing.assert_close(fused(x), expected, rtol=0, atol=1e-5)
+    with torch.no_grad():
+        fused = fused.to(memory_format=torch.channels_last)
+        torch.testing.assert_close(fused(x.contiguous(memory_format=torch.channels_last)), expected, rtol=0, atol=1e-5)
+
+
+def test_fusion_matches_the_official_fixture(official_fixture):
+    model = timm.create_model('fat_b0', drop_path_rate=0.)
+    model.load_state_dict(fat.models.checkpoint_filter_fn(official_fixture['state_dict'], model), strict=True)
+    fused = fuse_model(model)
+    with torch.no_grad():
+        for name, x in official_fixture['inputs'].items():
+            torch.testing.assert_close(fused(x), official_fixture['eval_logits'][name], rtol=0, atol=1e-4)
+        for m in fused.modules():
+            if isinstance(m, FusedFasa):
+                m.fused_attn = False  # the explicit attention path
+        x = official_fixture['inputs']['96x96_b2']
+        torch.testing.assert_close(fused(x), official_fixture['eval_logits']['96x96_b2'], rtol=0, atol=1e-4)
+
+
+def test_fused_blocks_script_and_models_keep_feature_taps():
+    model = _perturbed()
+    block = model.stages[0].blocks[-1]  # the downsampling block: every fused layer type
+    x = torch.randn(1, 32, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.script(FusedFatBlock(block))(x), block(x), rtol=0, atol=1e-5)
+        x = torch.randn(1, 3, 64, 64)
+        torch.testing.assert_close(
+            fuse_model(model).forward_intermediates(x)[1], model.forward_intermediates(x)[1], rtol=0, atol=1e-5)
+    features = timm.create_model('fat_b0', features_only=True).eval()
+    fused_features = fuse_model(features)
+    assert any(isinstance(m, FusedFatBlock) for m in fused_features.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(fused_features(x), features(x), rtol=0, atol=1e-5)
+
+
+def test_fuse_model_reparameterizes_timm_peers():
+    torch.manual_seed(0)
+    model = timm.create_model('repvit_m0_9').eval()
+    fused = fuse_model(model)
+    assert sum(p.numel() for p in fused.parameters()) < sum(p.numel() for p in model.parameters())
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)
+        torch.testing.assert_close(fused(x), expected, rtol=0, atol=1e-5 * expected.abs().max().item())
+
+
+@pytest.mark.parametrize('mode', bench.MODES)
+def test_run_returns_a_complete_record(mode):
+    record = bench.run('fat_b0', mode, num_classes=10, **TINY)
+    assert tuple(record) == bench.FIELDS
+    assert record['mode'] == mode and record['model'] == 'fat_b0'
+    assert record['samples_per_sec'] > 0 and record['step_time_min_ms'] <= record['step_time_ms']
+    assert record['step_time_ms'] <= record['step_time_max_ms'] and record['step_time_iqr_ms'] >= 0
+    assert record['batch_size'] == record['requested_batch_size'] == 2 and record['img_size'] == 32
+    assert record['reparam'] is (mode == 'infer') and record['channels_last'] is True
+    assert record['opt'] == ('adamw' if mode == 'train' else '')
+    assert record['model_kwargs'] == '{"num_classes": 10}'
+    assert record['param_count'] == sum(p.numel() for p in timm.create_model('fat_b0', num_classes=10).parameters())
+    assert record['device'] == 'cpu' and record['device_name'] and record['num_threads'] == torch.get_num_threads()
+    assert record['torch'] == torch.__version__ and record['timm'] == timm.__version__
+
+
+def test_run_any_timm_model_in_amp_bf16_nchw():
+    record = bench.run('resnet18', precision='amp_bf16', channels_last=False, **TINY)
+    assert record['precision'] == 'amp_bf16' and record['channels_last'] is False and record['samples_per_sec'] > 0
+
+
+def test_time_steps_warms_up_then_times_each_step():
+    calls = []
+    times = bench.time_steps(lambda: calls.append(1), num_iters=3, num_warmup=2)
+    assert len(calls) == 5 and len(times) == 3 and all(t >= 0 for t in times)
+    summary = bench.summarize([0.1, 0.2, 0.4], batch_size=8)
+    assert summary['samples_per_sec'] == 40. and summary['step_time_ms'] == 200.
+    assert summary['step_time_min_ms'] == 100. and summary['step_time_max_ms'] == 400.
+
+
+def test_out_of_memory_backs_off_the_batch_size(monkeypatch):
+    measure = bench._measure
+    tried = []
+
+    def fake(model_name, mode, batch_size, *args):
+        tried.append(batch_size)
+        if batch_size > 4:
+            raise torch.cuda.OutOfMemoryError('CUDA out of memory')
+        return measure(model_name, mode, batch_size, *args)
+
+    monkeypatch.setattr(bench, '_measure', fake)
+    record = bench.run('fat_b0', img_size=32, batch_size=16, num_warmup=0, num_iters=1)
+    assert tried == [16, 12, 8, 6, 4]  # timm's decay_batch_step
+    assert record['batch_size'] == 4 and record['requested_batch_size'] == 16
+    tried.clear()
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        bench.run('fat_b0', img_size=32, batch_size=16, num_warmup=0, num_iters=1, retry=False)
+    assert tried == [16]
+
+
+def _record(**kwargs):
+    return dict(dict(model='fat_b0', mode='infer', precision='fp32', channels_last=True, compile='', device='cpu',
+                     device_name='AMD EPYC 7763 64-Core Processor', torch='2.14.1+cu130'), **kwargs)
+
+
+def test_results_file_names_encode_the_environment():
+    expected = 'results/bench-infer-fp32-nhwc-pt2.14-cpu-amd_epyc_7763_64_core.csv'
+    assert bench.results_path(_record()).as_posix() == expected
+    path = bench.results_path(_record(mode='train', precision='amp_bf16', channels_last=False, compile='inductor',
+                                      device_name='Intel(R) Xeon(R) Platinum 8375C CPU @ 2.90GHz'), 'out')
+    assert path.as_posix() == 'out/bench-train-amp_bf16-nchw-pt2.14-cpu-intel_xeon_platinum_8375c-dynamo.csv'
+    cuda = bench.results_path(_record(device='cuda', device_name='NVIDIA H100 80GB HBM3', precision='amp_fp16'))
+    assert re.fullmatch(r'bench-infer-amp_fp16-nhwc-pt2\.14-cu\d*-h100_80gb_hbm3\.csv', cuda.name)
+
+
+def test_cli_writes_and_merges_the_csv(tmp_path, capsys):
+    args = ['bench', 'fat_b0', '--img-size', '32', '--batch-size', '1', '2', '--warmup', '0', '--iters', '1',
+            '--results-dir', str(tmp_path), '--no-progress', '--model-kwargs', 'num_classes=10']
+    assert main(args) == 0
+    assert main(args[:5] + ['2'] + args[7:] + ['--no-reparam']) == 0
+    files = list(tmp_path.iterdir())
+    assert len(files) == 1 and re.fullmatch(r'bench-infer-fp32-nhwc-pt\d+\.\d+-cpu-\w+\.csv', files[0].name)
+    with files[0].open() as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0]) == bench.FIELDS
+    # the second command added a row (no re-parameterisation); re-running the first replaced its two rows
+    assert main(args) == 0
+    with files[0].open() as f:
+        rows = list(csv.DictReader(f))
+    assert sorted((r['batch_size'], r['reparam']) for r in rows) == [('1', 'True'), ('2', 'False'), ('2', 'True')]
+    assert all(r['model_kwargs'] == '{"num_classes": 10}' for r in rows)
+    assert 'samples/s' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('args, message', [
+    (['nope_model'], "unknown model 'nope_model'"),
+    (['fat_b0', '--precision', 'fp16'], "unknown precision 'fp16'"),
+    (['fat_b0', '--mode', 'training'], "unknown mode 'training'"),
+    (['fat_b0', '--batch-size', '0'], 'batch size must be >= 1'),
+    (['fat_b0', '--iters', '0'], 'num_iters must be >= 1'),
+    (['fat_b0', '--img-size', '0'], 'image size must be >= 1'),
+    (['fat_b0', '--fasa', 'nope'], "unknown preset 'nope'"),
+    (['resnet18', '--fasa', 'fasa'], 'bad model arguments'),
+    (['fat_b*x'], "no registered model matches 'fat_b*x'"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, message, capsys):
+    assert main(['bench', *args, '--no-save', '--no-progress']) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count('\n') == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='CUDA is available here')
+def test_cuda_asked_for_without_cuda_is_refused():
+    with pytest.raises(ValueError, match='CUDA is not available'):
+        bench.run('fat_b0', device='cuda', **TINY)
