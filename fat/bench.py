@@ -17,7 +17,6 @@ import argparse
 import csv
 import difflib
 import json
-import platform
 import re
 import statistics
 import time
@@ -37,6 +36,7 @@ from tqdm import tqdm
 
 import fat
 from fat.models.fuse import fuse_model
+from fat.train import cpu_name
 
 __all__ = ['MODES', 'PRECISIONS', 'run', 'prepare', 'make_step', 'time_steps', 'summarize', 'results_path',
            'write_results', 'register']
@@ -78,16 +78,10 @@ def resolve_device(device: Optional[str] = None) -> torch.device:
 
 
 def device_name(device: torch.device) -> str:
-    """The GPU's name, or the CPU model from /proc/cpuinfo (the platform's processor string elsewhere)."""
+    """The GPU's name, or the CPU model."""
     if device.type == 'cuda':
         return torch.cuda.get_device_name(device)
-    try:
-        for line in Path('/proc/cpuinfo').read_text().splitlines():
-            if line.startswith('model name'):
-                return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return cpu_name()
 
 
 def _slug(name: str) -> str:

@@ -295,7 +295,8 @@ def _git_state() -> Dict[str, Any]:
     return dict(sha=sha, dirty=dirty)
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (the platform's processor string elsewhere)."""
     try:
         for line in Path('/proc/cpuinfo').read_text().splitlines():
             if line.startswith('model name'):
@@ -316,7 +317,7 @@ def environment(device: torch.device, world_size: int) -> Dict[str, Any]:
             torchvision=torchvision.__version__, timm=timm.__version__, numpy=np.__version__,
             cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version() if torch.cuda.is_available() else None),
         hardware=dict(
-            hostname=socket.gethostname(), platform=platform.platform(), cpu=_cpu_name(), cpu_count=os.cpu_count(),
+            hostname=socket.gethostname(), platform=platform.platform(), cpu=cpu_name(), cpu_count=os.cpu_count(),
             torch_threads=torch.get_num_threads(), device=str(device),
             gpus=[torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]),
         world_size=world_size,

@@ -137,17 +137,7 @@ class FusedFasa(nn.Module):
             self.local_mixer = fasa.local_mixer
         self.mixer = fasa.mixer
 
-    def global_branch(self, x: torch.Tensor, q_map: torch.Tensor) -> torch.Tensor:
-        assert self.kv is not None and self.pool is not None
-        B, C, H, W = q_map.shape
-        q = q_map.reshape(B, self.num_heads, self.head_dim, H * W).transpose(-1, -2)
-        kv = self.kv(self.pool(x))
-        k, v = kv.reshape(B, 2, self.num_heads, self.head_dim, -1).transpose(-1, -2).unbind(1)
-        if self.fused_attn:
-            g = F.scaled_dot_product_attention(q, k, v)
-        else:
-            g = ((q * self.scale) @ k.transpose(-1, -2)).softmax(dim=-1) @ v
-        return g.transpose(-1, -2).reshape(B, C, H, W)
+    global_branch = FASA.global_branch  # the same attention, on the folded K/V downsampling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q_map = self.q(x)
