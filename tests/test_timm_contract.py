@@ -199,24 +199,22 @@ def _fx(model: torch.nn.Module, train: bool = False) -> torch.nn.Module:
         tracer_kwargs=tracer_kwargs).train(train)
 
 
-@pytest.mark.parametrize('name', MODELS)
-def test_fx_forward_is_bit_equal(name):
-    model = timm.create_model(name).eval()
+def _assert_fx_forward_bit_equal(model: torch.nn.Module):
     x = _randn(model, FX_SIZE)
     with torch.inference_mode():
         eager = model(x)
         traced, = _fx(model)(x).values()
     assert torch.equal(traced, eager)
+
+
+@pytest.mark.parametrize('name', MODELS)
+def test_fx_forward_is_bit_equal(name):
+    _assert_fx_forward_bit_equal(timm.create_model(name).eval())
 
 
 @pytest.mark.parametrize('preset', PRESETS)
 def test_fx_forward_every_preset(preset):
-    model = timm.create_model('fat_b0', fasa=preset).eval()
-    x = _randn(model, FX_SIZE)
-    with torch.inference_mode():
-        eager = model(x)
-        traced, = _fx(model)(x).values()
-    assert torch.equal(traced, eager)
+    _assert_fx_forward_bit_equal(timm.create_model('fat_b0', fasa=preset).eval())
 
 
 @pytest.mark.parametrize('name', MODELS)
