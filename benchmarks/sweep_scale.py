@@ -24,11 +24,11 @@ from typing import Callable, Dict, List, Tuple
 
 import yaml
 
+from fat.io import write_json_atomic
 from fat.sweep.cells import append_record
 from fat.sweep.collect import collect
 from fat.sweep.launch import launch, prepare
 from fat.sweep.state import Scheduler, cell_states, summary
-from fat.sweep.tasks import write_json_atomic
 
 FASA = ['fasa', 'fasa_bidirectional', 'no_interaction', 'avgpool_downsample', 'static_conv', 'global_only',
         'local_only', ['fasa', 'fasa', 'fasa', 'global_only'], ['fasa', 'fasa', 'global_only', 'global_only'],

@@ -35,6 +35,7 @@ from timm.utils import ParseKwargs, decay_batch_step
 from tqdm import tqdm
 
 import fat
+from fat.io import atomic_path
 from fat.models.fuse import fuse_model
 from fat.train import cpu_name
 
@@ -111,8 +112,7 @@ def write_results(records: Sequence[Dict[str, Any]], path: Path) -> Path:
     new = [{k: str(r.get(k, '')) for k in FIELDS} for r in records]
     keys = {tuple(r[k] for k in _ROW_KEY) for r in new}
     rows = [r for r in rows if tuple(r.get(k, '') for k in _ROW_KEY) not in keys] + new
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open('w', newline='') as f:
+    with atomic_path(path) as tmp, tmp.open('w', newline='') as f:
         writer = csv.DictWriter(f, fieldnames=FIELDS, extrasaction='ignore')
         writer.writeheader()
         writer.writerows(rows)

@@ -59,7 +59,6 @@ import difflib
 import json
 import warnings
 from collections import Counter
-from pathlib import Path
 from typing import Any, Callable, Dict, List, Sequence, Tuple, Union
 
 import fvcore
@@ -87,6 +86,7 @@ with warnings.catch_warnings():
         matmul_flop_jit,
     )
 
+from fat.io import write_text_atomic
 from fat.models import FASA, FASA_PRESETS
 
 __all__ = ['CONVENTIONS', 'count', 'measure', 'pins', 'variant_table', 'register']
@@ -412,7 +412,7 @@ def variant_table(records: Sequence[Dict[str, Any]]) -> str:
 
 
 def _write(path: str, text: str) -> None:
-    Path(path).write_text(text)
+    write_text_atomic(path, text)
     print(f'wrote {path}')
 
 

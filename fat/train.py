@@ -45,6 +45,7 @@ from tqdm import tqdm
 import fat
 
 from .data import SeededSamples, build_datasets, build_transforms, eval_dataset
+from .io import atomic_path, write_json_atomic, write_text_atomic
 from .models import resolve_fasa_stages
 
 __all__ = ['DEFAULTS', 'PRESETS', 'Trainer', 'config_diff', 'main', 'resolve_config']
@@ -236,30 +237,19 @@ LAST_CKPT, PREV_CKPT, BEST_CKPT = 'checkpoint-last.pt', 'checkpoint-prev.pt', 'c
 _CKPT_KEYS = ('config', 'epoch', 'step_in_epoch', 'global_step', 'model', 'optimizer', 'scheduler', 'ranks', 'history')
 
 
-def _fsync(path: Path):
-    with open(path, 'rb+') as f:
-        os.fsync(f.fileno())
-
-
-def _write_text_atomic(path: Path, text: str):
-    tmp = path.with_name(path.name + '.tmp')
-    tmp.write_text(text)
-    _fsync(tmp)
-    os.replace(tmp, path)
-
-
 def _write_json_atomic(path: Path, obj: Any):
-    _write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + '\n')
+    write_json_atomic(path, obj, durable=True, indent=2)
 
 
 def _save_checkpoint(state: Dict[str, Any], out_dir: Path):
-    """checkpoint-last.pt, written to a temporary file and renamed; the one it replaces becomes -prev."""
-    last, tmp = out_dir / LAST_CKPT, out_dir / (LAST_CKPT + '.tmp')
-    torch.save(state, tmp)
-    _fsync(tmp)
-    if last.exists():
-        os.replace(last, out_dir / PREV_CKPT)
-    os.replace(tmp, last)
+    """checkpoint-last.pt, written atomically; the one it replaces becomes -prev (a hard link first, so that at every
+    moment both files exist and a kill can never leave the run without its newest complete checkpoint)."""
+    last = out_dir / LAST_CKPT
+    with atomic_path(last, durable=True) as tmp:
+        torch.save(state, tmp)
+        if last.exists():
+            with atomic_path(out_dir / PREV_CKPT) as prev:
+                os.link(last, prev)
 
 
 def _load_checkpoint(out_dir: Path) -> Optional[Dict[str, Any]]:
@@ -721,17 +711,15 @@ class Trainer:
                 record.update(ema_top1=ema['top1'], ema_top5=ema['top5'])
             best = max((r['val_top1'] for r in self.history if 'val_top1' in r), default=-1.)
             if metrics['top1'] > best and self.env.primary:
-                tmp = self.out_dir / (BEST_CKPT + '.tmp')
-                torch.save(dict(model=self.model.state_dict(), epoch=self.epoch + 1, top1=metrics['top1'],
-                                top5=metrics['top5'], config=cfg), tmp)
-                _fsync(tmp)
-                os.replace(tmp, self.out_dir / BEST_CKPT)
+                with atomic_path(self.out_dir / BEST_CKPT, durable=True) as tmp:
+                    torch.save(dict(model=self.model.state_dict(), epoch=self.epoch + 1, top1=metrics['top1'],
+                                    top5=metrics['top5'], config=cfg), tmp)
         self.history.append(record)
         self.epoch, self.step_in_epoch = self.epoch + 1, 0
         self.meters = dict(loss_sum=0., loss_steps=0, seconds=0.)
         self.checkpoint()
         if self.env.primary:
-            _write_text_atomic(self.out_dir / LOG_FILE, ''.join(json.dumps(r) + '\n' for r in self.history))
+            write_text_atomic(self.out_dir / LOG_FILE, ''.join(json.dumps(r) + '\n' for r in self.history))
             val = f" val top-1 {record['val_top1']:.2f} top-5 {record['val_top5']:.2f}" if 'val_top1' in record else ''
             _logger.info(
                 f"epoch {record['epoch']}/{cfg['epochs']} train loss {record['train_loss']:.4f}{val} "

@@ -11,6 +11,8 @@ import argparse
 from pathlib import Path
 from typing import Any, List, Optional, Tuple
 
+from fat.io import write_text_atomic
+
 from .analysis import Analysis, load_analysis
 from .measured import Measurements, load_measurements
 
@@ -59,7 +61,7 @@ def build_report(
     written = [p for t in tables for p in write_table(t, a, results / 'tables')]
     written += [p for stem, fig, _ in figures for p in write_figure(stem, fig, results / 'figures')]
     index = results / 'report.md'
-    index.write_text(_index(tables, figures, a, m))
+    write_text_atomic(index, _index(tables, figures, a, m))
     stale = sorted(p for d in ('tables', 'figures') for p in (results / d).iterdir()
                    if p.suffix in _OUTPUTS and p not in written)
     for path in stale:

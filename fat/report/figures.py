@@ -18,6 +18,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
+from fat.io import atomic_path
+
 from .analysis import Analysis
 from .tables import Table
 
@@ -357,7 +359,7 @@ def write_figure(stem: str, fig: Figure, out_dir: Path) -> List[Path]:
     paths = []
     for ext in ('png', 'pdf'):
         path = out_dir / f'{stem}.{ext}'
-        with matplotlib.rc_context(_style()):
-            fig.savefig(path, metadata=_METADATA[ext], bbox_inches='tight', pad_inches=0.1)
+        with matplotlib.rc_context(_style()), atomic_path(path) as tmp:
+            fig.savefig(tmp, format=ext, metadata=_METADATA[ext], bbox_inches='tight', pad_inches=0.1)
         paths.append(path)
     return paths

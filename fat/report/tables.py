@@ -13,6 +13,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import pandas as pd
 
+from fat.io import atomic_path, write_text_atomic
+
 from .analysis import Analysis, Claim
 from .measured import BENCH_KEYS, Measurements, seed_stats
 
@@ -449,7 +451,8 @@ def write_table(table: Table, a: Analysis, out_dir: Path) -> List[Path]:
     """results/tables/<name>.{md,tex,csv}; returns the paths written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f'{table.name}.{ext}' for ext in ('md', 'tex', 'csv')]
-    paths[0].write_text(to_markdown(table, a))
-    paths[1].write_text(to_latex(table, a))
-    table.data.to_csv(paths[2], index=False, lineterminator='\n')
+    write_text_atomic(paths[0], to_markdown(table, a))
+    write_text_atomic(paths[1], to_latex(table, a))
+    with atomic_path(paths[2]) as tmp:
+        table.data.to_csv(tmp, index=False, lineterminator='\n')
     return paths

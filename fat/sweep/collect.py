@@ -13,10 +13,12 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import pandas as pd
 
+from fat.io import atomic_path, write_json_atomic
+
 from .cells import read_result
 from .launch import Sweep
 from .state import CellState
-from .tasks import model_kwargs, write_json_atomic
+from .tasks import model_kwargs
 
 __all__ = ['collect', 'COLUMNS', 'ComplexityCache']
 
@@ -138,6 +140,6 @@ def collect(sweep: Sweep, states: Sequence[CellState], out: Path) -> Tuple[pd.Da
     frame = frame.reindex(columns=['grid', 'cell', *axes, *[c for c in COLUMNS if c not in tail], *extra, *tail])
     if sweep.task.name != 'train':  # training metrics mean nothing for flops/bench cells
         frame = frame.drop(columns=[c for c in COLUMNS if c not in ('status', *tail) and frame[c].isna().all()])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(out, index=False)
+    with atomic_path(out) as tmp:
+        frame.to_csv(tmp, index=False)
     return frame, incomplete

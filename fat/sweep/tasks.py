@@ -7,25 +7,18 @@ import difflib
 import functools
 import inspect
 import json
-import os
 import traceback
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import timm
 
+from fat.io import write_json_atomic
 from fat.models import resolve_fasa_stages
 
-__all__ = ['TASKS', 'Task', 'write_json_atomic', 'check_model', 'model_kwargs']
+__all__ = ['TASKS', 'Task', 'check_model', 'model_kwargs']
 
 FAT_MODELS = ('fat_b0', 'fat_b1', 'fat_b2', 'fat_b3')
-
-
-def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
-    """Write JSON to a temporary file beside `path`, then rename it: readers see the old file or the new one."""
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + '\n')
-    os.replace(tmp, path)
 
 
 def check_model(name: Any) -> None:

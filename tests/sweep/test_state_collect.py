@@ -11,12 +11,12 @@ import pytest
 from sweep_helpers import LOCAL_PROFILE, REPO, wait_until
 
 from fat.cli import main as cli_main
+from fat.io import write_json_atomic
 from fat.sweep.cells import append_record
 from fat.sweep.cluster import QueueEntry, local_job_alive, render_sbatch
 from fat.sweep.collect import collect
 from fat.sweep.launch import launch, prepare
 from fat.sweep.state import Scheduler, cell_states, error_line
-from fat.sweep.tasks import write_json_atomic
 
 
 @pytest.fixture
