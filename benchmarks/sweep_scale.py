@@ -120,7 +120,7 @@ def main() -> int:
                                                            '--cluster', 'slurm', '--max-array-size', '1001'])))
         out = root / 'scale10k.csv'
         t_cold, _ = timed(lambda: collect(sweep, states, out))
-        t, (frame, incomplete) = timed(lambda: collect(sweep, states, out))
+        t, (frame, incomplete, *_) = timed(lambda: collect(sweep, states, out))
         print(f'collect: {len(frame)} rows, {len(incomplete)} incomplete listed; first collect (params/MACs of '
               f'{len(FASA)} models measured, then cached): {t_prep + t_cold:.2f} s')
         rows.append(('collect 10,000 cells', t_prep + t, cli(['sweep', 'collect', str(big), '--workdir',

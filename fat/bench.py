@@ -17,7 +17,6 @@ import argparse
 import csv
 import difflib
 import json
-import re
 import statistics
 import time
 from contextlib import nullcontext
@@ -35,9 +34,9 @@ from timm.utils import ParseKwargs, decay_batch_step
 from tqdm import tqdm
 
 import fat
+from fat.environment import cpu_name, env_name
 from fat.io import atomic_path
 from fat.models.fuse import fuse_model
-from fat.train import cpu_name
 
 __all__ = ['MODES', 'PRECISIONS', 'run', 'prepare', 'make_step', 'time_steps', 'summarize', 'results_path',
            'write_results', 'register']
@@ -85,21 +84,12 @@ def device_name(device: torch.device) -> str:
     return cpu_name()
 
 
-def _slug(name: str) -> str:
-    name = re.sub(r'\(r\)|\(tm\)|@.*$|\bcpu\b|\bprocessor\b|\bnvidia\b|\bgeforce\b|\brtx\b', ' ', name.lower())
-    return '_'.join(re.findall(r'[a-z0-9]+', name)) or 'unknown'
-
-
 def results_path(record: Dict[str, Any], results_dir: str = 'results') -> Path:
     """Where `write_results` puts a record: a file named by mode, precision, layout, torch version, device, compile."""
-    torch_version = '.'.join(record['torch'].split('+')[0].split('.')[:2])
-    if record['device'] == 'cuda':
-        device = f"cu{(torch.version.cuda or '').replace('.', '')}-{_slug(record['device_name'])}"
-    else:
-        device = f"cpu-{_slug(record['device_name'])}"
+    env = env_name(record['torch'], record['device'], record['device_name'], torch.version.cuda)
     layout = 'nhwc' if record['channels_last'] else 'nchw'
     suffix = '-dynamo' if record['compile'] else ''
-    name = f"bench-{record['mode']}-{record['precision']}-{layout}-pt{torch_version}-{device}{suffix}.csv"
+    name = f"bench-{record['mode']}-{record['precision']}-{layout}-{env}{suffix}.csv"
     return Path(results_dir) / name
 
 

@@ -45,6 +45,7 @@ from tqdm import tqdm
 import fat
 
 from .data import SeededSamples, build_datasets, build_transforms, eval_dataset
+from .environment import cpu_name
 from .io import atomic_path, write_json_atomic, write_text_atomic
 from .models import resolve_fasa_stages
 
@@ -283,17 +284,6 @@ def _git_state() -> Dict[str, Any]:
     except (OSError, subprocess.CalledProcessError):
         return dict(sha=None, dirty=None)
     return dict(sha=sha, dirty=dirty)
-
-
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo (the platform's processor string elsewhere)."""
-    try:
-        for line in Path('/proc/cpuinfo').read_text().splitlines():
-            if line.startswith('model name'):
-                return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def environment(device: torch.device, world_size: int) -> Dict[str, Any]:

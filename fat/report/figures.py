@@ -275,7 +275,7 @@ def ablation_delta(name: str, spec: Mapping[str, Any], a: Analysis, tables: Sequ
         if data.empty:
             out.append((name, _empty(spec['title'], 'No collected ablation grid: nothing to plot.'), []))
             continue
-        grid = data['grid'].iloc[0]
+        stem = f"{name}-{data['collection'].iloc[0]}"
         rows = data[data['exceeds'] != 'baseline'].iloc[::-1]  # top to bottom in table order
         base = data[data['exceeds'] == 'baseline']
         with matplotlib.rc_context(_style()):
@@ -298,7 +298,7 @@ def ablation_delta(name: str, spec: Mapping[str, Any], a: Analysis, tables: Sequ
             ax.set_xlabel(f'Δ top-1 vs fasa (percentage points); fasa: n={n_base}; bars: ± noise (2·SE)')
             ax.grid(axis='y', visible=False)
             fig.suptitle(textwrap.fill(f"{spec['title']} — {_plain(table.subtitle)}", 80), fontsize='medium')
-        out.append((f'{name}-{grid}', fig, ['Error bars: the noise column of the table (2·SE of the difference); '
+        out.append((stem, fig, ['Error bars: the noise column of the table (2·SE of the difference); '
                                              'a bar that does not cross 0 is a Δ that exceeds the seed noise.']))
     return out
 
@@ -312,7 +312,7 @@ def ablation_scatter(name: str, spec: Mapping[str, Any], a: Analysis, tables: Se
         if data.empty:
             out.append((name, _empty(spec['title'], 'No collected ablation grid: nothing to plot.'), []))
             continue
-        grid = data['grid'].iloc[0]
+        grid, stem = data['grid'].iloc[0], f"{name}-{data['collection'].iloc[0]}"
         with matplotlib.rc_context(_style()):
             fig = Figure(figsize=(8.2, 4.6), layout='constrained')
             ax = fig.subplots()
@@ -332,7 +332,7 @@ def ablation_scatter(name: str, spec: Mapping[str, Any], a: Analysis, tables: Se
             if handles:
                 _legend(fig, handles, f'grid {grid}, all measured here')
             fig.suptitle(textwrap.fill(f"{spec['title']} — {_plain(table.subtitle)}", 80), fontsize='medium')
-        out.append((f'{name}-{grid}', fig, ['Presets with equal MACs are spread apart horizontally (a fraction of a '
+        out.append((stem, fig, ['Presets with equal MACs are spread apart horizontally (a fraction of a '
                                             'percent) so that none hides another; a dotted line marks their MACs.']))
     return out
 

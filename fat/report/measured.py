@@ -1,4 +1,5 @@
-"""What this harness measured, read from files: collected grids (`fat sweep collect` -> `results/<grid>.csv`),
+"""What this harness measured, read from files: collected grids (`fat sweep collect` ->
+`results/<grid>-<environment>.csv`),
 benchmark CSVs (`fat bench` -> `results/bench-*.csv`), and params/MACs (`fat flops --pins` regression file and
 `fat flops --json` records saved as `results/flops-*.jsonl`). Nothing is measured here. Readers tolerate missing
 files and columns (the tables say what is absent); unreadable files are listed in `Measurements.problems`."""
@@ -27,12 +28,17 @@ _BENCH_COLUMNS = {
 @dataclass
 class Measurements:
     """Everything read from a results directory (and the complexity pins), with the files it came from."""
-    grids: Dict[str, pd.DataFrame] = field(default_factory=dict)
+    grids: Dict[str, pd.DataFrame] = field(default_factory=dict)  # collected CSV's stem -> its rows
     bench: pd.DataFrame = field(default_factory=lambda: _normalise_bench(pd.DataFrame(), ''))
     complexity: pd.DataFrame = field(
         default_factory=lambda: pd.DataFrame(columns=['model', 'fasa', 'img_size', 'params', 'convention', 'macs']))
     inputs: List[str] = field(default_factory=list)
     problems: List[str] = field(default_factory=list)
+
+    def grid(self, name: str) -> Optional[pd.DataFrame]:
+        """The rows of every collection of grid `name` (one per environment it ran in), or None."""
+        frames = [f for f in self.grids.values() if 'grid' in f.columns and (f['grid'] == name).any()]
+        return pd.concat(frames, ignore_index=True) if frames else None
 
     def macs(self, model: str, convention: str, img_size: int, fasa: str = 'fasa') -> Optional[float]:
         """Measured MACs of a model (as timm builds it by default, 1000 classes) or None."""

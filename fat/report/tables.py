@@ -148,7 +148,7 @@ def _bench_value(group: pd.DataFrame, model: str, img_size: int) -> Optional[flo
 
 def _grid_stats(m: Measurements, grid: Optional[str], metric: str) -> Optional[pd.DataFrame]:
     """Seed statistics of the official FASA per model in a collected grid, or None without the grid."""
-    frame = m.grids.get(grid) if grid else None
+    frame = m.grid(grid) if grid else None
     if frame is None or 'model' not in frame.columns:
         return None
     if 'fasa' in frame.columns:
@@ -201,10 +201,10 @@ def classification(name: str, spec: Mapping[str, Any], a: Analysis, m: Measureme
     data, display = _frames(spec, rows, cells)
     notes = []
     if stats is None:
-        notes.append(f'Top-1 measured: no collected runs (results/{grid}.csv not found or without a `model` column; '
-                     f'`fat sweep collect ablations/{grid}.yaml`).')
+        notes.append(f'Top-1 measured: no collected runs (no results/{grid}-<environment>.csv, or one without a '
+                     f'`model` column; `fat sweep collect ablations/{grid}.yaml`).')
     else:
-        notes.append(f'Top-1 measured: final {metric} of the DONE cells of results/{grid}.csv, mean ± sample std '
+        notes.append(f'Top-1 measured: final {metric} of the DONE cells of results/{grid}-*.csv, mean ± sample std '
                      'over seeds (n runs); Δ = measured − claimed.')
     if m.complexity.empty:
         notes.append('Params and GMACs measured: no complexity records found (the `fat flops --pins` file, '
@@ -304,7 +304,8 @@ def ablation(name: str, spec: Mapping[str, Any], a: Analysis, m: Measurements) -
         return key[0], order.index(key[1]) if key[1] in order else len(order), key[1]
 
     tables = []
-    for grid, frame in sorted(grids.items()):
+    for collection, frame in sorted(grids.items()):
+        grid = str(frame['grid'].iloc[0]) if 'grid' in frame.columns else collection
         stats = seed_stats(frame, ['model', 'fasa'], metric)
         several = frame['model'].nunique() > 1
         rows, cells = [], []
@@ -318,8 +319,9 @@ def ablation(name: str, spec: Mapping[str, Any], a: Analysis, m: Measurements) -
             macs = {c: first.get(f'macs_{c}') for c in ('paper', 'fvcore')}
             n = 0 if s is None else int(s['n'])
             rows.append(dict(
-                grid=grid, model=model or None, preset=preset, params=params, macs_paper=macs['paper'],
-                macs_fvcore=macs['fvcore'], top1_mean=None if s is None else round(s['mean'], 4),
+                grid=grid, collection=collection, model=model or None, preset=preset, params=params,
+                macs_paper=macs['paper'], macs_fvcore=macs['fvcore'],
+                top1_mean=None if s is None else round(s['mean'], 4),
                 top1_std=None if s is None or s['std'] != s['std'] else round(s['std'], 4), n=n,
                 delta=None if delta is None else round(delta, 4), noise=None if noise is None else round(noise, 4),
                 exceeds=verdict, cells=_cells_text(group)))
@@ -334,7 +336,7 @@ def ablation(name: str, spec: Mapping[str, Any], a: Analysis, m: Measurements) -
         data, display = _frames(spec, rows, cells)
         described = (spec.get('describe') or {}).get(grid)
         notes = [
-            f'Top-1: final `{metric}` of each DONE cell of results/{grid}.csv, mean ± sample std over seeds '
+            f'Top-1: final `{metric}` of each DONE cell of results/{collection}.csv, mean ± sample std over seeds '
             '(n runs); cells in any other state are left out and counted in the last column.',
             f'Δ = mean(preset) − mean({baseline}); noise = {k:g}·SE, SE = sqrt(s²/n + s²_{baseline}/n_{baseline}); '
             f'Δ exceeds it: |Δ| > {k:g}·SE. With few seeds the std is itself uncertain: a screening signal, not a '
@@ -344,8 +346,9 @@ def ablation(name: str, spec: Mapping[str, Any], a: Analysis, m: Measurements) -
         notes += [f'Run environment: {e}.' for e in sorted(frame['environment'].dropna().unique())
                   ] if 'environment' in frame else []
         notes += _not_found(spec, a)
-        subtitle = f'Grid `{grid}`' + (f': {described}' if described else '') + '.'
-        tables.append(Table(f'{name}-{grid}', spec['title'], data, display, notes, subtitle=subtitle))
+        env = collection[len(grid) + 1:] if collection.startswith(f'{grid}-') else ''
+        subtitle = f'Grid `{grid}`' + (f' in `{env}`' if env else '') + (f': {described}' if described else '') + '.'
+        tables.append(Table(f'{name}-{collection}', spec['title'], data, display, notes, subtitle=subtitle))
     return tables
 
 

@@ -93,8 +93,9 @@ def _wait(args: argparse.Namespace) -> int:
 def _collect(args: argparse.Namespace) -> int:
     sweep = _sweep(args)
     states = sweep.states()
-    out = args.out or Path('results') / f'{sweep.grid.name}.csv'
-    frame, incomplete = collect(sweep, states, out)
+    frame, incomplete, out, replaced = collect(sweep, states, args.out)
+    for path in replaced:
+        print(f'removed {path} (an earlier collection of the same cells)')
     for line in incomplete[:_MAX_LISTED]:
         print(f'incomplete: {line}', file=sys.stderr)
     if len(incomplete) > _MAX_LISTED:
@@ -178,5 +179,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     v = add('wait', _wait, 'wait until no cell is queued or running (exit status 0 when all are DONE)')
     v.add_argument('--poll', type=_positive, default=10, help='seconds between looks (default: 10)')
 
-    v = add('collect', _collect, 'one row per cell (finished or not) into results/<grid>.csv')
-    v.add_argument('--out', type=Path, help='output CSV (default: results/<grid>.csv)')
+    v = add('collect', _collect, 'one row per cell (finished or not) into results/<grid>-<environment>.csv')
+    v.add_argument('--out', type=Path, default=Path('results'),
+                   help='output CSV file, or a folder to write <grid>-<environment>.csv into (default: results; '
+                        'the environment is where the cells ran, e.g. pt2.14-cpu-amd_epyc, or mixed)')

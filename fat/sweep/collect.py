@@ -9,10 +9,11 @@ cached in `<workdir>/.complexity-cache.json`.
 """
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import pandas as pd
 
+from fat.environment import common_env_name, run_env_name
 from fat.io import atomic_path, write_json_atomic
 
 from .cells import read_result
@@ -20,7 +21,7 @@ from .launch import Sweep
 from .state import CellState
 from .tasks import model_kwargs
 
-__all__ = ['collect', 'COLUMNS', 'ComplexityCache']
+__all__ = ['collect', 'Collection', 'COLUMNS', 'ComplexityCache']
 
 COLUMNS = ('status', 'params', 'macs_paper', 'macs_fvcore', 'top1', 'top5', 'best_top1', 'best_top5', 'epochs',
            'train_time_s', 'train_images_per_s', 'eval_images_per_s', 'environment', 'error', 'dir')
@@ -65,15 +66,16 @@ class ComplexityCache:
             write_json_atomic(self.path, self.entries)
 
 
-def _environment(cell_dir: Path, result: Optional[Mapping[str, Any]]) -> str:
-    """`torch 2.14.1, cpu (AMD EPYC 7B13), 1 process, git 1a2b3c4+, host vm`: where the run last started."""
+def _environment(cell_dir: Path, result: Optional[Mapping[str, Any]]) -> Tuple[str, Optional[str]]:
+    """Where the run last started: `torch 2.14.1, cpu (AMD EPYC 7B13), 1 process, git 1a2b3c4+, host vm` and its
+    name for file names (`pt2.14-cpu-amd_epyc_7b13`), or ('', None) before it started."""
     try:
         starts = json.loads((cell_dir / 'environment.json').read_text())
         env = starts[-1] if isinstance(starts, list) and starts else (result or {}).get('environment')
     except (OSError, ValueError):
         env = (result or {}).get('environment')
     if not isinstance(env, dict):
-        return ''
+        return '', None
     hw, versions, git = env.get('hardware', {}), env.get('versions', {}), env.get('git') or {}
     device = hw.get('device', '')
     chip = ', '.join(hw.get('gpus') or []) or hw.get('cpu', '')
@@ -81,7 +83,7 @@ def _environment(cell_dir: Path, result: Optional[Mapping[str, Any]]) -> str:
     parts = [f"torch {versions.get('torch', '?')}", f'{device} ({chip})' if chip else device,
              f"{env.get('world_size', 1)} process{'es' if env.get('world_size', 1) != 1 else ''}",
              f'git {sha}' if sha else '', f"host {hw.get('hostname', '?')}"]
-    return ', '.join(p for p in parts if p)
+    return ', '.join(p for p in parts if p), run_env_name(env)
 
 
 def _value(v: Any) -> Any:
@@ -115,18 +117,43 @@ def _row(sweep: Sweep, st: CellState, cache: ComplexityCache) -> Tuple[Dict[str,
                 row[key] = _value(value)
         if result.get('params') is not None:
             row['params'] = result['params']
-    row['environment'] = _environment(cell.dir, result)
+    row['environment'], row['env_name'] = _environment(cell.dir, result)
     row['error'] = error
     row['dir'] = str(cell.dir)
     return row, None if status == 'DONE' else f'{cell.id} {status}: {error or st.detail or ""}'.rstrip(': ')
 
 
-def collect(sweep: Sweep, states: Sequence[CellState], out: Path) -> Tuple[pd.DataFrame, List[str]]:
-    """Write the grid's table to `out` (CSV); returns it and one line per cell that is not DONE."""
+class Collection(NamedTuple):
+    frame: pd.DataFrame
+    incomplete: List[str]  # one line per cell that is not DONE
+    path: Path  # the CSV written
+    replaced: List[Path]  # earlier collections of the same cells, removed
+
+
+def _replaced(sweep: Sweep, out: Path) -> List[Path]:
+    """Earlier collections of this grid's work directory in `out`'s folder (another environment's name, or none):
+    the new file supersedes them. Collections of other work directories (another machine's) are kept."""
+    root, found = sweep.root.resolve(), []
+    for path in out.parent.glob(f'{sweep.grid.name}*.csv'):
+        if path.stem != sweep.grid.name and not path.stem.startswith(f'{sweep.grid.name}-') or path == out:
+            continue
+        try:
+            dirs = pd.read_csv(path, usecols=['dir'])['dir'].astype(str)
+        except (OSError, ValueError):
+            continue  # not a collection of ours: leave it alone
+        if len(dirs) and all(Path(d).resolve().is_relative_to(root) for d in dirs):
+            found.append(path)
+    return sorted(found)
+
+
+def collect(sweep: Sweep, states: Sequence[CellState], out: Path) -> Collection:
+    """Write the grid's table as CSV: to `out` if it names a .csv file, else into the folder `out` as
+    `<grid>-<environment>.csv` (`fat.environment`: where the cells ran, `mixed` or `unrun`)."""
     cache = ComplexityCache(sweep.workdir / '.complexity-cache.json')
-    rows, incomplete = [], []
+    rows, incomplete, envs = [], [], []
     for st in states:
         row, note = _row(sweep, st, cache)
+        envs.append(row.pop('env_name'))
         rows.append(row)
         if note:
             incomplete.append(note)
@@ -140,6 +167,11 @@ def collect(sweep: Sweep, states: Sequence[CellState], out: Path) -> Tuple[pd.Da
     frame = frame.reindex(columns=['grid', 'cell', *axes, *[c for c in COLUMNS if c not in tail], *extra, *tail])
     if sweep.task.name != 'train':  # training metrics mean nothing for flops/bench cells
         frame = frame.drop(columns=[c for c in COLUMNS if c not in ('status', *tail) and frame[c].isna().all()])
+    if out.suffix != '.csv':
+        out = out / f'{sweep.grid.name}-{common_env_name(envs)}.csv'
     with atomic_path(out) as tmp:
         frame.to_csv(tmp, index=False)
-    return frame, incomplete
+    replaced = _replaced(sweep, out)
+    for path in replaced:
+        path.unlink()
+    return Collection(frame, incomplete, out, replaced)

@@ -74,7 +74,7 @@ def test_slurm_grid_completes_through_arrays_and_relaunch_submits_nothing(write_
     again = launch(sweep, 'slurm')
     assert again.submitted == [] and again.arrays == [] and again.skipped == {'DONE': 3}
     assert h.job_ids(sweep) == ids and all(len(h.submissions(c.dir)) == 1 for c in sweep.cells)
-    frame, incomplete = collect(sweep, list(h.states(sweep).values()), tmp_path / 'complete.csv')
+    frame, incomplete, *_ = collect(sweep, list(h.states(sweep).values()), tmp_path / 'complete.csv')
     table = pd.read_csv(tmp_path / 'complete.csv')
     assert list(table['status']) == ['DONE'] * 3 and not incomplete and table['top1'].notna().all()
     assert table['environment'].str.contains('torch').all()
@@ -168,7 +168,7 @@ def test_flops_grid_in_process_records_a_failed_cell_and_goes_on(write_grid, tmp
     now = h.states(sweep)
     assert [now[c.id].state for c in sweep.cells] == ['FAILED', 'FAILED', 'DONE', 'DONE']
     assert now[sweep.cells[0].id].detail == 'ValueError: image size must be positive, got 0'
-    frame, incomplete = collect(sweep, list(now.values()), tmp_path / 'flops.csv')
+    frame, incomplete, *_ = collect(sweep, list(now.values()), tmp_path / 'flops.csv')
     table = pd.read_csv(tmp_path / 'flops.csv')
     assert list(table.columns[:5]) == ['grid', 'cell', 'img_size', 'fasa', 'status']
     assert table.loc[2:, 'params'].notna().all() and (table.loc[2:, 'macs_paper'] < table.loc[2:, 'macs_fvcore']).all()

@@ -11,6 +11,7 @@ import pytest
 from sweep_helpers import LOCAL_PROFILE, REPO, wait_until
 
 from fat.cli import main as cli_main
+from fat.environment import run_env_name
 from fat.io import write_json_atomic
 from fat.sweep.cells import append_record
 from fat.sweep.cluster import QueueEntry, local_job_alive, render_sbatch
@@ -67,7 +68,7 @@ def test_states_from_disk_and_collect_never_drops_a_cell(sweep, tmp_path, capsys
     assert states[requeued.id].detail == 'BeginTime' and states[requeued.id].job_id == '12_4'
 
     out = tmp_path / 'results' / 'disk.csv'
-    frame, incomplete = collect(sweep, list(states.values()), out)
+    frame, incomplete, *_ = collect(sweep, list(states.values()), out)
     table = pd.read_csv(out)
     assert len(table) == len(sweep.cells) and list(table['cell']) == [c.id for c in sweep.cells]
     assert list(table.columns[:4]) == ['grid', 'cell', 'lr', 'seed']
@@ -105,6 +106,33 @@ def test_status_and_collect_commands(sweep, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[-1].startswith('8 cells: 8 NOT_LAUNCHED (state source: ')
     assert out[0].split()[:3] == [sweep.cells[0].id, 'NOT_LAUNCHED', 'lr=0.001']
+
+
+def _started(cell, torch='2.14.1+cu130', device='cpu', cpu='AMD EPYC 7B13', gpus=()):
+    """The environment record `fat train` writes when a run starts."""
+    write_json_atomic(cell.dir / 'environment.json', [{'versions': {'torch': torch, 'cuda': '12.8'}, 'hardware': {
+        'device': device, 'cpu': cpu, 'gpus': list(gpus), 'hostname': 'node1'}, 'world_size': 1}])
+
+
+def test_collect_names_its_file_by_the_environment_and_replaces_only_its_own(sweep, tmp_path, capsys):
+    grid, workdir, results = str(sweep.grid.path), str(sweep.workdir), tmp_path / 'results'
+    args = ['sweep', 'collect', grid, '--workdir', workdir, '--out', str(results)]
+    assert cli_main(args) == 0
+    assert [p.name for p in results.iterdir()] == ['disk-unrun.csv']  # nothing has started yet
+    other = results / 'disk-pt2.14-cu128-a100_sxm4_40gb.csv'  # the same grid collected on another machine
+    pd.DataFrame({'grid': ['disk'], 'status': ['DONE'], 'dir': ['/elsewhere/runs/disk/abc']}).to_csv(other)
+    for cell in sweep.cells:
+        _started(cell)
+    assert cli_main(args) == 0
+    assert f'removed {results / "disk-unrun.csv"}' in capsys.readouterr().out
+    assert sorted(p.name for p in results.iterdir()) == ['disk-pt2.14-cpu-amd_epyc_7b13.csv', other.name]
+    _started(sweep.cells[0], device='cuda:0', gpus=['NVIDIA H100 80GB HBM3'])
+    assert cli_main(args) == 0
+    assert sorted(p.name for p in results.iterdir()) == ['disk-mixed.csv', other.name]
+    table = pd.read_csv(results / 'disk-mixed.csv')
+    assert 'cuda:0 (NVIDIA H100 80GB HBM3)' in table.loc[0, 'environment']
+    record = json.loads((sweep.cells[0].dir / 'environment.json').read_text())[-1]
+    assert run_env_name(record) == 'pt2.14-cu128-h100_80gb_hbm3'  # the name it would have had on its own
 
 
 def test_error_line_prefers_the_exception(tmp_path):
