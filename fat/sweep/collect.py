@@ -1,4 +1,4 @@
-"""collect: one row per cell, finished or not, into `results/<grid>.csv`.
+"""collect: one row per cell, finished or not, into `results/<grid>-<environment>.csv`.
 
 Every cell gets a row: its axes and seed, its state (`status`: DONE, DIVERGED, FAILED, CORRUPT, RUNNING, ...),
 parameters and MACs (convention `paper`: convolutions and linear layers, as the FAT paper counts; `fvcore`:
