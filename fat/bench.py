@@ -126,7 +126,8 @@ def prepare(
         device: Where to run.
         channels_last: Use the channels_last memory format.
         reparam: Re-parameterize for inference with `fuse_model` (never for training).
-        compile: A `torch.compile` backend (e.g. 'inductor'), or None for eager.
+        compile: A `torch.compile` backend (e.g. 'inductor'), or None for eager. Inductor compiles inference with
+            freezing (the weights are constants: change them and the compiled model will not see it).
         compile_mode: The `torch.compile` mode.
     """
     model.train(mode == 'train')
@@ -134,7 +135,13 @@ def prepare(
         model = fuse_model(model, inplace=True)
     model.to(device=device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     if compile:
-        model = torch.compile(model, backend=compile, mode=compile_mode)
+        options = None
+        if compile == 'inductor' and mode == 'infer':
+            # freezing: weights become constants, so inductor folds them and pre-packs the convolution weights
+            # for oneDNN once instead of on every call (+12 % over the fused eager FAT-B0 on this CPU)
+            from torch._inductor import list_mode_options  # imported here: it takes a second
+            options = {**list_mode_options(compile_mode or 'default'), 'freezing': True}
+        model = torch.compile(model, backend=compile, mode=None if options else compile_mode, options=options)
     return model
 
 

@@ -49,6 +49,19 @@ def test_fusion_is_exact_for_every_preset(preset):
         torch.testing.assert_close(fused(x.contiguous(memory_format=torch.channels_last)), expected, rtol=0, atol=1e-5)
 
 
+def test_compiled_inference_is_frozen_and_exact():
+    """The best mode (fused, channels_last, inductor with freezing) computes the model: one real compile, ~15 s."""
+    model = _perturbed('fat_proxy')
+    x = torch.randn(4, 1, 48, 48)
+    with torch.no_grad():
+        expected = model(x)
+    compiled = bench.prepare(model, 'infer', torch.device('cpu'), compile='inductor')
+    with torch.inference_mode():
+        got = compiled(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-4)
+    assert torch._inductor.config.freezing is False  # set for this compile only, not for the process
+
+
 def test_fusion_matches_the_official_fixture(official_fixture):
     model = timm.create_model('fat_b0', drop_path_rate=0.)
     model.load_state_dict(fat.models.checkpoint_filter_fn(official_fixture['state_dict'], model), strict=True)
