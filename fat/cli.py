@@ -1,62 +1,72 @@
-"""The `fat` command. Each capability adds one subcommand through a `register(subparsers)` function in its
-own module (listed in `_COMMAND_MODULES`); a subcommand's handler returns an exit code. Bad input raises
-`ValueError` (or `FileNotFoundError`/`PermissionError`), which becomes one line on stderr and exit code 2."""
+"""The `fat` command. `COMMANDS` lists its subcommands: the module that implements each and the one line that
+`fat --help` shows. Only the chosen command's module is imported, and its `register(subparsers)` adds that
+command's parser (made with the table's help line), so `fat --help` and the light commands (`fat sweep status`)
+start without importing torch. A subcommand's handler returns an exit code. Bad input raises `ValueError` (or
+`FileNotFoundError`/`PermissionError`), which becomes one line on stderr and exit code 2."""
 import argparse
 import importlib
-import json
 import sys
-from typing import List, Optional
-
-import timm
+from typing import Any, Dict, List, NamedTuple, Optional
 
 import fat
-from fat.models import list_fasa_presets
-
-# modules that each register one or more subcommands
-_COMMAND_MODULES: List[str] = ['fat.train', 'fat.complexity', 'fat.sweep.cli', 'fat.report', 'fat.bench']
+from fat.variants import presets_help
 
 
-def presets_help() -> str:
-    lines = [f'  {name:<20} {text}' for name, text in list_fasa_presets().items()]
-    return 'FASA presets (the `fasa` model argument):\n' + '\n'.join(lines)
+class Command(NamedTuple):
+    module: str  # has register(subparsers)
+    help: str  # the line `fat --help` shows; also the parser's description unless the module gives one
 
 
-def _models(args: argparse.Namespace) -> int:
-    """Build every registered fat_* model with the requested FASA variant and print its parameter count."""
-    rows = []
-    for name in timm.list_models(args.pattern):
-        model = timm.create_model(name, fasa=args.fasa)
-        rows.append(dict(model=name, fasa=model.fasa_variant, params=sum(p.numel() for p in model.parameters())))
-    if not rows:
-        raise ValueError(f'no registered model matches {args.pattern!r}; try fat_*')
-    for row in rows:
-        text = f"{row['model']:<10} fasa={row['fasa']:<20} {row['params']:>12,d} params"
-        print(json.dumps(row) if args.json else text)
-    return 0
+COMMANDS: Dict[str, Command] = {
+    'models': Command('fat.models.cli', 'list the registered FAT models and their parameter counts'),
+    'train': Command('fat.train', 'train a model: the official FAT recipe, resumable, DDP under torchrun or Slurm'),
+    'flops': Command('fat.complexity', 'params and MACs/FLOPs under named counting conventions'),
+    'sweep': Command('fat.sweep.cli', 'ablation grids (ablations/*.yaml) on Slurm: plan, launch, status, collect'),
+    'report': Command('fat.report', 'regenerate the tables and figures (claims beside measurements) under results/'),
+    'bench': Command('fat.bench', 'inference / training-step throughput and latency of timm models (CPU, CUDA)'),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _Registrar:
+    """The `subparsers` a command module's `register` receives: it may add only its own command, whose help line
+    comes from `COMMANDS` (one place for it, whatever the module passes)."""
+
+    def __init__(self, subparsers: Any, name: str):
+        self._subparsers, self._name = subparsers, name
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        if name != self._name:
+            raise RuntimeError(f'{COMMANDS[self._name].module} registers {name!r}, but COMMANDS lists it for '
+                               f'{self._name!r}')
+        kwargs['help'] = COMMANDS[name].help
+        kwargs.setdefault('description', COMMANDS[name].help)
+        return self._subparsers.add_parser(name, **kwargs)
+
+
+def chosen_command(argv: List[str]) -> Optional[str]:
+    """The subcommand `argv` names (the first argument that is not an option: `fat` has no option taking a
+    value), or None."""
+    return next((arg for arg in argv if not arg.startswith('-')), None)
+
+
+def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
+    """The `fat` parser, with `command`'s module imported and registered; every other command is listed only."""
     parser = argparse.ArgumentParser(
         prog='fat', description=fat.__doc__, epilog=presets_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--version', action='version', version=f'fat-harness {fat.__version__}')
     sub = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
-
-    p = sub.add_parser(
-        'models', help='list the registered FAT models and their parameter counts', epilog=presets_help(),
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--pattern', default='fat_*', help='timm model-name pattern (default: fat_*)')
-    p.add_argument('--fasa', default='fasa', help='FASA preset to build them with (default: fasa, the official code)')
-    p.add_argument('--json', action='store_true', help='one JSON record per model')
-    p.set_defaults(func=_models)
-
-    for module in _COMMAND_MODULES:
-        importlib.import_module(module).register(sub)
+    for name, cmd in COMMANDS.items():
+        if name == command:
+            importlib.import_module(cmd.module).register(_Registrar(sub, name))
+        else:
+            sub.add_parser(name, help=cmd.help)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(chosen_command(argv)).parse_args(argv)
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, PermissionError) as e:

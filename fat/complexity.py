@@ -480,7 +480,7 @@ def _flops(args: argparse.Namespace) -> int:
 def register(subparsers: Any) -> None:
     """Add `fat flops` to the `fat` command."""
     p = subparsers.add_parser(
-        'flops', help='params and MACs/FLOPs under named counting conventions',
+        'flops',
         description=__doc__.split('\n\n')[0] + ' Conventions: paper (conv + linear only), fvcore (fvcore defaults, '
         'attention matmuls and norms included), full (every op costed; table in fat/complexity.py).')
     p.add_argument('models', nargs='*', metavar='MODEL', help='timm model names or patterns (e.g. "fat_*")')

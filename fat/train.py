@@ -4,7 +4,6 @@ Interface: `resolve_config(overrides, base)` validates a run's config, `main(cfg
 `cfg['output_dir']` and returns the result it writes to `<output_dir>/result.json`; `PRESETS` holds named bases.
 """
 import argparse
-import difflib
 import hashlib
 import json
 import logging
@@ -22,7 +21,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import submitit
@@ -44,191 +43,15 @@ from tqdm import tqdm
 
 import fat
 
+from . import models  # noqa: F401 (importing it registers the FAT models with timm)
 from .data import SeededSamples, build_datasets, build_transforms, eval_dataset
 from .environment import cpu_name
 from .io import atomic_path, write_json_atomic, write_text_atomic
-from .models import resolve_fasa_stages
+from .train_config import _TYPES, DEFAULTS, PRESETS, RUNTIME_KEYS, config_diff, resolve_config
 
-__all__ = ['DEFAULTS', 'PRESETS', 'Trainer', 'config_diff', 'main', 'resolve_config']
+__all__ = ['DEFAULTS', 'PRESETS', 'RUNTIME_KEYS', 'Trainer', 'config_diff', 'main', 'resolve_config']
 
 _logger = logging.getLogger(__name__)
-
-# Every recipe value of the run, with the official ImageNet values (`../shared/spec/FAT.md` section 6.1) as
-# defaults. Learning rates are per 512 images of total batch (linear scaling, as the official code does).
-# The type of each key is the type of its default unless `_TYPES` says otherwise.
-DEFAULTS: Dict[str, Any] = {
-    # model
-    'model': 'fat_b0',
-    'fasa': 'fasa',  # FASA preset name, dict of axes, or a list with one per stage
-    'model_args': {},  # extra timm.create_model kwargs, e.g. {'window_sizes': [8, 4, 2, 1]}
-    'drop_path': None,  # None: the model's own (official) rate
-    # data
-    'dataset': 'imagenet',  # imagenet (train/ and val/ class folders) | fashion_mnist | synthetic
-    'data_dir': None,  # None: the dataset's standard place (fashion_mnist: the Debian package's)
-    'train_subset': 0,  # use only this many training images (a fixed random subset); 0: all
-    'val_subset': 0,
-    'num_classes': None,  # None: from the dataset
-    'in_chans': None,  # None: the dataset's own (1 for grayscale); 3 with grayscale data replicates it
-    'img_size': 224,
-    'scale': [0.08, 1.0],  # RandomResizedCrop area range
-    'crop_pct': 0.875,  # eval Resize(img_size / crop_pct) + CenterCrop(img_size)
-    'interpolation': 'bicubic',
-    'mean': None,  # None: ImageNet's (the official), averaged over channels for one-channel input
-    'std': None,
-    'batch_size': 128,  # per process
-    'workers': 8,
-    # schedule and optimizer
-    'epochs': 300,
-    'warmup_epochs': 20.0,  # may be fractional
-    'lr': 5e-4,
-    'warmup_lr': 5e-7,
-    'min_lr': 5e-6,
-    'lr_base_size': 512,  # lr = lr * total batch / lr_base_size (also warmup_lr and min_lr)
-    'opt': 'adamw',
-    'opt_eps': 1e-8,  # eps and betas go to the optimizer unless null
-    'opt_betas': [0.9, 0.999],
-    'momentum': 0.9,
-    'weight_decay': 0.05,  # not on 1-D parameters and biases
-    'clip_grad': 5.0,  # None: no clipping
-    'clip_mode': 'norm',
-    'amp': True,  # automatic mixed precision on CUDA; a CPU run is always float32
-    'amp_dtype': 'float16',
-    # augmentation and loss
-    'hflip': 0.5,
-    'color_jitter': 0.4,  # timm ignores it when auto_augment is set, as in the official code
-    'auto_augment': 'rand-m9-mstd0.5-inc1',
-    'reprob': 0.25,
-    'remode': 'pixel',
-    'recount': 1,
-    'mixup': 0.8,
-    'cutmix': 1.0,
-    'cutmix_minmax': None,
-    'mixup_prob': 1.0,
-    'mixup_switch_prob': 0.5,
-    'mixup_mode': 'batch',
-    'smoothing': 0.1,
-    'ema': False,  # the official code has no EMA
-    'ema_decay': 0.9998,
-    'ema_warmup': False,
-    # run
-    'seed': 0,
-    'deterministic': False,
-    'threads': 0,  # torch intra-op threads; 0: torch's default
-    'channels_last': False,
-    'device': 'auto',  # auto | cpu | cuda
-    'sync_bn': True,  # under DDP on an accelerator (SyncBatchNorm has no CPU kernel)
-    'eval_every': 1,  # epochs; the last epoch is always evaluated
-    'checkpoint_steps': 0,  # also checkpoint every this many steps inside an epoch; 0: at epoch ends only
-    'checkpoint_minutes': 10.0,  # ... and at least this often; 0: off
-    'log_interval': 50,  # steps between plain log lines (when stderr is not a terminal)
-    'output_dir': None,
-}
-
-_CHOICES: Dict[str, tuple] = {
-    'dataset': ('imagenet', 'fashion_mnist', 'synthetic'),
-    'device': ('auto', 'cpu', 'cuda'),
-    'clip_mode': ('norm', 'value', 'agc'),
-    'amp_dtype': ('float16', 'bfloat16'),
-    'remode': ('pixel', 'rand', 'const'),
-    'mixup_mode': ('batch', 'pair', 'elem'),
-    'interpolation': ('bicubic', 'bilinear', 'nearest', 'lanczos', 'random'),
-}
-
-# keys whose type is not that of their default: (allowed types, may be None)
-_TYPES: Dict[str, tuple] = {
-    'fasa': ((str, dict, list), False),
-    'drop_path': ((float,), True),
-    'data_dir': ((str,), True),
-    'num_classes': ((int,), True),
-    'in_chans': ((int,), True),
-    'mean': ((list,), True),
-    'std': ((list,), True),
-    'clip_grad': ((float,), True),
-    'auto_augment': ((str,), True),
-    'cutmix_minmax': ((list,), True),
-    'output_dir': ((str,), True),
-    'opt_eps': ((float,), True),
-    'opt_betas': ((list,), True),
-}
-
-# keys that may change between a run's invocations without changing its results
-RUNTIME_KEYS = ('output_dir', 'data_dir', 'workers', 'checkpoint_steps', 'checkpoint_minutes', 'log_interval')
-
-# named bases: `resolve_config(overrides, PRESETS[name])`, `fat train --preset NAME`
-PRESETS: Dict[str, Dict[str, Any]] = {
-    # CPU ablation screening (README "Training"): ~40k Fashion-MNIST images seen in ~1 minute on one thread.
-    # A short run learns little under the official regularisation (Mixup/CutMix, RandAugment, erasing:
-    # 73.0 % vs 79.6 % top-1 at this budget and lr 4e-3), so the proxy keeps label smoothing, flips and mild crops.
-    'proxy': dict(
-        model='fat_proxy', dataset='fashion_mnist', img_size=48, train_subset=20000, epochs=2, warmup_epochs=0.25,
-        lr=8e-3, warmup_lr=8e-6, min_lr=8e-5, mixup=0., cutmix=0., auto_augment=None, reprob=0., scale=[0.5, 1.],
-        workers=0, threads=1, deterministic=True, channels_last=True),
-    # seconds-long runs on synthetic data, for tests
-    'smoke': dict(
-        model='fat_proxy', dataset='synthetic', img_size=48, in_chans=1, train_subset=64, val_subset=32,
-        batch_size=16, epochs=2, warmup_epochs=1., workers=0, threads=1, deterministic=True, channels_last=True),
-}
-
-
-def _type_name(types: tuple, optional: bool) -> str:
-    names = ' or '.join(t.__name__ for t in types)
-    return f'{names} or null' if optional else names
-
-
-def _check_value(key: str, value: Any) -> Any:
-    """The value, with ints widened to float and tuples to lists; ValueError naming the key otherwise."""
-    types, optional = _TYPES.get(key, ((type(DEFAULTS[key]),), False))
-    if value is None:
-        if optional:
-            return None
-        raise ValueError(f'config key {key!r} may not be null (expected {_type_name(types, optional)})')
-    if isinstance(value, tuple):
-        value = list(value)
-    if float in types and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    # bool is an int subclass: refuse it where a number is expected, and numbers where a bool is
-    if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-        raise ValueError(
-            f'config key {key!r} expects {_type_name(types, optional)}, got {type(value).__name__} {value!r}')
-    if key in _CHOICES and value not in _CHOICES[key]:
-        close = difflib.get_close_matches(value, _CHOICES[key], n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ''
-        raise ValueError(f"config key {key!r}: {value!r} is not one of {', '.join(_CHOICES[key])}{hint}")
-    return value
-
-
-def resolve_config(overrides: Mapping[str, Any], base: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
-    """The full, validated config of a run: DEFAULTS, updated by `base`, then by `overrides`.
-
-    Deterministic and JSON-serialisable (tuples become lists), so it can be hashed. Unknown keys, values of the
-    wrong type and invalid choices (including FASA specs) raise a one-line ValueError naming the key.
-    """
-    cfg = dict(DEFAULTS)
-    for source in (base or {}, overrides):
-        for key, value in source.items():
-            if key not in DEFAULTS:
-                close = difflib.get_close_matches(key, DEFAULTS, n=3)
-                hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ''
-                raise ValueError(f'unknown config key {key!r}{hint}')
-            cfg[key] = _check_value(key, value)
-    resolve_fasa_stages(cfg['fasa'], 4)  # refuses an unknown preset or axis with its own one-line error
-    for key in ('batch_size', 'epochs', 'lr_base_size', 'eval_every'):
-        if cfg[key] < 1:
-            raise ValueError(f'config key {key!r} must be >= 1, got {cfg[key]}')
-    for key in ('train_subset', 'val_subset', 'warmup_epochs', 'workers', 'threads', 'checkpoint_steps',
-                'checkpoint_minutes'):
-        if cfg[key] < 0:
-            raise ValueError(f'config key {key!r} must be >= 0, got {cfg[key]}')
-    if cfg['mixup'] > 0 or cfg['cutmix'] > 0 or cfg['cutmix_minmax'] is not None:
-        if cfg['batch_size'] % 2:
-            raise ValueError(f"config key 'batch_size' must be even with mixup/cutmix, got {cfg['batch_size']}")
-    return json.loads(json.dumps(cfg))  # a deep copy with JSON types throughout
-
-
-def config_diff(a: Mapping[str, Any], b: Mapping[str, Any], ignore: Sequence[str] = RUNTIME_KEYS) -> List[str]:
-    """Keys whose values differ between two resolved configs, except `ignore`."""
-    return sorted(k for k in set(a) | set(b) if k not in ignore and a.get(k) != b.get(k))
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # files of the run directory
@@ -873,7 +696,7 @@ def register(subparsers: argparse._SubParsersAction):
     """Add `fat train` to the `fat` command."""
     keys = '\n'.join(f'  {k} = {json.dumps(v)}' for k, v in DEFAULTS.items())
     p = subparsers.add_parser(
-        'train', help='train a model: the official FAT recipe, resumable, DDP under torchrun or Slurm',
+        'train',
         description='Train, or resume, one run in --output-dir. Its config: the defaults below (the official\n'
                     'ImageNet recipe), updated by --preset, then --config, then key=value arguments.',
         epilog=f"presets: {', '.join(PRESETS)}\n\nconfig keys and defaults:\n{keys}",

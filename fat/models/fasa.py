@@ -18,147 +18,32 @@ interaction     one_way | bidirectional | none                  W_o(l*s(g)*g) | 
 
 With one branch absent the output is W_o of the other and ``interaction`` must be ``none``; ``downsample``
 only exists with the global branch. A FASA module builds only the layers its config uses, so no variant
-carries unused parameters.
+carries unused parameters. The variant space (`FasaCfg`, the presets, their validation) lives in the torch-free
+`fat.variants` and is re-exported here.
 """
-import difflib
 import math
 from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import use_fused_attn
 
+# the variant space itself is torch-free (fat.variants), so that grids are validated without torch
+from fat.variants import (
+    AXES,
+    FASA_PRESETS,
+    FasaCfg,
+    FasaSpec,
+    list_fasa_presets,
+    resolve_fasa,
+    resolve_fasa_stages,
+)
+
 __all__ = [
-    'AXES', 'FasaCfg', 'FASA', 'FASA_PRESETS', 'list_fasa_presets', 'resolve_fasa', 'resolve_fasa_stages',
+    'AXES', 'FasaCfg', 'FasaSpec', 'FASA', 'FASA_PRESETS', 'list_fasa_presets', 'resolve_fasa', 'resolve_fasa_stages',
 ]
-
-AXES: Dict[str, Tuple[str, ...]] = {
-    'local': ('self_modulated', 'static', 'none'),
-    'global': ('attention', 'none'),
-    'downsample': ('fine_grained', 'avgpool'),
-    'interaction': ('one_way', 'bidirectional', 'none'),
-}
-
-
-def _choice_error(what: str, value: Any, choices: Sequence[str]) -> ValueError:
-    close = difflib.get_close_matches(str(value), choices, n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ''
-    return ValueError(f"FASA: unknown {what} {value!r}; valid: {', '.join(choices)}{hint}")
-
-
-@dataclass(frozen=True)
-class FasaCfg:
-    """One point of the FASA variant space. Defaults are the official code.
-
-    The ``global`` axis is stored as ``global_`` (``global`` is a Python keyword); ``as_dict()`` and
-    ``from_dict()`` use the axis names users type in grids.
-    """
-    local: str = 'self_modulated'
-    global_: str = 'attention'
-    downsample: str = 'fine_grained'
-    interaction: str = 'one_way'
-
-    def __post_init__(self):
-        for axis, value in self.as_dict().items():
-            if value not in AXES[axis]:
-                raise _choice_error(f"value for axis '{axis}':", value, AXES[axis])
-        if self.local == 'none' and self.global_ == 'none':
-            raise ValueError("FASA: local='none' with global='none' leaves no branch; keep at least one")
-        missing = 'local' if self.local == 'none' else 'global' if self.global_ == 'none' else None
-        if missing and self.interaction != 'none':
-            raise ValueError(
-                f"FASA: interaction={self.interaction!r} needs both branches but {missing}='none'; "
-                f"use interaction='none'")
-        if self.global_ == 'none' and self.downsample != 'fine_grained':
-            raise ValueError(
-                f"FASA: downsample={self.downsample!r} has no effect with global='none' (no keys/values to "
-                f"downsample); leave downsample at its default")
-
-    def as_dict(self) -> Dict[str, str]:
-        return {'local': self.local, 'global': self.global_, 'downsample': self.downsample,
-                'interaction': self.interaction}
-
-    @classmethod
-    def from_dict(cls, axes: Mapping[str, str]) -> 'FasaCfg':
-        """Axes not given take the official values, except that a missing branch implies interaction='none'."""
-        axes = dict(axes)
-        if 'global_' in axes:
-            axes['global'] = axes.pop('global_')
-        for key in axes:
-            if key not in AXES:
-                raise _choice_error('axis', key, tuple(AXES))
-        if 'interaction' not in axes and 'none' in (axes.get('local'), axes.get('global')):
-            axes['interaction'] = 'none'
-        return cls(
-            local=axes.get('local', cls.local), global_=axes.get('global', cls.global_),
-            downsample=axes.get('downsample', cls.downsample), interaction=axes.get('interaction', cls.interaction))
-
-    @property
-    def name(self) -> str:
-        """The preset name when this config is one, else a compact axis string."""
-        for preset, (cfg, _, _) in FASA_PRESETS.items():
-            if cfg == self:
-                return preset
-        return ','.join(f'{k}={v}' for k, v in self.as_dict().items())
-
-
-# name -> (config, what it ablates, equation); the first is the official code
-FASA_PRESETS: Dict[str, Tuple[FasaCfg, str, str]] = {
-    'fasa': (
-        FasaCfg(), 'nothing: the official code',
-        'W_o(SiLU(L) * s(G) * G)'),
-    'fasa_bidirectional': (
-        FasaCfg(interaction='bidirectional'), 'adds the commented-out global<-local gate (paper wording)',
-        'W_o((SiLU(L) * s(G)) * (G * s(SiLU(L))))'),
-    'no_interaction': (
-        FasaCfg(interaction='none'), 'the cross-modulation: branches are summed',
-        'W_o(SiLU(L) + G)'),
-    'avgpool_downsample': (
-        FasaCfg(downsample='avgpool'), 'the fine-grained K/V downsampling: AvgPool to the same grid',
-        'W_o(SiLU(L) * s(G) * G), D = AvgPool'),
-    'static_conv': (
-        FasaCfg(local='static'), 'the self-modulation of the local conv',
-        'W_o(L * s(G) * G)'),
-    'global_only': (
-        FasaCfg(local='none', interaction='none'), 'the local branch (its depthwise conv)',
-        'W_o(G)'),
-    'local_only': (
-        FasaCfg(global_='none', interaction='none'), 'the global branch (K/V projection and downsampling)',
-        'W_o(SiLU(L))'),
-}
-
-
-def list_fasa_presets() -> Dict[str, str]:
-    """Preset name -> one line saying what it ablates and its equation."""
-    return {name: f'{what}; {eq}' for name, (_, what, eq) in FASA_PRESETS.items()}
-
-
-FasaSpec = Union[str, FasaCfg, Mapping[str, str]]
-
-
-def resolve_fasa(spec: FasaSpec) -> FasaCfg:
-    """A preset name, a FasaCfg or a dict of axes -> FasaCfg (ValueError naming the problem otherwise)."""
-    if isinstance(spec, FasaCfg):
-        return spec
-    if isinstance(spec, str):
-        if spec not in FASA_PRESETS:
-            raise _choice_error('preset', spec, tuple(FASA_PRESETS))
-        return FASA_PRESETS[spec][0]
-    if isinstance(spec, Mapping):
-        return FasaCfg.from_dict(spec)
-    raise ValueError(f'FASA: expected a preset name, a FasaCfg or a dict of axes, got {type(spec).__name__}')
-
-
-def resolve_fasa_stages(spec: Union[FasaSpec, Sequence[FasaSpec]], num_stages: int) -> Tuple[FasaCfg, ...]:
-    """One spec for every stage, or a list with one spec per stage."""
-    if isinstance(spec, (list, tuple)):
-        if len(spec) != num_stages:
-            raise ValueError(f'FASA: a per-stage list needs {num_stages} entries, got {len(spec)}')
-        return tuple(resolve_fasa(s) for s in spec)
-    return (resolve_fasa(spec),) * num_stages
 
 
 def fine_grained_downsample(dim: int, window_size: int, kernel_size: int = 5) -> nn.Module:

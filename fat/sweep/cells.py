@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from fat.io import write_json_atomic
-from fat.models import resolve_fasa_stages
+from fat.variants import resolve_fasa_stages
 
 from .spec import Grid, Problems
 from .tasks import Task

@@ -1,4 +1,8 @@
-"""`fat sweep plan | launch | status | wait | collect GRID [key=value ...]`."""
+"""`fat sweep plan | launch | status | wait | collect GRID [key=value ...]`.
+
+Every verb starts fast: nothing on their paths imports torch or timm (the grid is validated against the torch-free
+`fat.variants` and `fat.train_config`; timm is imported only for a grid that names a timm peer model), and pandas
+only for collect."""
 import argparse
 import json
 import sys
@@ -11,7 +15,6 @@ from tqdm import tqdm
 
 from .cells import describe
 from .cluster import CLUSTERS, default_cluster
-from .collect import collect
 from .launch import SUBMIT_STATES, Sweep, launch, prepare
 from .spec import GridError
 from .state import CellState, Scheduler, cell_states, summary
@@ -91,6 +94,7 @@ def _wait(args: argparse.Namespace) -> int:
 
 
 def _collect(args: argparse.Namespace) -> int:
+    from .collect import collect  # pandas: only for this verb
     sweep = _sweep(args)
     states = sweep.states()
     frame, incomplete, out, replaced = collect(sweep, states, args.out)
@@ -142,7 +146,7 @@ def _guarded(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Name
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `fat sweep plan|launch|status|wait|collect` to the `fat` command."""
     p = subparsers.add_parser(
-        'sweep', help='ablation grids (ablations/*.yaml) on Slurm: plan, launch, status, collect',
+        'sweep',
         description='Run a grid of ablation cells on Slurm (or locally) through submitit. Each cell is one '
                     'config with a content-addressed directory <workdir>/<grid>/<cell-id>; every verb is safe '
                     'to repeat.')

@@ -2,6 +2,8 @@
 
 Each task resolves a cell's overrides into a full, validated, JSON-serialisable config and runs that config in
 the cell directory, which ends with `result.json` (written last and atomically: the cell's "done" marker).
+Resolving imports neither torch nor timm unless a cell names a model that is not FAT's (a timm peer); running
+does.
 """
 import difflib
 import functools
@@ -11,10 +13,9 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
-import timm
-
+from fat import train_config
 from fat.io import write_json_atomic
-from fat.models import resolve_fasa_stages
+from fat.variants import MODEL_NAMES, resolve_fasa_stages
 
 __all__ = ['TASKS', 'Task', 'check_model', 'model_kwargs']
 
@@ -22,7 +23,11 @@ FAT_MODELS = ('fat_b0', 'fat_b1', 'fat_b2', 'fat_b3')
 
 
 def check_model(name: Any) -> None:
-    """ValueError unless `name` is a model timm can build (the FAT models are registered by `import fat`)."""
+    """ValueError unless `name` is a model timm can build (the FAT models are registered by `import fat`).
+    A FAT model is known without importing timm (seconds); any other name needs timm's registry."""
+    if isinstance(name, str) and name.split('.', 1)[0] in MODEL_NAMES:  # `fat_b0` or `fat_b0.<pretrained tag>`
+        return
+    import timm
     if not isinstance(name, str) or not timm.is_model(name):
         close = difflib.get_close_matches(str(name), timm.list_models(), n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ''
@@ -76,34 +81,32 @@ class Task:
 
 
 class TrainTask(Task):
-    """A training run: `fat.train.resolve_config` and `fat.train.main`, which resumes from `output_dir`."""
+    """A training run: `fat.train.resolve_config` (from the torch-free `fat.train_config`) and `fat.train.main`,
+    which resumes from `output_dir`."""
     name = 'train'
 
     @functools.cached_property
     def runtime_keys(self) -> Tuple[str, ...]:  # type: ignore[override]
-        from fat import train
-        return tuple(train.RUNTIME_KEYS)
+        return tuple(train_config.RUNTIME_KEYS)
 
     def defaults(self) -> Dict[str, Any]:
-        from fat import train
-        return dict(train.DEFAULTS)
+        return dict(train_config.DEFAULTS)
 
     def presets(self) -> Tuple[str, ...]:
-        from fat import train
-        return tuple(train.PRESETS)
+        return tuple(train_config.PRESETS)
 
     def resolve(self, overrides: Mapping[str, Any], preset: Optional[str] = None) -> Dict[str, Any]:
-        from fat import train
-        if preset is not None and preset not in train.PRESETS:
-            close = difflib.get_close_matches(preset, train.PRESETS, n=1)
+        presets = train_config.PRESETS
+        if preset is not None and preset not in presets:
+            close = difflib.get_close_matches(preset, presets, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ''
-            raise ValueError(f"unknown train preset {preset!r}{hint}; valid: {', '.join(train.PRESETS) or 'none'}")
-        cfg = train.resolve_config(overrides, train.PRESETS[preset] if preset else None)
+            raise ValueError(f"unknown train preset {preset!r}{hint}; valid: {', '.join(presets) or 'none'}")
+        cfg = train_config.resolve_config(overrides, presets[preset] if preset else None)
         check_model(cfg['model'])
         return cfg
 
     def run(self, cfg: Mapping[str, Any]) -> Dict[str, Any]:
-        from fat import train
+        from fat import train  # torch: only where the cell runs
         return train.main(cfg)
 
 
