@@ -21,7 +21,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Set, Tuple
 
 import numpy as np
 import submitit
@@ -207,7 +207,7 @@ class Trainer:
     def __init__(self, cfg: Dict[str, Any], env: _Dist):
         self.cfg, self.env, self.device = cfg, env, env.device
         self.out_dir = Path(cfg['output_dir'])
-        self.stop_signal: Optional[int] = None
+        self.stop_signals: Set[int] = set()  # received since the run started
         self._previous_handlers: Dict[int, Any] = {}
         if cfg['threads']:
             torch.set_num_threads(cfg['threads'])
@@ -360,27 +360,43 @@ class Trainer:
     # -- signals -------------------------------------------------------------------------------------------
 
     def _on_signal(self, signum: int, _frame: Any):
-        self.stop_signal = signum
+        self.stop_signals.add(signum)
+
+    def _stop_votes(self) -> Tuple[float, float]:
+        """(stop, requeue) for `_agree`: any stop signal; a SIGUSR2 among them."""
+        return float(bool(self.stop_signals)), float(signal.SIGUSR2 in self.stop_signals)
 
     def install_signal_handlers(self):
+        """SIGTERM and SIGUSR2 stop the run at the next step, after a checkpoint (`_stop`). One that the process
+        ignores (SIG_IGN) is left ignored."""
         if threading.current_thread() is threading.main_thread():
             for sig in _STOP_SIGNALS:
-                self._previous_handlers[sig] = signal.signal(sig, self._on_signal)
+                if signal.getsignal(sig) != signal.SIG_IGN:
+                    self._previous_handlers[sig] = signal.signal(sig, self._on_signal)
 
     def restore_signal_handlers(self):
         for sig, handler in self._previous_handlers.items():
             signal.signal(sig, handler)
         self._previous_handlers.clear()
 
-    def _stop(self, signum: int):
-        """After the checkpoint: hand the signal to whoever handled it before (submitit requeues), else exit."""
+    def _stop(self, requeue: bool):
+        """After the checkpoint: end this process, at once.
+
+        SIGUSR2 (Slurm's notice of a preemption or of the time limit; it wins over a SIGTERM received with it) goes
+        to the handler installed before the run: submitit's requeues the job and exits, and the job resumes from
+        the checkpoint. SIGTERM alone (scancel, a node going down) exits with 128 + 15, the handler before not
+        consulted: submitit's only logs a SIGTERM and returns, waiting for a SIGUSR2 that a cancelled job never
+        gets, so the run would train on. The cell is then FAILED, and the next `fat sweep launch` resubmits it,
+        resuming from the checkpoint. A handler that returns (submitit's on ranks other than 0, which leave the
+        requeue to rank 0) also ends in the exit.
+        """
+        signum = signal.SIGUSR2 if requeue else signal.SIGTERM
         previous = self._previous_handlers.get(signum)
         _logger.info(f'{signal.Signals(signum).name}: checkpoint written at step {self.global_step}; stopping')
         self.restore_signal_handlers()
-        if callable(previous):
+        if requeue and callable(previous):
             previous(signum, None)
-        elif previous != signal.SIG_IGN:
-            raise SystemExit(128 + signum)
+        raise SystemExit(128 + signum)
 
     # -- training ------------------------------------------------------------------------------------------
 
@@ -461,7 +477,7 @@ class Trainer:
             due = (cfg['checkpoint_steps'] and (step + 1) % cfg['checkpoint_steps'] == 0) or (
                 cfg['checkpoint_minutes'] and time.monotonic() - self.last_checkpoint_time > 60 * cfg[
                     'checkpoint_minutes'])
-            stop, due = self._agree(float(self.stop_signal is not None), float(bool(due) and self.env.primary))
+            stop, requeue, due = self._agree(*self._stop_votes(), float(bool(due) and self.env.primary))
             if (due or stop) and step + 1 < self.steps_per_epoch:
                 self._add_time(t0, images)
                 t0, images = time.monotonic(), 0
@@ -469,7 +485,7 @@ class Trainer:
                 if stop:
                     if bar is not None:
                         bar.close()
-                    self._stop(self.stop_signal or _STOP_SIGNALS[0])
+                    self._stop(requeue > 0)
         if bar is not None:
             bar.close()
         self._add_time(t0, images)
@@ -553,8 +569,9 @@ class Trainer:
                 if self.step_in_epoch < self.steps_per_epoch:
                     self.train_epoch()
                 self.end_epoch()
-                if self._agree(float(self.stop_signal is not None))[0]:
-                    self._stop(self.stop_signal or _STOP_SIGNALS[0])
+                stop, requeue = self._agree(*self._stop_votes())
+                if stop and self.epoch < self.cfg['epochs']:  # the last epoch done: finish, writing the result
+                    self._stop(requeue > 0)
             if self.env.world_size > 1:
                 distribute_bn(self.model, self.env.world_size, reduce=True)
                 if not self.ranks_agree():

@@ -86,3 +86,17 @@ def starts(cell_dir: Path) -> List[Dict[str, Any]]:
 
 def submissions(cell_dir: Path) -> List[Dict[str, Any]]:
     return [r for r in read_records(cell_dir) if r.get('event') == 'submitted']
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` is running (not gone, not a zombie)."""
+    try:
+        return Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[0] != 'Z'
+    except (OSError, IndexError):
+        return False
+
+
+def checkpoint_step(cell_dir: Path) -> int:
+    """The global step of the cell's newest checkpoint."""
+    import torch
+    return torch.load(cell_dir / 'checkpoint-last.pt', map_location='cpu', weights_only=False)['global_step']

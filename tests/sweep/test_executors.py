@@ -2,6 +2,7 @@
 completion, relaunch (submits nothing), preemption and requeue mid-training (the same result.json metrics as an
 uninterrupted run), and a cancelled / killed cell (FAILED, then resubmitted alone)."""
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -107,6 +108,31 @@ def test_slurm_preempted_and_requeued_cells_resume_identically_cancelled_cell_re
     assert [c.id for c in again.submitted] == [cancelled.id] and again.skipped == {'DONE': 2}
     h.wait_states(sweep, ['DONE'], timeout=240)
     assert [len(h.submissions(c.dir)) for c in sweep.cells] == [1, 1, 2]
+
+
+@pytest.mark.slurm
+def test_slurm_cancelled_running_cell_stops_at_its_checkpoint_and_is_resubmitted(write_grid, tmp_path, slurm_sweeps):
+    """scancel of a running cell: SIGTERM makes the trainer checkpoint and exit by itself (143) at once, not
+    train on until Slurm's SIGKILL (submitit's own SIGTERM handler only logs it); FAILED; relaunched alone."""
+    sweep = prepare(h.train_grid(write_grid, 'cancel', cells=1), [], tmp_path / 'runs')
+    slurm_sweeps(sweep)
+    launch(sweep, 'slurm')
+    cell = sweep.cells[0]
+    h.wait_until(lambda: h.epochs_logged(cell.dir) >= 1, 180, 'the first epoch')
+    pid = h.starts(cell.dir)[-1]['pid']
+    subprocess.run(['scancel', h.job_ids(sweep)[cell.id]], check=True)
+    h.wait_until(lambda: not h.alive(pid), 10, f'the training process {pid} to exit')
+    now = h.wait_states(sweep, ['FAILED'], timeout=30)[cell.id]
+    log = Path(now.log).read_text()
+    stops = re.findall(r'SIGTERM: checkpoint written at step (\d+); stopping', log)
+    # one checkpoint at the signal and not a step after it; the process exited by itself (not Slurm's SIGKILL,
+    # KillWait=5 s here, which would also end it within the 10 s above)
+    assert len(stops) == 1 and h.checkpoint_step(cell.dir) == int(stops[0]), log
+    assert 'Exited with exit code 143' in log and 'CANCELLED' in now.detail, (log, now.detail)
+    assert h.epochs_logged(cell.dir) < h.TRAIN_EPOCHS
+
+    again = launch(sweep, 'slurm')
+    assert again.submitted == [cell] and len(h.submissions(cell.dir)) == 2
 
 
 # ---------------------------------------------------------------------------------------------------------- local
