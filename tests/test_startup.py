@@ -61,7 +61,7 @@ def test_import_fat_registers_the_models_in_any_import_order():
     ])
 
 
-def test_fat_help_and_sweep_verbs_import_no_torch(tmp_path):
+def test_fat_help_sweep_verbs_and_the_sweep_job_import_no_torch(tmp_path):
     grid = tmp_path / 'light.yaml'
     grid.write_text(yaml.safe_dump({
         'preset': 'smoke', 'axes': {'fasa': ['fasa', 'global_only', {'local': 'static', 'interaction': 'none'}]},
@@ -80,6 +80,10 @@ def test_fat_help_and_sweep_verbs_import_no_torch(tmp_path):
                 assert e.code == 0
         for argv in {verbs!r}:
             assert main(argv) == 0, argv
+        # the job a launch pickles for submitit: torch only when it runs a cell
+        import pickle
+        from fat.sweep.job import CellJob
+        pickle.loads(pickle.dumps(CellJob(['cell'])))
         heavy = [m for m in {HEAVY!r} if m in sys.modules]
         assert not heavy, f'imported {{heavy}}'
         """])
