@@ -388,8 +388,7 @@ def _bench(args: argparse.Namespace) -> int:
 def register(subparsers: Any) -> None:
     """Add `fat bench` to the `fat` command."""
     p = subparsers.add_parser(
-        'bench', help='inference / training-step throughput and latency of timm models (CPU, CUDA)',
-        description=__doc__.split('\n\n')[0] + ' Results go to results/bench-*.csv, named by the environment.')
+        'bench', description=__doc__.split('\n\n')[0] + ' Results go to results/bench-*.csv, named by the environment.')
     p.add_argument('models', nargs='+', metavar='MODEL', help='timm model names or patterns (e.g. "fat_b*")')
     p.add_argument('--mode', default='infer', help='infer (default), train or both')
     p.add_argument('--batch-size', type=int, nargs='+', metavar='N',

@@ -81,8 +81,7 @@ def _report(args: argparse.Namespace) -> int:
 def register(subparsers: Any) -> None:
     """Add `fat report` to the `fat` command."""
     p = subparsers.add_parser(
-        'report', help='regenerate the tables and figures (claims beside measurements) under results/',
-        description=__doc__.split('\n\n')[0].replace('`fat report`: ', ''))
+        'report', description=__doc__.split('\n\n')[0].replace('`fat report`: ', ''))
     p.add_argument('--results', type=Path, default=Path('results'),
                    help='results directory: read collected grids and bench CSVs, write tables/ figures/ report.md '
                         '(default: results)')
