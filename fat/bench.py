@@ -138,7 +138,7 @@ def prepare(
         options = None
         if compile == 'inductor' and mode == 'infer':
             # freezing: weights become constants, so inductor folds them and pre-packs the convolution weights
-            # for oneDNN once instead of on every call (+12 % over the fused eager FAT-B0 on this CPU)
+            # for oneDNN once instead of on every call (a few percent on the fused FAT-B0 here, README "Speed")
             from torch._inductor import list_mode_options  # imported here: it takes a second
             options = {**list_mode_options(compile_mode or 'default'), 'freezing': True}
         model = torch.compile(model, backend=compile, mode=None if options else compile_mode, options=options)
