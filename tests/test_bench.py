@@ -56,10 +56,16 @@ def test_compiled_inference_is_frozen_and_exact():
     with torch.no_grad():
         expected = model(x)
     compiled = bench.prepare(model, 'infer', torch.device('cpu'), compile='inductor')
+    x = x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
-        got = compiled(x.contiguous(memory_format=torch.channels_last))
+        got = compiled(x)
+        with torch.profiler.profile() as prof:
+            compiled(x)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-4)
-    assert torch._inductor.config.freezing is False  # set for this compile only, not for the process
+    ops = {e.key for e in prof.key_averages()}
+    # frozen: every convolution runs on weights pre-packed for oneDNN, none through the unpacked aten op
+    assert 'mkldnn::_convolution_pointwise' in ops and 'aten::mkldnn_convolution' not in ops, sorted(ops)
+    assert torch._inductor.config.freezing is False  # set around the calls only, not for the process
 
 
 def test_fusion_matches_the_official_fixture(official_fixture):
