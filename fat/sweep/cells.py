@@ -99,11 +99,12 @@ def _matches(point: Mapping[str, Any], pattern: Mapping[str, Any]) -> bool:
 
 def _check_values(grid: Grid, task: Task, p: Problems) -> bool:
     """Resolve the base and every declared value on its own, so that each bad value gets its own line."""
-    try:
-        task.resolve(grid.base, grid.preset)
-    except ValueError as e:
-        p.add('preset' if 'preset' in str(e) else 'base', str(e))
-        return False
+    for where, base in (('preset', {}), ('base', grid.base)):  # a bad preset first, then the base on top of it
+        try:
+            task.resolve(base, grid.preset)
+        except ValueError as e:
+            p.add(where, str(e))
+            return False
     ok = True
     for key, value in grid.overrides.items():
         try:

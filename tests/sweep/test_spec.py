@@ -34,6 +34,7 @@ def _problems(path: Path, *overrides: str) -> list:
     ({'axes': {'lr': [0.1, 0.1]}}, ['axes.lr: duplicate cell']),
     ({'task': 'trian'}, ["task: unknown task 'trian' (did you mean 'train'?); valid: train, flops, bench"]),
     ({'preset': 'smok', 'axes': {'lr': [0.1]}}, ["preset: unknown train preset 'smok' (did you mean 'smoke'?)"]),
+    ({'preset': 'smoke', 'base': {'fasa': 'fasaa'}, 'axes': {'lr': [0.1]}}, ["base: FASA: unknown preset 'fasaa'"]),
     ({'axes': {'lr': [0.1]}, 'seeds': [0, 'one']}, ["seeds: expected a non-empty list of integers, got [0, 'one']"]),
     ({'axes': {'lr': [0.1]}, 'slurm': {'profile': 'locl'}},
      ["slurm.profile: unknown profile 'locl' (did you mean 'local'?)"]),
