@@ -140,23 +140,27 @@ class FASA(nn.Module):
             g = attn.softmax(dim=-1) @ v
         return g.transpose(-1, -2).reshape(B, C, H, W)
 
+    def local_branch(self, q_map: torch.Tensor) -> torch.Tensor:
+        """l: the depthwise conv of W_q x, SiLU-modulated unless static."""
+        assert self.local_mixer is not None
+        local = self.local_mixer(q_map)
+        return F.silu(local) if self.self_modulate else local
+
+    def interact(self, local: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """The two branches combined."""
+        if self.interaction == 'one_way':
+            return local * F.silu(g)  # l * s(g) * g
+        if self.interaction == 'bidirectional':
+            return (local * torch.sigmoid(g)) * (g * torch.sigmoid(local))
+        return local + g
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q_map = self.q(x)
         local: Optional[torch.Tensor] = None
         if self.local_mixer is not None:
-            local = self.local_mixer(q_map)
-            if self.self_modulate:
-                local = F.silu(local)
+            local = self.local_branch(q_map)
         if self.kv is None:
             assert local is not None
             return self.mixer(local)
         g = self.global_branch(x, q_map)
-        if local is None:
-            return self.mixer(g)
-        if self.interaction == 'one_way':
-            y = local * F.silu(g)  # l * s(g) * g
-        elif self.interaction == 'bidirectional':
-            y = (local * torch.sigmoid(g)) * (g * torch.sigmoid(local))
-        else:
-            y = local + g
-        return self.mixer(y)
+        return self.mixer(g if local is None else self.interact(local, g))

@@ -137,27 +137,22 @@ class FusedFasa(nn.Module):
             self.local_mixer = fasa.local_mixer
         self.mixer = fasa.mixer
 
-    global_branch = FASA.global_branch  # the same attention, on the folded K/V downsampling
+    # the same attention (on the folded K/V downsampling) and the same control flow as FASA
+    global_branch = FASA.global_branch
+    forward = FASA.forward
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q_map = self.q(x)
-        local: Optional[torch.Tensor] = None
-        if self.local_mixer is not None:
-            local = self.local_mixer(q_map)
-        if self.kv is None:
-            assert local is not None
-            return self.mixer(local)
-        g = self.global_branch(x, q_map)
-        if local is None:
-            return self.mixer(g)
+    def local_branch(self, q_map: torch.Tensor) -> torch.Tensor:
+        assert self.local_mixer is not None
+        return self.local_mixer(q_map)  # SiLU already fused into it when self-modulated
+
+    def interact(self, local: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """FASA's interaction, in place on the branch outputs (nothing else reads them)."""
         if self.interaction == 'one_way':
-            y = local.mul_(F.silu(g, inplace=True))
-        elif self.interaction == 'bidirectional':
+            return local.mul_(F.silu(g, inplace=True))
+        if self.interaction == 'bidirectional':
             gate = torch.sigmoid(g)
-            y = g.mul_(torch.sigmoid(local)).mul_(local.mul_(gate))
-        else:
-            y = local.add_(g)
-        return self.mixer(y)
+            return g.mul_(torch.sigmoid(local)).mul_(local.mul_(gate))
+        return local.add_(g)
 
 
 class FusedConvFfn(nn.Module):
