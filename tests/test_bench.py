@@ -65,6 +65,8 @@ def test_compiled_inference_is_frozen_and_exact():
     ops = {e.key for e in prof.key_averages()}
     # frozen: every convolution runs on weights pre-packed for oneDNN, none through the unpacked aten op
     assert 'mkldnn::_convolution_pointwise' in ops and 'aten::mkldnn_convolution' not in ops, sorted(ops)
+    # FASA's global branch runs as the native kernel inside the compiled graph (where it could be built)
+    assert ('fat::fasa_attention' in ops) == fat.models.native.load(), sorted(ops)
     assert torch._inductor.config.freezing is False  # set around the calls only, not for the process
 
 

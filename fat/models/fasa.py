@@ -125,14 +125,12 @@ class FASA(nn.Module):
     def extra_repr(self) -> str:
         return f'variant={self.cfg.name}, num_heads={self.num_heads}, window_size={self.window_size}'
 
-    def global_branch(self, x: torch.Tensor, q_map: torch.Tensor) -> torch.Tensor:
-        """G: multi-head attention of every query pixel over the downsampled K/V grid."""
-        assert self.kv is not None and self.pool is not None
+    def global_branch(self, q_map: torch.Tensor, kv_map: torch.Tensor) -> torch.Tensor:
+        """G: multi-head attention of every query pixel over the downsampled K/V map ``W_kv D(x)``."""
         B, C, H, W = q_map.shape
         q = q_map.reshape(B, self.num_heads, self.head_dim, H * W).transpose(-1, -2)
-        kv = self.kv(self.pool(x))
         # channels [0, C) are K and [C, 2C) are V, each split into contiguous head chunks
-        k, v = kv.reshape(B, 2, self.num_heads, self.head_dim, -1).transpose(-1, -2).unbind(1)
+        k, v = kv_map.reshape(B, 2, self.num_heads, self.head_dim, -1).transpose(-1, -2).unbind(1)
         if self.fused_attn:
             g = F.scaled_dot_product_attention(q, k, v)
         else:
@@ -146,13 +144,19 @@ class FASA(nn.Module):
         local = self.local_mixer(q_map)
         return F.silu(local) if self.self_modulate else local
 
-    def interact(self, local: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        """The two branches combined."""
+    def interact(self, local: Optional[torch.Tensor], g: torch.Tensor) -> torch.Tensor:
+        """The two branches combined (G alone without a local branch)."""
+        if local is None:
+            return g
         if self.interaction == 'one_way':
             return local * F.silu(g)  # l * s(g) * g
         if self.interaction == 'bidirectional':
             return (local * torch.sigmoid(g)) * (g * torch.sigmoid(local))
         return local + g
+
+    def attend(self, q_map: torch.Tensor, kv_map: torch.Tensor, local: Optional[torch.Tensor]) -> torch.Tensor:
+        """The global branch, combined with the local one when there is one."""
+        return self.interact(local, self.global_branch(q_map, kv_map))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q_map = self.q(x)
@@ -162,5 +166,5 @@ class FASA(nn.Module):
         if self.kv is None:
             assert local is not None
             return self.mixer(local)
-        g = self.global_branch(x, q_map)
-        return self.mixer(g if local is None else self.interact(local, g))
+        assert self.pool is not None
+        return self.mixer(self.attend(q_map, self.kv(self.pool(x)), local))

@@ -11,6 +11,9 @@ equivalent:
   local conv + SiLU, the stem's conv + ReLU) runs as one oneDNN primitive (`torch.ops.mkldnn._convolution_pointwise`,
   the op torch.compile's CPU backend emits for the same pattern), so the activation costs no extra pass over memory;
   elsewhere they run as two ops;
+* on CPU in float32 channels_last without autograd, FASA's global branch and its interaction with the local branch
+  run as one native kernel (`fat.models.native`, built on first use; about twice as fast as SDPA plus the gating
+  for FAT's few K/V positions); elsewhere, or where it cannot be built, as PyTorch ops;
 * residual sums and the FASA gating run in place on tensors that nothing else reads, which saves a full-size
   allocation each.
 
@@ -29,6 +32,7 @@ import torch.nn.functional as F
 from timm.utils import reparameterize_model
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
+from . import native
 from .fasa import FASA
 from .fat import ConvFfn, FatBlock, Stem
 
@@ -120,6 +124,7 @@ class FusedFasa(nn.Module):
     """
     fused_attn: torch.jit.Final[bool]
     interaction: torch.jit.Final[str]
+    native: torch.jit.Final[bool]
 
     def __init__(self, fasa: FASA):
         super().__init__()
@@ -136,17 +141,26 @@ class FusedFasa(nn.Module):
         else:
             self.local_mixer = fasa.local_mixer
         self.mixer = fasa.mixer
+        # the global branch and the interaction as one native CPU kernel, where it applies (fat.models.native)
+        self.native = self.kv is not None and native.load()
 
     # the same attention (on the folded K/V downsampling) and the same control flow as FASA
     global_branch = FASA.global_branch
     forward = FASA.forward
 
+    def attend(self, q_map: torch.Tensor, kv_map: torch.Tensor, local: Optional[torch.Tensor]) -> torch.Tensor:
+        if not torch.jit.is_scripting() and self.native and native.fasa_attention_applies(q_map, kv_map, local):
+            return torch.ops.fat.fasa_attention(q_map, kv_map, self.num_heads, self.scale, local, self.interaction)
+        return self.interact(local, self.global_branch(q_map, kv_map))
+
     def local_branch(self, q_map: torch.Tensor) -> torch.Tensor:
         assert self.local_mixer is not None
         return self.local_mixer(q_map)  # SiLU already fused into it when self-modulated
 
-    def interact(self, local: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    def interact(self, local: Optional[torch.Tensor], g: torch.Tensor) -> torch.Tensor:
         """FASA's interaction, in place on the branch outputs (nothing else reads them)."""
+        if local is None:
+            return g
         if self.interaction == 'one_way':
             return local.mul_(F.silu(g, inplace=True))
         if self.interaction == 'bidirectional':
