@@ -19,8 +19,13 @@ import torch
 __all__ = ['load', 'fasa_attention_applies']
 
 _SOURCE = Path(__file__).parent / 'csrc' / 'fasa_attention.cpp'
-# the vector width at::vec compiles for: the one torch's own CPU kernels were dispatched to on this machine
-_CAPABILITY_FLAGS = {'AVX512': ['-DCPU_CAPABILITY_AVX512'], 'AVX2': ['-DCPU_CAPABILITY_AVX2']}
+# the instruction set at::vec compiles for: the one torch's own CPU kernels were dispatched to on this machine, with
+# inductor's flags for it. Not -march=native: a build cached in a home directory shared by a cluster's nodes must run
+# on every node of that capability (the build is cached per capability).
+_CAPABILITY_FLAGS = {
+    'AVX512': ['-DCPU_CAPABILITY_AVX512', '-mavx512f', '-mavx512dq', '-mavx512vl', '-mavx512bw', '-mfma'],
+    'AVX2': ['-DCPU_CAPABILITY_AVX2', '-mavx2', '-mfma'],
+}
 
 
 @functools.cache
@@ -30,10 +35,10 @@ def load() -> bool:
         return False
     from torch.utils import cpp_extension
     capability = torch.backends.cpu.get_cpu_capability()
-    flags = ['-O3', '-march=native', '-fopenmp', *_CAPABILITY_FLAGS.get(capability, [])]
+    flags = ['-O3', '-fopenmp', *_CAPABILITY_FLAGS.get(capability, [])]
     try:
-        cpp_extension.load(
-            'fat_native', [str(_SOURCE)], extra_cflags=flags, extra_ldflags=['-fopenmp'], is_python_module=False)
+        cpp_extension.load(f'fat_native_{capability.lower()}', [str(_SOURCE)], extra_cflags=flags,
+                           extra_ldflags=['-fopenmp'], is_python_module=False)
     except Exception as e:  # no compiler, no ninja, a failed build: the PyTorch path computes the same
         warnings.warn(f'fat: native CPU kernels unavailable, FASA runs on PyTorch ops ({type(e).__name__}: {e})',
                       stacklevel=2)
