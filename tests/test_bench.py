@@ -13,7 +13,7 @@ import fat  # noqa: F401  (registers the models)
 from fat import bench
 from fat.cli import main
 from fat.models import FASA_PRESETS
-from fat.models.fuse import FusedFasa, FusedFatBlock, fuse_model
+from fat.models.fuse import FusedFasa, FusedFatBlock, FusedFatStage, fuse_model
 
 TINY = dict(img_size=32, batch_size=2, num_warmup=1, num_iters=2)
 
@@ -98,6 +98,23 @@ def test_fused_blocks_script_and_models_keep_feature_taps():
     assert any(isinstance(m, FusedFatBlock) for m in fused_features.modules())
     with torch.no_grad():
         torch.testing.assert_close(fused_features(x), features(x), rtol=0, atol=1e-5)
+
+
+def test_fused_stages_chunk_large_batches_with_the_same_result():
+    model = _perturbed('fat_proxy')
+    fused = fuse_model(model).to(memory_format=torch.channels_last)
+    stage = fused.stages[0]
+    assert isinstance(stage, FusedFatStage) and stage.budget >= 2 ** 20  # half the last-level cache
+    x = torch.randn(5, 1, 48, 48).contiguous(memory_format=torch.channels_last)
+    calls = []
+    stage.blocks[0].register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[0]))
+    with torch.no_grad():
+        whole = fused(x)
+        assert calls == [5]
+        stage.budget = 3 * stage.hidden * 12 * 12 * 4  # the hidden map of three images (12 x 12 after the stem)
+        torch.testing.assert_close(fused(x), whole, rtol=0, atol=0)
+        torch.testing.assert_close(fused(x), model(x), rtol=0, atol=1e-5)
+    assert calls[1:3] == [3, 2]
 
 
 def test_fuse_model_reparameterizes_timm_peers():
