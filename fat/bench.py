@@ -10,8 +10,9 @@ off the batch size (timm's `decay_batch_step`) and retries; the record keeps the
 
 Result files are named by the environment they were measured in, in timm's convention:
 ``results/bench-{infer|train}-{precision}-{nchw|nhwc}-pt{X.Y}-{cpu-<cpu>|cu<ver>-<gpu>}[-dynamo].csv``, and each row
-also carries the torch / timm versions, the device name and the thread count. Writing merges: a row replaces an
-earlier one of the same model, model arguments, image size, batch size, re-parameterisation and thread count.
+also carries the torch / timm versions, the device name, the thread count and whether FAT's native CPU kernels were
+on (`fat.models.native`; ``FAT_NATIVE=0`` turns them off). Writing merges: a row replaces an earlier one of the same
+model, model arguments, image size, batch size, re-parameterisation, native kernels and thread count.
 """
 import argparse
 import csv
@@ -36,7 +37,7 @@ from tqdm import tqdm
 import fat
 from fat.environment import cpu_name, env_name
 from fat.io import atomic_path
-from fat.models.fuse import fuse_model
+from fat.models.fuse import FusedFasa, fuse_model
 
 __all__ = ['MODES', 'PRECISIONS', 'run', 'prepare', 'make_step', 'time_steps', 'summarize', 'results_path',
            'write_results', 'register']
@@ -47,11 +48,12 @@ PRECISIONS: Dict[str, Optional[torch.dtype]] = {'fp32': None, 'amp_fp16': torch.
 FIELDS = (
     'model', 'mode', 'samples_per_sec', 'step_time_ms', 'step_time_iqr_ms', 'step_time_min_ms', 'step_time_max_ms',
     'batch_size', 'requested_batch_size', 'img_size', 'in_chans', 'param_count', 'model_kwargs', 'precision',
-    'channels_last', 'compile', 'reparam', 'opt', 'num_warmup', 'num_iters', 'device', 'device_name', 'num_threads',
-    'torch', 'timm', 'fat_harness',
+    'channels_last', 'compile', 'reparam', 'native_kernels', 'opt', 'num_warmup', 'num_iters', 'device',
+    'device_name', 'num_threads', 'torch', 'timm', 'fat_harness',
 )
 # rows with equal values here describe the same measurement (the file name fixes the rest)
-_ROW_KEY = ('model', 'model_kwargs', 'img_size', 'requested_batch_size', 'reparam', 'num_threads', 'compile')
+_ROW_KEY = ('model', 'model_kwargs', 'img_size', 'requested_batch_size', 'reparam', 'native_kernels', 'num_threads',
+            'compile')
 
 
 def _check_choice(what: str, value: str, choices: Sequence[str]) -> str:
@@ -94,14 +96,18 @@ def results_path(record: Dict[str, Any], results_dir: str = 'results') -> Path:
 
 
 def write_results(records: Sequence[Dict[str, Any]], path: Path) -> Path:
-    """Merge records into the CSV at ``path``: rows of the same measurement are replaced, others kept."""
+    """Merge records into the CSV at ``path``: rows of the same measurement are replaced, others kept. A file written
+    before a key column existed is matched on the key columns it has."""
     rows: List[Dict[str, Any]] = []
+    known = _ROW_KEY
     if path.exists():
         with path.open(newline='') as f:
-            rows = list(csv.DictReader(f))
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            known = tuple(k for k in _ROW_KEY if k in (reader.fieldnames or ()))
     new = [{k: str(r.get(k, '')) for k in FIELDS} for r in records]
-    keys = {tuple(r[k] for k in _ROW_KEY) for r in new}
-    rows = [r for r in rows if tuple(r.get(k, '') for k in _ROW_KEY) not in keys] + new
+    keys = {tuple(r[k] for k in known) for r in new}
+    rows = [r for r in rows if tuple(r.get(k, '') for k in known) not in keys] + new
     with atomic_path(path) as tmp, tmp.open('w', newline='') as f:
         writer = csv.DictWriter(f, fieldnames=FIELDS, extrasaction='ignore')
         writer.writeheader()
@@ -270,7 +276,10 @@ def _measure(
     step = make_step(model, mode, inputs, options['precision'], options['opt'], num_classes)
     times = time_steps(step, options['num_iters'], options['num_warmup'], device,
                        desc=f'{model_name} {mode} b{batch_size}', progress=options['progress'])
-    return dict(summarize(times, batch_size), img_size=height, in_chans=in_chans, param_count=param_count)
+    # whether FAT's fused FASA may run the native CPU kernel (fat.models.native): built here, and not turned off
+    native_kernels = device.type == 'cpu' and any(isinstance(m, FusedFasa) and m.native for m in model.modules())
+    return dict(summarize(times, batch_size), img_size=height, in_chans=in_chans, param_count=param_count,
+                native_kernels=native_kernels)
 
 
 def run(
@@ -352,9 +361,9 @@ def run(
         batch_size=bs, requested_batch_size=requested, img_size=result['img_size'], in_chans=result['in_chans'],
         param_count=result['param_count'], model_kwargs=json.dumps(model_kwargs, sort_keys=True, default=str),
         precision=precision, channels_last=channels_last, compile=compile or '', reparam=reparam,
-        opt=opt if mode == 'train' else '', num_warmup=num_warmup, num_iters=num_iters, device=dev.type,
-        device_name=device_name(dev), num_threads=torch.get_num_threads(), torch=torch.__version__,
-        timm=timm.__version__, fat_harness=fat.__version__,
+        native_kernels=result['native_kernels'], opt=opt if mode == 'train' else '', num_warmup=num_warmup,
+        num_iters=num_iters, device=dev.type, device_name=device_name(dev), num_threads=torch.get_num_threads(),
+        torch=torch.__version__, timm=timm.__version__, fat_harness=fat.__version__,
     )
 
 

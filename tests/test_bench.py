@@ -137,6 +137,7 @@ def test_run_returns_a_complete_record(mode):
     assert record['step_time_ms'] <= record['step_time_max_ms'] and record['step_time_iqr_ms'] >= 0
     assert record['batch_size'] == record['requested_batch_size'] == 2 and record['img_size'] == 32
     assert record['reparam'] is (mode == 'infer') and record['channels_last'] is True
+    assert record['native_kernels'] is (mode == 'infer' and fat.models.native.load())
     assert record['opt'] == ('adamw' if mode == 'train' else '')
     assert record['model_kwargs'] == '{"num_classes": 10}'
     assert record['param_count'] == sum(p.numel() for p in timm.create_model('fat_b0', num_classes=10).parameters())
@@ -210,6 +211,22 @@ def test_cli_writes_and_merges_the_csv(tmp_path, capsys):
     assert sorted((r['batch_size'], r['reparam']) for r in rows) == [('1', 'True'), ('2', 'False'), ('2', 'True')]
     assert all(r['model_kwargs'] == '{"num_classes": 10}' for r in rows)
     assert 'samples/s' in capsys.readouterr().out
+
+
+def test_results_written_before_a_key_column_existed_are_replaced(tmp_path):
+    path = tmp_path / 'bench.csv'
+    old_fields = [k for k in bench.FIELDS if k != 'native_kernels']  # the header before that column existed
+    record = _record(model='fat_b0', samples_per_sec=1.0, native_kernels=True)
+    other = dict(record, model='fat_b1')
+    with path.open('w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=old_fields, extrasaction='ignore')
+        writer.writeheader()
+        writer.writerows([record, other])
+    bench.write_results([dict(record, samples_per_sec=2.0)], path)
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r['model'], r['samples_per_sec'], r['native_kernels']) for r in rows] == [
+        ('fat_b1', '1.0', ''), ('fat_b0', '2.0', 'True')]
 
 
 @pytest.mark.parametrize('args, message', [

@@ -118,11 +118,12 @@ def _threads(value: Any) -> Optional[str]:
 
 
 def _env_label(env: Mapping[str, Any]) -> str:
-    """`AMD EPYC 7B13 (cpu), fp32, nhwc, reparameterized, batch 16, 2 threads, torch 2.14.1`."""
+    """`AMD EPYC 7B13 (cpu), fp32, nhwc, reparameterized, native kernels, batch 16, 2 threads, torch 2.14.1`."""
     device = f"{env['device']} ({env['device_type']})" if _present(env.get('device_type')) else env.get('device')
     parts = [device, env.get('precision'), env.get('layout'),
              f"torch.compile {env['compiled']}" if _present(env.get('compiled')) else None,
              'reparameterized' if _true(env.get('reparam')) else None,
+             'native kernels' if _true(env.get('native_kernels')) else None,
              f"batch {int(float(env['batch_size']))}" if _present(env.get('batch_size')) else None,
              _threads(env.get('threads')),
              f"torch {env['torch']}" if _present(env.get('torch')) else None]
