@@ -95,7 +95,11 @@ def test_killed_runs_resume_bit_exactly(reference, tmp_path):
     # killed once there is a previous checkpoint to fall back to
     assert _interrupt(out, signal.SIGKILL, rng, wait_for='checkpoint-prev.pt') == [-signal.SIGKILL]
     ckpt = out / 'checkpoint-last.pt'
-    ckpt.write_bytes(ckpt.read_bytes()[:ckpt.stat().st_size // 2])  # truncated, as by a full disk
+    # truncated, as by a full disk: a new file in its place (writing into it would also truncate -prev when the kill
+    # landed inside a save, where -prev is still a hard link to the same file)
+    torn = out / 'torn.pt'
+    torn.write_bytes(ckpt.read_bytes()[:ckpt.stat().st_size // 2])
+    torn.replace(ckpt)
     # SIGTERM / SIGUSR2: a checkpoint at the next step, then exit 128 + signal (0 if the run ended first)
     for sig in (signal.SIGTERM, signal.SIGUSR2):
         assert _interrupt(out, sig, rng)[0] in (0, 128 + sig)
