@@ -6,7 +6,8 @@ when `load` succeeds and falls back to PyTorch ops otherwise, with identical res
 
 `torch.utils.cpp_extension` compiles it once per machine and source version (about 10 s; cached under
 ``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``) and needs a C++ compiler (the one
-``torch.compile`` uses on CPU). ``FAT_NATIVE=0`` turns the kernels off, e.g. to time the PyTorch path.
+``torch.compile`` uses on CPU). ``FAT_NATIVE=0`` turns the kernels off: to time the PyTorch path, or to export a
+fused model (ONNX, `torch.export`), whose consumers do not know the op. TorchScript always takes the PyTorch path.
 """
 import functools
 import os
