@@ -18,15 +18,21 @@ reported with its range. Targets on a 2-core CPU, fp32:
 * training step (forward, cross-entropy, backward, AdamW), 64x64, batch 128, as ``fat bench --mode train`` runs
   it (channels_last): >= 1.2x.
 
-Also printed: the machine's fp32 matmul peak (2048x2048) and the fraction of it each inference contender achieves
-(fvcore MACs of FAT-B0 x 2 x images/s). Where CUDA is present the same comparison runs with AMP (fp16) at batch 128.
+Also printed: the machine's fp32 matmul peak (2048x2048), the fraction of it each inference contender achieves
+(fvcore MACs of FAT-B0 x 2 x images/s), and each contender's minor page faults per step. glibc's malloc hands large
+freed blocks back to the OS, so a model that allocates many large temporaries pays page faults on every step, and
+how many depends on the process's allocation history: the official model's throughput varies most from run to run
+for this reason. ``--tuned-malloc`` keeps freed memory in the heap for every contender (as jemalloc or tcmalloc
+would), which removes them. Where CUDA is present the same comparison runs with AMP (fp16) at batch 128.
 
-    python benchmarks/vs_official.py [--official PATH] [--rounds N] [--no-compile] [--skip-train]
+    python benchmarks/vs_official.py [--official PATH] [--rounds N] [--no-compile] [--skip-train] [--tuned-malloc]
 """
 import argparse
 import copy
+import ctypes
 import importlib.util
 import os
+import resource
 import statistics
 import sys
 import warnings
@@ -129,6 +135,17 @@ def check_agreement(twins: Dict[str, nn.Module], contenders: Dict[str, Contender
     return failures
 
 
+def tune_malloc() -> bool:
+    """Keep freed memory in glibc's heap for the whole process (what jemalloc or tcmalloc do by default): blocks up to
+    32 MiB (M_MMAP_THRESHOLD's maximum) come from the heap, which is trimmed only past 1 GiB free (M_TRIM_THRESHOLD).
+    Large tensors allocated again and again then cost no page faults. False where this is not glibc."""
+    try:
+        libc = ctypes.CDLL('libc.so.6')
+    except OSError:
+        return False
+    return bool(libc.mallopt(-3, 32 << 20)) and bool(libc.mallopt(-1, 1 << 30))  # M_MMAP_ / M_TRIM_THRESHOLD
+
+
 def matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 2048, iters: int = 10) -> float:
     """The device's GFLOP/s on an n x n matmul: the fastest of ``iters`` (a peak; other work only slows it)."""
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
@@ -142,13 +159,17 @@ def alternate(
         rounds: int,
         iters: int,
         device: torch.device,
-) -> Dict[str, List[float]]:
-    """Images/s of each contender per round (median step of the round), the contenders taking turns."""
+) -> Tuple[Dict[str, List[float]], Dict[str, float]]:
+    """Images/s of each contender per round (median step of the round), the contenders taking turns; and each
+    contender's minor page faults per step (memory the allocator handed back to the OS and takes again)."""
     throughput: Dict[str, List[float]] = {name: [] for name in steps}
+    faults = dict.fromkeys(steps, 0.)
     for _ in range(rounds):
         for name, step in steps.items():
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             throughput[name].append(batch_size / statistics.median(bench.time_steps(step, iters, device=device)))
-    return throughput
+            faults[name] += (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / (rounds * iters)
+    return throughput, faults
 
 
 def median_ratio(throughput: Dict[str, List[float]], name: str, base: str) -> Tuple[float, float, float]:
@@ -190,16 +211,17 @@ def compare(
         inputs = x.contiguous(memory_format=torch.channels_last) if nhwc else x
         steps[name] = bench.make_step(model, mode, inputs, precision, num_classes=1000)
         bench.time_steps(steps[name], 0, num_warmup=3, device=device, desc=f'warm-up {name}', progress=True)
-    throughput = alternate(steps, batch_size, rounds, iters, device)
+    throughput, faults = alternate(steps, batch_size, rounds, iters, device)
 
     print(f"\n{mode}, {precision}, batch {batch_size}, {img_size}x{img_size}, {device_label(device)}, "
           f"{rounds} rounds x {iters} steps, load average {os.getloadavg()[0]:.2f}")
     with_peak = bool(macs and peak)
-    header = f"  {'contender':<16} {'img/s':>8} {'/ official':>11} {'range':>12}"
+    header = f"  {'contender':<16} {'img/s':>8} {'/ official':>11} {'range':>12} {'faults/step':>12}"
     print(header + ('  of fp32 peak' if with_peak else ''))
     for name, values in throughput.items():
         ratio, low, high = median_ratio(throughput, name, 'official')
-        line = f'  {name:<16} {statistics.median(values):8.1f} {ratio:10.2f}x {low:6.2f}-{high:.2f}'
+        line = (f'  {name:<16} {statistics.median(values):8.1f} {ratio:10.2f}x {low:6.2f}-{high:.2f} '
+                f'{faults[name]:12,.0f}')
         if with_peak:
             line += f'  {statistics.median(values) * 2 * macs / 1e9 / peak:13.0%}'
         print(line)
@@ -220,6 +242,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--iters', type=int, default=3, help='timed steps per contender and round (default: 3)')
     parser.add_argument('--no-compile', action='store_true', help='skip the torch.compile contender')
     parser.add_argument('--skip-train', action='store_true', help='skip the training-step comparison')
+    parser.add_argument('--tuned-malloc', action='store_true',
+                        help="keep freed memory in glibc's heap for every contender (no page faults from large "
+                             "re-allocations, as with jemalloc/tcmalloc)")
     args = parser.parse_args(argv)
 
     path = args.official or Path(os.environ.get('FAT_OFFICIAL_DIR') or REPO.parent / 'official')
@@ -230,6 +255,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     print(f'official code: {path}; torch {torch.__version__}, timm {timm.__version__}, '
           f'load average {os.getloadavg()[0]:.2f}')
+    if args.tuned_malloc:
+        tuned = 'yes' if tune_malloc() else 'no (not glibc)'
+        print(f'malloc tuned for every contender (mmap threshold 32 MiB, trim threshold 1 GiB): {tuned}')
     twins = twin_models(official)
     cpu = torch.device('cpu')
     infer = contenders_for(twins, 'infer', cpu, compile=not args.no_compile)
