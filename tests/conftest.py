@@ -29,3 +29,16 @@ def official_fixture() -> dict:
 def official_manifest() -> dict:
     import json
     return json.loads(_require(REFERENCE_DIR / 'official_manifest.json').read_text())
+
+
+@pytest.fixture(scope='session')
+def benchmark_script():
+    """A script of benchmarks/ as a module (they are scripts, not a package)."""
+    import importlib.util
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(f'benchmark_{name}', REPO / 'benchmarks' / f'{name}.py')
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    return load

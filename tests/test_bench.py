@@ -117,6 +117,11 @@ def test_fused_stages_chunk_large_batches_with_the_same_result():
     assert calls[1:3] == [3, 2]
 
 
+def test_vs_official_skips_cleanly_without_the_official_code(benchmark_script, tmp_path, capsys):
+    assert benchmark_script('vs_official').main(['--official', str(tmp_path)]) == 0
+    assert 'official FAT code not found' in capsys.readouterr().out
+
+
 def test_fuse_model_reparameterizes_timm_peers():
     torch.manual_seed(0)
     model = timm.create_model('repvit_m0_9').eval()

@@ -81,3 +81,10 @@ def test_kernel_refuses_bad_input():
 def test_fat_native_0_turns_the_kernels_off(monkeypatch):
     monkeypatch.setenv('FAT_NATIVE', '0')
     assert native.load.__wrapped__() is False
+
+
+def test_kernel_benchmark_runs_and_checks_agreement(benchmark_script, capsys):
+    args = ['--batch-size', '2', '--img-size', '64', '--rounds', '1', '--iters', '1']
+    assert benchmark_script('fasa_attention').main(args) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.strip()[:1].isdigit()]
+    assert [r[0] for r in rows] == ['0', '1', '2', '3'] and all(r[-2].endswith('x') for r in rows), rows
