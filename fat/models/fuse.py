@@ -1,6 +1,6 @@
 """Inference-time re-parameterisation of FAT: the same function with fewer, cheaper operations.
 
-`fuse_model` returns an eval-only copy of a model in which every FAT stem and block is replaced by its fused
+`fuse_model` returns an eval-only copy of a model in which every FAT stem, stage and block is replaced by its fused
 equivalent:
 
 * every BatchNorm is folded into the convolution before it (stem, ConvFFN, downsampling shortcut, the
@@ -15,7 +15,8 @@ equivalent:
   run as one native kernel (`fat.models.native`, built on first use; about twice as fast as SDPA plus the gating
   for FAT's few K/V positions); elsewhere, or where it cannot be built, as PyTorch ops;
 * residual sums and the FASA gating run in place on tensors that nothing else reads, which saves a full-size
-  allocation each.
+  allocation each;
+* a stage runs a large CPU batch in chunks whose ConvFFN hidden map fits in cache (`FusedFatStage`).
 
 Outputs match the unfused model in eval mode to float32 round-off (tests check 1e-5 for every FASA preset).
 Any other module that timm knows how to re-parameterize (RepViT, MobileOne, FastViT ...) goes through
