@@ -29,7 +29,6 @@ would), which removes them. Where CUDA is present the same comparison runs with 
 """
 import argparse
 import copy
-import ctypes
 import importlib.util
 import os
 import resource
@@ -133,17 +132,6 @@ def check_agreement(twins: Dict[str, nn.Module], contenders: Dict[str, Contender
         if diff > atol:
             failures.append(f'{what} differ by {diff:.2e}')
     return failures
-
-
-def tune_malloc() -> bool:
-    """Keep freed memory in glibc's heap for the whole process (what jemalloc or tcmalloc do by default): blocks up to
-    32 MiB (M_MMAP_THRESHOLD's maximum) come from the heap, which is trimmed only past 1 GiB free (M_TRIM_THRESHOLD).
-    Large tensors allocated again and again then cost no page faults. False where this is not glibc."""
-    try:
-        libc = ctypes.CDLL('libc.so.6')
-    except OSError:
-        return False
-    return bool(libc.mallopt(-3, 32 << 20)) and bool(libc.mallopt(-1, 1 << 30))  # M_MMAP_ / M_TRIM_THRESHOLD
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 2048, iters: int = 10) -> float:
@@ -256,7 +244,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f'official code: {path}; torch {torch.__version__}, timm {timm.__version__}, '
           f'load average {os.getloadavg()[0]:.2f}')
     if args.tuned_malloc:
-        tuned = 'yes' if tune_malloc() else 'no (not glibc)'
+        tuned = 'yes' if bench.tune_malloc() else 'no (not glibc)'
         print(f'malloc tuned for every contender (mmap threshold 32 MiB, trim threshold 1 GiB): {tuned}')
     twins = twin_models(official)
     cpu = torch.device('cpu')

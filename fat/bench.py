@@ -10,14 +10,18 @@ off the batch size (timm's `decay_batch_step`) and retries; the record keeps the
 
 Result files are named by the environment they were measured in, in timm's convention:
 ``results/bench-{infer|train}-{precision}-{nchw|nhwc}-pt{X.Y}-{cpu-<cpu>|cu<ver>-<gpu>}[-dynamo].csv``, and each row
-also carries the torch / timm versions, the device name, the thread count and whether FAT's native CPU kernels were
-on (`fat.models.native`; ``FAT_NATIVE=0`` turns them off). Writing merges: a row replaces an earlier one of the same
-model, model arguments, image size, batch size, re-parameterisation, native kernels and thread count.
+also carries the torch / timm versions, the device name, the thread count, whether FAT's native CPU kernels were
+on (`fat.models.native`; ``FAT_NATIVE=0`` turns them off), the allocator setting (`tune_malloc`) and the minor page
+faults per timed step, the usual cause of CPU timings that drift between runs. Writing merges: a row replaces an
+earlier one of the same model, model arguments, image size, batch size, re-parameterisation, native kernels,
+allocator setting and thread count.
 """
 import argparse
 import csv
+import ctypes
 import difflib
 import json
+import resource
 import statistics
 import time
 from contextlib import nullcontext
@@ -40,7 +44,7 @@ from fat.io import atomic_path
 from fat.models.fuse import FusedFasa, fuse_model
 
 __all__ = ['MODES', 'PRECISIONS', 'run', 'prepare', 'make_step', 'time_steps', 'summarize', 'results_path',
-           'write_results', 'register']
+           'write_results', 'tune_malloc', 'register']
 
 MODES = ('infer', 'train')
 # precision name -> autocast dtype (None: plain float32)
@@ -48,12 +52,14 @@ PRECISIONS: Dict[str, Optional[torch.dtype]] = {'fp32': None, 'amp_fp16': torch.
 FIELDS = (
     'model', 'mode', 'samples_per_sec', 'step_time_ms', 'step_time_iqr_ms', 'step_time_min_ms', 'step_time_max_ms',
     'batch_size', 'requested_batch_size', 'img_size', 'in_chans', 'param_count', 'model_kwargs', 'precision',
-    'channels_last', 'compile', 'reparam', 'native_kernels', 'opt', 'num_warmup', 'num_iters', 'device',
-    'device_name', 'num_threads', 'torch', 'timm', 'fat_harness',
+    'channels_last', 'compile', 'reparam', 'native_kernels', 'malloc', 'page_faults_per_step', 'opt', 'num_warmup',
+    'num_iters', 'device', 'device_name', 'num_threads', 'torch', 'timm', 'fat_harness',
 )
 # rows with equal values here describe the same measurement (the file name fixes the rest)
-_ROW_KEY = ('model', 'model_kwargs', 'img_size', 'requested_batch_size', 'reparam', 'native_kernels', 'num_threads',
-            'compile')
+_ROW_KEY = ('model', 'model_kwargs', 'img_size', 'requested_batch_size', 'reparam', 'native_kernels', 'malloc',
+            'num_threads', 'compile')
+# the allocator setting of this process: 'default', or 'tuned' once `tune_malloc` succeeded
+_malloc = 'default'
 
 
 def _check_choice(what: str, value: str, choices: Sequence[str]) -> str:
@@ -113,6 +119,25 @@ def write_results(records: Sequence[Dict[str, Any]], path: Path) -> Path:
         writer.writeheader()
         writer.writerows(rows)
     return path
+
+
+def tune_malloc() -> bool:
+    """Keep freed memory in glibc's heap for the rest of the process, as jemalloc or tcmalloc do by default.
+
+    glibc hands large freed blocks back to the OS, so a model that allocates large temporaries on every step pays
+    page faults on every step, and how many depends on the process's allocation history: CPU timings then drift
+    between runs (FAT-B0's official code: 33 to 45 img/s here). With blocks up to 32 MiB (M_MMAP_THRESHOLD's maximum)
+    taken from the heap and the heap trimmed only past 1 GiB free (M_TRIM_THRESHOLD), they stop. False where the C
+    library is not glibc.
+    """
+    global _malloc
+    try:
+        libc = ctypes.CDLL('libc.so.6')
+    except OSError:
+        return False
+    if libc.mallopt(-3, 32 << 20) and libc.mallopt(-1, 1 << 30):  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+        _malloc = 'tuned'
+    return _malloc == 'tuned'
 
 
 def prepare(
@@ -274,12 +299,15 @@ def _measure(
     if options['channels_last']:
         inputs = inputs.contiguous(memory_format=torch.channels_last)
     step = make_step(model, mode, inputs, options['precision'], options['opt'], num_classes)
-    times = time_steps(step, options['num_iters'], options['num_warmup'], device,
-                       desc=f'{model_name} {mode} b{batch_size}', progress=options['progress'])
+    desc = f'{model_name} {mode} b{batch_size}'
+    time_steps(step, 0, options['num_warmup'], device, desc=f'{desc} warm-up', progress=options['progress'])
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    times = time_steps(step, options['num_iters'], 0, device, desc=desc, progress=options['progress'])
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / options['num_iters']
     # whether FAT's fused FASA may run the native CPU kernel (fat.models.native): built here, and not turned off
     native_kernels = device.type == 'cpu' and any(isinstance(m, FusedFasa) and m.native for m in model.modules())
     return dict(summarize(times, batch_size), img_size=height, in_chans=in_chans, param_count=param_count,
-                native_kernels=native_kernels)
+                native_kernels=native_kernels, page_faults_per_step=round(faults))
 
 
 def run(
@@ -361,7 +389,8 @@ def run(
         batch_size=bs, requested_batch_size=requested, img_size=result['img_size'], in_chans=result['in_chans'],
         param_count=result['param_count'], model_kwargs=json.dumps(model_kwargs, sort_keys=True, default=str),
         precision=precision, channels_last=channels_last, compile=compile or '', reparam=reparam,
-        native_kernels=result['native_kernels'], opt=opt if mode == 'train' else '', num_warmup=num_warmup,
+        native_kernels=result['native_kernels'], malloc=_malloc, page_faults_per_step=result['page_faults_per_step'],
+        opt=opt if mode == 'train' else '', num_warmup=num_warmup,
         num_iters=num_iters, device=dev.type, device_name=device_name(dev), num_threads=torch.get_num_threads(),
         torch=torch.__version__, timm=timm.__version__, fat_harness=fat.__version__,
     )
@@ -383,6 +412,8 @@ def _bench(args: argparse.Namespace) -> int:
     model_kwargs = dict(args.model_kwargs or {})
     if args.fasa is not None:
         model_kwargs['fasa'] = args.fasa
+    if args.tuned_malloc and not tune_malloc():
+        raise ValueError('--tuned-malloc needs glibc')
     records = []
     for name in _model_names(args.models):
         for mode in modes:
@@ -431,6 +462,9 @@ def register(subparsers: Any) -> None:
     p.add_argument('--iters', type=int, default=20, metavar='N', help='timed steps (default: 20)')
     p.add_argument('--threads', type=int, metavar='N', help="CPU threads (default: torch's setting)")
     p.add_argument('--opt', default='adamw', help='optimizer of the training step (default: adamw)')
+    p.add_argument('--tuned-malloc', action='store_true',
+                   help="keep freed memory in glibc's heap: no page faults from large re-allocations (steadier CPU "
+                        "timings, as with jemalloc or tcmalloc)")
     p.add_argument('--fasa', help='FASA preset for fat_* models')
     p.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs, metavar='KEY=VALUE',
                    help='more timm.create_model arguments')

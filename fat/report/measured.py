@@ -14,14 +14,14 @@ __all__ = ['Measurements', 'load_measurements', 'seed_stats', 'BENCH_KEYS']
 
 # a benchmark environment: the rows of one file that share these make one column of the speed table
 BENCH_KEYS = ('mode', 'device_type', 'device', 'precision', 'layout', 'compiled', 'reparam', 'native_kernels',
-              'batch_size', 'threads', 'torch')
+              'malloc', 'batch_size', 'threads', 'torch')
 
 # report name -> `fat bench` CSV column (fat/bench.py FIELDS)
 _BENCH_COLUMNS = {
     'model': 'model', 'mode': 'mode', 'img_size': 'img_size', 'throughput': 'samples_per_sec',
     'batch_size': 'batch_size', 'model_kwargs': 'model_kwargs', 'device_type': 'device', 'device': 'device_name',
     'precision': 'precision', 'channels_last': 'channels_last', 'compiled': 'compile', 'reparam': 'reparam',
-    'native_kernels': 'native_kernels', 'threads': 'num_threads', 'torch': 'torch',
+    'native_kernels': 'native_kernels', 'malloc': 'malloc', 'threads': 'num_threads', 'torch': 'torch',
 }
 
 

@@ -124,6 +124,7 @@ def _env_label(env: Mapping[str, Any]) -> str:
              f"torch.compile {env['compiled']}" if _present(env.get('compiled')) else None,
              'reparameterized' if _true(env.get('reparam')) else None,
              'native kernels' if _true(env.get('native_kernels')) else None,
+             'tuned malloc' if env.get('malloc') == 'tuned' else None,
              f"batch {int(float(env['batch_size']))}" if _present(env.get('batch_size')) else None,
              _threads(env.get('threads')),
              f"torch {env['torch']}" if _present(env.get('torch')) else None]
