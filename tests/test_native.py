@@ -1,6 +1,9 @@
 """The native FASA attention kernel (fat.models.native): the same function as the PyTorch path for every interaction,
 head width and map size, used by the fused model exactly where it applies, and traced by torch.compile."""
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import timm
@@ -88,3 +91,24 @@ def test_kernel_benchmark_runs_and_checks_agreement(benchmark_script, capsys):
     assert benchmark_script('fasa_attention').main(args) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.strip()[:1].isdigit()]
     assert [r[0] for r in rows] == ['0', '1', '2', '3'] and all(r[-2].endswith('x') for r in rows), rows
+
+
+def test_without_a_compiler_fasa_warns_once_and_runs_on_pytorch_ops(tmp_path):
+    """A fresh process whose C++ compiler does not exist (and no cached build): one warning, the same outputs."""
+    probe = (
+        'import warnings, timm, torch, fat\n'
+        'from fat.models.fuse import fuse_model\n'
+        'torch.manual_seed(0)\n'
+        "model = timm.create_model('fat_proxy').eval()\n"
+        'x = torch.randn(2, 1, 64, 64).contiguous(memory_format=torch.channels_last)\n'
+        'with warnings.catch_warnings(record=True) as caught:\n'
+        "    warnings.simplefilter('always')\n"
+        '    fused = fuse_model(model).to(memory_format=torch.channels_last)\n'
+        'with torch.no_grad():\n'
+        '    diff = (fused(x) - model(x)).abs().max().item()\n'
+        "warned = sum('native CPU kernels unavailable' in str(w.message) for w in caught)\n"
+        'print(warned, fat.models.native.load(), diff)\n')
+    env = dict(os.environ, CXX=str(tmp_path / 'no-such-c++'), TORCH_EXTENSIONS_DIR=str(tmp_path / 'ext'))
+    out = subprocess.run([sys.executable, '-c', probe], capture_output=True, text=True, env=env, check=True).stdout
+    warned, loaded, diff = out.split()
+    assert (warned, loaded) == ('1', 'False') and float(diff) < 1e-5, out

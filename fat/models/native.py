@@ -41,8 +41,10 @@ def load() -> bool:
         cpp_extension.load(f'fat_native_{capability.lower()}', [str(_SOURCE)], extra_cflags=flags,
                            extra_ldflags=['-fopenmp'], is_python_module=False)
     except Exception as e:  # no compiler, no ninja, a failed build: the PyTorch path computes the same
-        warnings.warn(f'fat: native CPU kernels unavailable, FASA runs on PyTorch ops ({type(e).__name__}: {e})',
-                      stacklevel=2)
+        # a build error carries the whole compiler log: its last line before ninja's own says what went wrong
+        lines = [line for line in str(e).splitlines() if line.strip() and not line.startswith('ninja:')]
+        warnings.warn(f'fat: native CPU kernels unavailable ({lines[-1] if lines else type(e).__name__}); FASA runs '
+                      f'on PyTorch ops (FAT_NATIVE=0 skips the build)', stacklevel=2)
         return False
 
     @torch.library.register_fake('fat::fasa_attention')
