@@ -62,7 +62,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             outputs = {}
             for use in (True, False):
                 attn.native = use
-                outputs[use] = attn(inp.clone())
+                outputs[use] = attn(inp)
             diff = (outputs[True] - outputs[False]).abs().max().item()
             for _ in range(args.rounds):
                 for use in (True, False):

@@ -31,7 +31,6 @@ import argparse
 import copy
 import importlib.util
 import os
-import resource
 import statistics
 import sys
 import warnings
@@ -154,9 +153,9 @@ def alternate(
     faults = dict.fromkeys(steps, 0.)
     for _ in range(rounds):
         for name, step in steps.items():
-            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            before = bench.minor_faults()
             throughput[name].append(batch_size / statistics.median(bench.time_steps(step, iters, device=device)))
-            faults[name] += (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / (rounds * iters)
+            faults[name] += (bench.minor_faults() - before) / (rounds * iters)
     return throughput, faults
 
 

@@ -44,7 +44,7 @@ from fat.io import atomic_path
 from fat.models.fuse import FusedFasa, fuse_model
 
 __all__ = ['MODES', 'PRECISIONS', 'run', 'prepare', 'make_step', 'time_steps', 'summarize', 'results_path',
-           'write_results', 'tune_malloc', 'register']
+           'write_results', 'minor_faults', 'tune_malloc', 'register']
 
 MODES = ('infer', 'train')
 # precision name -> autocast dtype (None: plain float32)
@@ -119,6 +119,11 @@ def write_results(records: Sequence[Dict[str, Any]], path: Path) -> Path:
         writer.writeheader()
         writer.writerows(rows)
     return path
+
+
+def minor_faults() -> int:
+    """Minor page faults of this process so far (see `tune_malloc`)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def tune_malloc() -> bool:
@@ -301,9 +306,9 @@ def _measure(
     step = make_step(model, mode, inputs, options['precision'], options['opt'], num_classes)
     desc = f'{model_name} {mode} b{batch_size}'
     time_steps(step, 0, options['num_warmup'], device, desc=f'{desc} warm-up', progress=options['progress'])
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    faults = minor_faults()
     times = time_steps(step, options['num_iters'], 0, device, desc=desc, progress=options['progress'])
-    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / options['num_iters']
+    faults = (minor_faults() - faults) / options['num_iters']
     # whether FAT's fused FASA may run the native CPU kernel (fat.models.native): built here, and not turned off
     native_kernels = device.type == 'cpu' and any(isinstance(m, FusedFasa) and m.native for m in model.modules())
     return dict(summarize(times, batch_size), img_size=height, in_chans=in_chans, param_count=param_count,
