@@ -267,14 +267,22 @@ def throughput_vs_accuracy(name: str, spec: Mapping[str, Any], a: Analysis, tabl
 
 # -- FASA ablation: Δ chart and accuracy vs MACs, one figure per collected grid
 
-def ablation_delta(name: str, spec: Mapping[str, Any], a: Analysis, tables: Sequence[Table]) -> List[
-        Tuple[str, Figure, List[str]]]:
+def _per_grid(name: str, spec: Mapping[str, Any], tables: Sequence[Table],
+              draw: Callable[[Table], Tuple[str, Figure, List[str]]]) -> List[Tuple[str, Figure, List[str]]]:
+    """draw(table) for the table of each collected grid, or one placeholder figure where none is collected."""
     out = []
     for table in _tables(tables, spec['table']):
-        data = table.data
-        if data.empty:
+        if table.data.empty:
             out.append((name, _empty(spec['title'], 'No collected ablation grid: nothing to plot.'), []))
-            continue
+        else:
+            out.append(draw(table))
+    return out
+
+
+def ablation_delta(name: str, spec: Mapping[str, Any], a: Analysis, tables: Sequence[Table]) -> List[
+        Tuple[str, Figure, List[str]]]:
+    def draw(table: Table) -> Tuple[str, Figure, List[str]]:
+        data = table.data
         stem = f"{name}-{data['collection'].iloc[0]}"
         rows = data[data['exceeds'] != 'baseline'].iloc[::-1]  # top to bottom in table order
         base = data[data['exceeds'] == 'baseline']
@@ -298,20 +306,17 @@ def ablation_delta(name: str, spec: Mapping[str, Any], a: Analysis, tables: Sequ
             ax.set_xlabel(f'Δ top-1 vs fasa (percentage points); fasa: n={n_base}; bars: ± noise (2·SE)')
             ax.grid(axis='y', visible=False)
             fig.suptitle(textwrap.fill(f"{spec['title']} — {_plain(table.subtitle)}", 80), fontsize='medium')
-        out.append((stem, fig, ['Error bars: the noise column of the table (2·SE of the difference); '
-                                             'a bar that does not cross 0 is a Δ that exceeds the seed noise.']))
-    return out
+        return stem, fig, ['Error bars: the noise column of the table (2·SE of the difference); '
+                           'a bar that does not cross 0 is a Δ that exceeds the seed noise.']
+    return _per_grid(name, spec, tables, draw)
 
 
 def ablation_scatter(name: str, spec: Mapping[str, Any], a: Analysis, tables: Sequence[Table]) -> List[
         Tuple[str, Figure, List[str]]]:
     conv = spec['convention']
-    out = []
-    for table in _tables(tables, spec['table']):
+
+    def draw(table: Table) -> Tuple[str, Figure, List[str]]:
         data = table.data
-        if data.empty:
-            out.append((name, _empty(spec['title'], 'No collected ablation grid: nothing to plot.'), []))
-            continue
         grid, stem = data['grid'].iloc[0], f"{name}-{data['collection'].iloc[0]}"
         with matplotlib.rc_context(_style()):
             fig = Figure(figsize=(8.2, 4.6), layout='constrained')
@@ -332,9 +337,9 @@ def ablation_scatter(name: str, spec: Mapping[str, Any], a: Analysis, tables: Se
             if handles:
                 _legend(fig, handles, f'grid {grid}, all measured here')
             fig.suptitle(textwrap.fill(f"{spec['title']} — {_plain(table.subtitle)}", 80), fontsize='medium')
-        out.append((stem, fig, ['Presets with equal MACs are spread apart horizontally (a fraction of a '
-                                            'percent) so that none hides another; a dotted line marks their MACs.']))
-    return out
+        return stem, fig, ['Presets with equal MACs are spread apart horizontally (a fraction of a '
+                           'percent) so that none hides another; a dotted line marks their MACs.']
+    return _per_grid(name, spec, tables, draw)
 
 
 BUILDERS: Dict[str, Callable[..., List[Tuple[str, Figure, List[str]]]]] = {
