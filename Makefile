@@ -24,7 +24,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 data: $(FASHION_MNIST)
 
 $(FASHION_MNIST):
-	$(SUDO) apt-get install -y dataset-fashion-mnist || { $(SUDO) apt-get update && $(SUDO) apt-get install -y dataset-fashion-mnist; }
+	$(SUDO) apt-get install -y -o DPkg::Lock::Timeout=600 dataset-fashion-mnist || { $(SUDO) apt-get update -o DPkg::Lock::Timeout=600 && $(SUDO) apt-get install -y -o DPkg::Lock::Timeout=600 dataset-fashion-mnist; }
 
 # the main job: the 7 FASA presets x 2 seeds on the CPU proxy through the sweep launcher (Slurm where it is
 # installed, else local processes), then collect and report; results land in results/

@@ -18,13 +18,11 @@ import sys
 import threading
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Dict, List, Mapping, Optional, Set, Tuple
 
 import numpy as np
-import submitit
 import timm
 import torch
 import torch.distributed as dist
@@ -45,6 +43,8 @@ import fat
 
 from . import models  # noqa: F401 (importing it registers the FAT models with timm)
 from .data import SeededSamples, build_datasets, build_transforms, eval_dataset
+from .distributed import DistEnv, device_rng_state, set_device_rng_state, wait_for_primary_exit
+from .distributed import setup as setup_distributed
 from .environment import cpu_name
 from .io import atomic_path, write_json_atomic, write_text_atomic
 from .train_config import _TYPES, DEFAULTS, PRESETS, RUNTIME_KEYS, config_diff, resolve_config
@@ -132,60 +132,19 @@ def environment(device: torch.device, world_size: int) -> Dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------------------
 # distributed setup
 
-@dataclass
-class _Dist:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = torch.device('cpu')
-
-    @property
-    def primary(self) -> bool:
-        return self.rank == 0
-
-
-def _export_submitit_env():
-    """In a multi-task submitit job (without torchrun's variables), export the variables torchrun would set."""
-    if 'RANK' in os.environ:
-        return
-    try:
-        if submitit.JobEnvironment().num_tasks > 1:
-            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-    except RuntimeError:  # not inside a submitit job
-        pass
-
-
-def _setup_distributed(cfg: Mapping[str, Any]) -> _Dist:
-    """torchrun's environment, else a multi-task submitit job's; NCCL on CUDA, gloo on CPU."""
-    _export_submitit_env()
-    world_size = int(os.environ.get('WORLD_SIZE', 1))
-    rank, local_rank = int(os.environ.get('RANK', 0)), int(os.environ.get('LOCAL_RANK', 0))
-    if cfg['device'] == 'cuda' and not torch.cuda.is_available():
-        raise ValueError("config key 'device' is 'cuda' but CUDA is not available here")
-    use_cuda = cfg['device'] == 'cuda' or (cfg['device'] == 'auto' and torch.cuda.is_available())
-    device = torch.device('cuda', local_rank) if use_cuda else torch.device('cpu')
-    if use_cuda:
-        torch.cuda.set_device(device)
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend='nccl' if use_cuda else 'gloo')
-    return _Dist(rank, world_size, local_rank, device)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # the run
 
-def _rng_state() -> Dict[str, Any]:
-    return dict(
-        python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state(),
-        cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
+def _rng_state(device: torch.device) -> Dict[str, Any]:
+    return dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state(),
+                cuda=device_rng_state(device))
 
 
-def _set_rng_state(state: Mapping[str, Any]):
+def _set_rng_state(state: Mapping[str, Any], device: torch.device):
     random.setstate(state['python'])
     np.random.set_state(state['numpy'])
     torch.set_rng_state(state['torch'])
-    if state['cuda'] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state['cuda'])
+    set_device_rng_state(state['cuda'], device)
 
 
 def _ignore_stop_signals(_worker_id: int):
@@ -197,6 +156,11 @@ def _ignore_stop_signals(_worker_id: int):
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
 
 
+# consecutive non-finite losses the fp16 loss scaler may skip before the run counts as diverged (its scale is then
+# 2^-MAX_SKIPPED_IN_A_ROW of what it was: no overflow is that large)
+MAX_SKIPPED_IN_A_ROW = 50
+
+
 class _Diverged(Exception):
     pass
 
@@ -204,7 +168,7 @@ class _Diverged(Exception):
 class Trainer:
     """One run: built from a resolved config, resumed from its directory, trained to its result."""
 
-    def __init__(self, cfg: Dict[str, Any], env: _Dist):
+    def __init__(self, cfg: Dict[str, Any], env: DistEnv):
         self.cfg, self.env, self.device = cfg, env, env.device
         self.out_dir = Path(cfg['output_dir'])
         self.stop_signals: Set[int] = set()  # received since the run started
@@ -269,7 +233,7 @@ class Trainer:
             cycle_limit=1, t_in_epochs=False)
         self.amp = cfg['amp'] and self.device.type == 'cuda'
         self.amp_dtype = getattr(torch, cfg['amp_dtype'])
-        self.scaler = NativeScaler() if self.amp and self.amp_dtype == torch.float16 else None
+        self.scaler = NativeScaler(device=self.device.type) if self.amp and self.amp_dtype == torch.float16 else None
 
         mixup = cfg['mixup'] > 0 or cfg['cutmix'] > 0 or cfg['cutmix_minmax'] is not None
         self.mixup_fn = Mixup(
@@ -287,7 +251,8 @@ class Trainer:
         self.epoch = self.step_in_epoch = self.global_step = 0
         self.meters = dict(loss_sum=0., loss_steps=0, seconds=0.)
         self.history: List[Dict[str, Any]] = []
-        self.totals = dict(train_seconds=0., train_images=0, eval_seconds=0., eval_images=0)
+        self.totals = dict(train_seconds=0., train_images=0, eval_seconds=0., eval_images=0, skipped_steps=0,
+                           overflow_streak=0)
         self.last_checkpoint_time = time.monotonic()
         self.resumed_from: Optional[Dict[str, int]] = None
 
@@ -300,7 +265,7 @@ class Trainer:
 
     def _rank_state(self) -> Dict[str, Any]:
         # what differs between ranks: the random states and, without SyncBatchNorm, the BN running statistics
-        state = dict(rng=_rng_state(), buffers={k: v.cpu() for k, v in self.model.named_buffers()})
+        state = dict(rng=_rng_state(self.device), buffers={k: v.cpu() for k, v in self.model.named_buffers()})
         if self.ema is not None:
             state['ema_buffers'] = {k: v.cpu() for k, v in self.ema.named_buffers()}
         return state
@@ -332,27 +297,30 @@ class Trainer:
         if changed:
             raise ValueError(
                 f"{self.out_dir} holds a run with a different config ({', '.join(changed)}); use a new output_dir")
+        if state['world_size'] != self.env.world_size:
+            # the total batch sets the learning rate and the steps per epoch, which the restored scheduler holds
+            raise ValueError(
+                f"{self.out_dir} was checkpointed by {state['world_size']} processes and this run has "
+                f"{self.env.world_size}: resume it with {state['world_size']} (nodes x tasks per node), or start "
+                f"over in a new output_dir")
         self.model.load_state_dict(state['model'])
         self.optimizer.load_state_dict(state['optimizer'])
         self.scheduler.load_state_dict(state['scheduler'])
-        if self.scaler:
+        if self.scaler and state.get('scaler') is not None:
             self.scaler.load_state_dict(state['scaler'])
+        elif self.scaler:  # written without fp16 AMP (on the CPU, say): the loss scale starts afresh
+            _logger.info('the checkpoint holds no loss-scaler state: the fp16 loss scale starts from its default')
         if self.ema:
             self.ema.load_state_dict(state['ema'])
         self.epoch, self.step_in_epoch, self.global_step = state['epoch'], state['step_in_epoch'], state['global_step']
-        self.meters, self.history, self.totals = state['meters'], state['history'], state['totals']
-        if state['world_size'] == self.env.world_size:
-            mine = state['ranks'][self.env.rank]
-            _set_rng_state(mine['rng'])
-            with torch.no_grad():
-                for module, key in ((self.model, 'buffers'), (self.ema, 'ema_buffers')):
-                    for name, buf in module.named_buffers() if module is not None else ():
-                        buf.copy_(mine[key][name])
-        else:
-            _logger.warning(
-                f"resuming a {state['world_size']}-process run with {self.env.world_size} processes: "
-                f"random states are re-seeded, so the run will not match an uninterrupted one")
-            self._seed(self.cfg['seed'] * 1000 + self.global_step + self.env.rank)
+        self.meters, self.history = state['meters'], state['history']
+        self.totals.update(state['totals'])
+        mine = state['ranks'][self.env.rank]
+        _set_rng_state(mine['rng'], self.device)
+        with torch.no_grad():
+            for module, key in ((self.model, 'buffers'), (self.ema, 'ema_buffers')):
+                for name, buf in module.named_buffers() if module is not None else ():
+                    buf.copy_(mine[key][name])
         self.resumed_from = dict(epoch=self.epoch, step_in_epoch=self.step_in_epoch, global_step=self.global_step)
         _logger.info(f'resumed from {self.out_dir / LAST_CKPT}: epoch {self.epoch + 1}, step {self.step_in_epoch}')
         return True
@@ -387,14 +355,19 @@ class Trainer:
         the checkpoint. SIGTERM alone (scancel, a node going down) exits with 128 + 15, the handler before not
         consulted: submitit's only logs a SIGTERM and returns, waiting for a SIGUSR2 that a cancelled job never
         gets, so the run would train on. The cell is then FAILED, and the next `fat sweep launch` resubmits it,
-        resuming from the checkpoint. A handler that returns (submitit's on ranks other than 0, which leave the
-        requeue to rank 0) also ends in the exit.
+        resuming from the checkpoint. Ranks other than 0 leave the requeue to rank 0 (as submitit's handler does) and
+        exit only once rank 0 has: see `fat.distributed.wait_for_primary_exit`.
         """
         signum = signal.SIGUSR2 if requeue else signal.SIGTERM
         previous = self._previous_handlers.get(signum)
-        _logger.info(f'{signal.Signals(signum).name}: checkpoint written at step {self.global_step}; stopping')
         self.restore_signal_handlers()
-        if requeue and callable(previous):
+        if self.env.world_size > 1:
+            dist.barrier()  # rank 0 has written the checkpoint
+        _logger.info(f'{signal.Signals(signum).name}: checkpoint written at step {self.global_step}; stopping')
+        if not self.env.primary:
+            # leave last: under srun's KillOnBadExit the exit of any rank kills rank 0, mid-requeue
+            wait_for_primary_exit(self.env)
+        elif requeue and callable(previous):
             previous(signum, None)
         raise SystemExit(128 + signum)
 
@@ -430,7 +403,9 @@ class Trainer:
         loss_sum, = self._agree(loss.item())
         mean_loss = loss_sum / self.env.world_size
         if not math.isfinite(mean_loss):
-            raise _Diverged(f'loss is {mean_loss} at step {self.global_step} (epoch {self.epoch + 1})')
+            self._nonfinite_loss(mean_loss)
+        else:
+            self.totals['overflow_streak'] = 0
         self.optimizer.zero_grad(set_to_none=True)
         clip = self.cfg['clip_grad']
         if self.scaler is not None:
@@ -446,6 +421,19 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.model, step=self.global_step)
         return mean_loss
+
+    def _nonfinite_loss(self, loss: float):
+        """Without fp16 loss scaling a non-finite loss ends the run (diverged). With it, as the official recipe's
+        apex O1, the scaler skips the step and lowers its scale: training goes on unless it never recovers."""
+        where = f'at step {self.global_step} (epoch {self.epoch + 1})'
+        if self.scaler is None:
+            raise _Diverged(f'loss is {loss} {where}')
+        streak = self.totals['overflow_streak'] = self.totals['overflow_streak'] + 1
+        self.totals['skipped_steps'] += 1
+        if streak > MAX_SKIPPED_IN_A_ROW:
+            raise _Diverged(f'loss is {loss} {where}, {streak} steps in a row: the loss scale did not recover')
+        if self.env.primary:
+            _logger.warning(f'loss is {loss} {where}: the loss scaler skips this step')
 
     def train_epoch(self):
         cfg, start = self.cfg, self.step_in_epoch
@@ -464,8 +452,9 @@ class Trainer:
             loss = self.train_step(x, y)
             self.step_in_epoch = step + 1
             images += len(x) * self.env.world_size
-            self.meters['loss_sum'] += loss
-            self.meters['loss_steps'] += 1
+            if math.isfinite(loss):  # a step the loss scaler skipped has no loss to average
+                self.meters['loss_sum'] += loss
+                self.meters['loss_steps'] += 1
             lr = self.optimizer.param_groups[0]['lr']
             if bar is not None:
                 bar.set_postfix(loss=f'{loss:.4f}', lr=f'{lr:.2e}', refresh=False)
@@ -595,7 +584,8 @@ class Trainer:
             train_time_s=totals['train_seconds'],
             train_images_per_s=totals['train_images'] / totals['train_seconds'] if totals['train_seconds'] else None,
             eval_images_per_s=totals['eval_images'] / totals['eval_seconds'] if totals['eval_seconds'] else None,
-            world_size=self.env.world_size, device=str(self.device), amp=self.amp)
+            world_size=self.env.world_size, device=str(self.device), amp=self.amp,
+            skipped_steps=totals['skipped_steps'])
         if self.ema is not None:
             result.update(final_ema_top1=final.get('ema_top1'), final_ema_top5=final.get('ema_top5'))
         return dict(result, **extra)
@@ -622,7 +612,7 @@ def main(cfg: Mapping[str, Any]) -> Dict[str, Any]:
             return result
     if cfg['deterministic']:
         os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')  # before CUDA starts
-    env = _setup_distributed(cfg)
+    env = setup_distributed(cfg['device'])
     if not logging.root.handlers:
         setup_default_logging(logging.INFO if env.primary else logging.WARNING)
     # the run sets these process-wide; give them back to an in-process caller (a sweep's debug executor, tests)
@@ -637,7 +627,7 @@ def main(cfg: Mapping[str, Any]) -> Dict[str, Any]:
             dist.destroy_process_group()
 
 
-def _run(cfg: Dict[str, Any], out_dir: Path, env: _Dist) -> Dict[str, Any]:
+def _run(cfg: Dict[str, Any], out_dir: Path, env: DistEnv) -> Dict[str, Any]:
     if env.primary:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / RESULT_FILE).unlink(missing_ok=True)  # a failed run's: this attempt writes its own

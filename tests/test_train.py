@@ -15,7 +15,8 @@ from torchvision import transforms as T
 
 from fat.cli import main as cli_main
 from fat.data import FASHION_MNIST_DIR, build_datasets, build_transforms
-from fat.train import DEFAULTS, PRESETS, Trainer, _Dist, _export_submitit_env, _parse_override, main, resolve_config
+from fat.distributed import DistEnv
+from fat.train import DEFAULTS, PRESETS, Trainer, _parse_override, main, resolve_config
 
 # a run small enough for the test suite: synthetic data, the proxy model, one thread, deterministic
 TINY = dict(PRESETS['smoke'], checkpoint_minutes=0)
@@ -103,7 +104,7 @@ def _imagenet_folder(root: Path, classes: int = 3, per_class: int = 4) -> Path:
 
 def test_trainer_builds_the_official_recipe(tmp_path):
     cfg = resolve_config(dict(data_dir=str(_imagenet_folder(tmp_path)), batch_size=4, workers=0, output_dir='-'))
-    trainer = Trainer(cfg, _Dist())
+    trainer = Trainer(cfg, DistEnv())
     scale = 4 / 512  # linear scaling by the total batch
     # AdamW; no weight decay on 1-D parameters and biases (the official optimizer.py)
     opt = trainer.optimizer
@@ -256,15 +257,3 @@ def test_loader_workers_do_not_change_the_run(tmp_path):
             for w in (0, 2)]
     assert logs[0] == logs[1]
 
-
-def test_distributed_environment_from_a_submitit_slurm_task(monkeypatch):
-    for key in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'LOCAL_WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT'):
-        monkeypatch.setenv(key, '')  # so that monkeypatch removes what the export sets
-        monkeypatch.delenv(key)
-    slurm = dict(SUBMITIT_EXECUTOR='slurm', SLURM_JOB_ID='42', SLURM_NTASKS='4', SLURM_JOB_NUM_NODES='2',
-                 SLURM_NODEID='1', SLURM_JOB_NODELIST='node[3-4]', SLURM_PROCID='3', SLURM_LOCALID='1')
-    for key, value in slurm.items():
-        monkeypatch.setenv(key, value)
-    _export_submitit_env()
-    assert (os.environ['RANK'], os.environ['WORLD_SIZE'], os.environ['LOCAL_RANK']) == ('3', '4', '1')
-    assert os.environ['MASTER_ADDR'] == 'node3' and int(os.environ['MASTER_PORT']) > 0

@@ -1,0 +1,188 @@
+"""Where a training process runs: its rank in the job, its device, its process group, its device's random state.
+
+Two launchers are understood: torchrun (RANK, WORLD_SIZE, LOCAL_RANK set per worker) and a multi-task submitit job
+(one task per GPU: Slurm's SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID, or submitit's local executor). Every
+inconsistency between what the job was given and what this process can use is an error that names the fix, never a
+quiet fallback: tasks that each train alone all write the same run directory, and a GPU job that falls back to the
+CPU trains for days at a hundredth of the speed.
+"""
+import logging
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Optional
+
+import submitit
+import torch
+import torch.distributed as dist
+
+__all__ = ['DistEnv', 'setup', 'export_job_env', 'cuda_index', 'gpus_allocated', 'device_rng_state',
+           'set_device_rng_state', 'wait_for_primary_exit']
+
+_logger = logging.getLogger(__name__)
+
+# how long ranks other than 0 wait for rank 0 to requeue the job and exit, after a preemption's checkpoint
+PRIMARY_EXIT_TIMEOUT_S = 600
+
+_RANK_VARS = ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'LOCAL_WORLD_SIZE')
+
+
+@dataclass
+class DistEnv:
+    """This process's place in the job."""
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device('cpu')
+    local_world_size: int = 1
+    # a gloo group beside an NCCL one: a gloo collective fails as soon as a peer process is gone (NCCL waits for its
+    # timeout), which is how the other ranks see rank 0 leave (`wait_for_primary_exit`)
+    control_group: Any = None
+
+    @property
+    def primary(self) -> bool:
+        return self.rank == 0
+
+
+def _job_environment() -> Optional[submitit.JobEnvironment]:
+    """submitit's view of the job this process is a task of; None outside a submitit job."""
+    if not os.environ.get('SUBMITIT_EXECUTOR'):
+        return None
+    try:
+        return submitit.JobEnvironment()
+    except RuntimeError:  # SUBMITIT_EXECUTOR names no executor of this submitit
+        return None
+
+
+def export_job_env() -> None:
+    """In a multi-task submitit job, export what torchrun would: RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE from
+    the task's own variables, and MASTER_ADDR / MASTER_PORT where the site has not set them.
+
+    A site's `setup:` line runs once per job, before srun starts the tasks, so a rank variable it exported holds one
+    value for every task: the task's own values replace it. MASTER_ADDR / MASTER_PORT from such a line are the site's
+    choice (an interface, a free port range) and are kept. Under torchrun (TORCHELASTIC_RUN_ID) nothing is changed.
+    """
+    if os.environ.get('TORCHELASTIC_RUN_ID'):
+        return
+    job = _job_environment()
+    if job is None or job.num_tasks <= 1:
+        return
+    dist_env = submitit.helpers.TorchDistributedEnvironment()  # reads MASTER_PORT when set
+    stale = {k: os.environ[k] for k in _RANK_VARS if k in os.environ}
+    if stale:
+        _logger.warning(f'replacing {stale} (set before the job started its tasks) with this task\'s own values')
+    os.environ.update(
+        RANK=str(dist_env.rank), WORLD_SIZE=str(dist_env.world_size), LOCAL_RANK=str(dist_env.local_rank),
+        LOCAL_WORLD_SIZE=str(dist_env.local_world_size))
+    os.environ.setdefault('MASTER_ADDR', dist_env.master_addr)
+    os.environ.setdefault('MASTER_PORT', str(dist_env.master_port))
+
+
+def gpus_allocated() -> Optional[str]:
+    """What says that this process was given GPUs (a Slurm GPU allocation, CUDA_VISIBLE_DEVICES, NVIDIA device
+    files), as text for an error message; None when nothing does."""
+    for key in ('SLURM_STEP_GPUS', 'SLURM_JOB_GPUS', 'SLURM_GPUS_ON_NODE'):
+        value = os.environ.get(key, '').strip()
+        if value and value != '0':
+            return f'{key}={value}'
+    visible = os.environ.get('CUDA_VISIBLE_DEVICES', '').strip()
+    if visible and visible not in ('-1', 'NoDevFiles'):
+        return f'CUDA_VISIBLE_DEVICES={visible}'
+    if Path('/dev/nvidia0').exists():
+        return '/dev/nvidia0 exists'
+    return None
+
+
+def _cuda_problem() -> str:
+    """Why CUDA is unusable, in torch's words (its first line)."""
+    try:
+        torch.cuda.init()
+    except Exception as e:  # torch raises RuntimeError or AssertionError depending on the build
+        return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return 'torch.cuda.is_available() is False'
+
+
+def cuda_index(local_rank: int, local_world_size: int, device_count: int) -> int:
+    """The GPU of a process: its local rank where it sees every GPU of the node, 0 where a site binds one GPU to
+    each task (CUDA_VISIBLE_DEVICES per task, `--gpu-bind`)."""
+    if device_count >= local_world_size and local_rank < device_count:
+        return local_rank
+    if device_count == 1:
+        return 0
+    raise ValueError(
+        f'local rank {local_rank} of {local_world_size} processes on this node sees {device_count} GPUs: expected '
+        f'one GPU per process or all of them (check the job\'s --gpus-per-node and CUDA_VISIBLE_DEVICES)')
+
+
+def _device(requested: str, local_rank: int, local_world_size: int) -> torch.device:
+    if requested == 'cpu':
+        return torch.device('cpu')
+    if not torch.cuda.is_available():
+        if requested == 'cuda':
+            raise ValueError(f"config key 'device' is 'cuda' but CUDA is unusable here: {_cuda_problem()}")
+        allocated = gpus_allocated()
+        if allocated:
+            raise ValueError(
+                f'this job was given GPUs ({allocated}) but CUDA is unusable: {_cuda_problem()}; fix the CUDA '
+                f'install (torch {torch.__version__}, CUDA {torch.version.cuda}) or set device=cpu to train on the CPU')
+        return torch.device('cpu')
+    return torch.device('cuda', cuda_index(local_rank, local_world_size, torch.cuda.device_count()))
+
+
+def setup(requested_device: str) -> DistEnv:
+    """Rank, device and process group (NCCL on CUDA, gloo on CPU) of this process, from torchrun's variables or a
+    multi-task submitit job's."""
+    export_job_env()
+    world_size = int(os.environ.get('WORLD_SIZE', 1))
+    rank, local_rank = int(os.environ.get('RANK', 0)), int(os.environ.get('LOCAL_RANK', 0))
+    local_world_size = int(os.environ.get('LOCAL_WORLD_SIZE', world_size))
+    job = _job_environment()
+    if job is not None and job.num_tasks != world_size and not os.environ.get('TORCHELASTIC_RUN_ID'):
+        raise ValueError(f'this job has {job.num_tasks} tasks but WORLD_SIZE is {world_size}')
+    device = _device(requested_device, local_rank, local_world_size)
+    if device.type == 'cuda':
+        torch.cuda.set_device(device)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend='nccl' if device.type == 'cuda' else 'gloo',
+                                device_id=device if device.type == 'cuda' else None)
+    control = None
+    if world_size > 1 and device.type == 'cuda':
+        control = dist.new_group(backend='gloo', timeout=timedelta(seconds=PRIMARY_EXIT_TIMEOUT_S))
+    return DistEnv(rank, world_size, local_rank, device, local_world_size, control)
+
+
+def wait_for_primary_exit(env: DistEnv) -> None:
+    """On a rank other than 0, block until rank 0's process has ended (or PRIMARY_EXIT_TIMEOUT_S has passed).
+
+    Rank 0 requeues a preempted job (`scontrol requeue`) and then exits; Slurm ends the other tasks itself. A rank
+    that exits first, with a non-zero code under srun's KillOnBadExit=1, would have rank 0 killed before it
+    requeued: the job would end, never to resume. So the others wait in a collective that rank 0 never joins, and
+    which fails when rank 0's connections close.
+    """
+    if env.primary or env.world_size == 1:
+        return
+    try:
+        work = dist.barrier(group=env.control_group, async_op=True)
+        work.wait(timeout=timedelta(seconds=PRIMARY_EXIT_TIMEOUT_S))
+    except Exception as e:  # rank 0 gone: gloo reports the closed connection (its type varies with the version)
+        _logger.debug(f'rank 0 has left: {type(e).__name__}: {e}')
+
+
+def device_rng_state(device: torch.device) -> Optional[torch.Tensor]:
+    """The random state of this process's GPU only: with per-task binding each process sees one GPU, and without it
+    the other GPUs belong to other ranks."""
+    return torch.cuda.get_rng_state(device) if device.type == 'cuda' else None
+
+
+def set_device_rng_state(state: Any, device: torch.device) -> None:
+    """Restore `device_rng_state`. Checkpoints before it held every visible GPU's state (a list): its entry for
+    this GPU is taken, as it was saved."""
+    if device.type != 'cuda' or state is None:
+        return
+    if isinstance(state, (list, tuple)):
+        if device.index is None or device.index >= len(state):
+            return
+        state = state[device.index]
+    torch.cuda.set_rng_state(state, device)
+
