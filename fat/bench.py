@@ -292,6 +292,10 @@ def _measure(
         model_name: str, mode: str, batch_size: int, img_size: Optional[int], device: torch.device,
         options: Dict[str, Any], model_kwargs: Dict[str, Any],
 ) -> Dict[str, Any]:
+    if options['compile']:
+        # a fresh cache for every model and batch size, as timm's benchmark: after one size dynamo would compile the
+        # next with a dynamic batch dimension, and time that graph instead
+        torch._dynamo.reset()
     model = _create(model_name, img_size, model_kwargs)
     param_count = sum(p.numel() for p in model.parameters())
     in_chans, height, width = resolve_model_data_config(model)['input_size']

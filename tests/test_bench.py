@@ -284,3 +284,21 @@ def test_bad_input_is_one_line_and_exit_2(args, message, capsys):
 def test_cuda_asked_for_without_cuda_is_refused():
     with pytest.raises(ValueError, match='CUDA is not available'):
         bench.run('fat_b0', device='cuda', **TINY)
+
+
+def test_every_compiled_size_is_traced_with_static_shapes():
+    """Defect: dynamo's cache survived from one batch size (or out-of-memory retry) to the next, so the next size was
+    timed on a graph with a dynamic batch dimension. A recording backend sees what each compile traced."""
+    from torch._dynamo import register_backend
+    traced = []
+
+    @register_backend(name='fat_test_record_shapes')
+    def record(gm, example_inputs):
+        traced.append(any(isinstance(t, torch.SymInt) or isinstance(t, torch.Tensor) and any(
+            isinstance(s, torch.SymInt) for s in t.shape) for t in example_inputs))
+        return gm.forward
+
+    for batch_size in (2, 3):
+        bench.run('resnet10t', batch_size=batch_size, img_size=32, compile='fat_test_record_shapes', num_warmup=1,
+                  num_iters=1, reparam=False)
+    assert traced == [False, False]

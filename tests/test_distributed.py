@@ -162,7 +162,8 @@ def bypass(signum, frame):  # submitit's handler on the other ranks: nothing, th
     pass
 
 def record():
-    (out.parent / f'exit-{rank}').write_text(json.dumps(dict(time=time.time(), ckpt=(out / 'checkpoint-last.pt').exists())))
+    ckpt = (out / 'checkpoint-last.pt').exists()
+    (out.parent / f'exit-{rank}').write_text(json.dumps(dict(time=time.time(), ckpt=ckpt)))
 
 signal.signal(signal.SIGUSR2, requeue if rank == 0 else bypass)
 import atexit

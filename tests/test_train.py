@@ -2,7 +2,6 @@
 import gzip
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +10,10 @@ import torch
 from PIL import Image
 from timm.data.auto_augment import AugmentOp, RandAugment
 from timm.data.random_erasing import RandomErasing
+from timm.utils import NativeScaler
 from torchvision import transforms as T
 
+from fat import train
 from fat.cli import main as cli_main
 from fat.data import FASHION_MNIST_DIR, build_datasets, build_transforms
 from fat.distributed import DistEnv
@@ -257,3 +258,46 @@ def test_loader_workers_do_not_change_the_run(tmp_path):
             for w in (0, 2)]
     assert logs[0] == logs[1]
 
+
+
+def test_a_checkpoint_without_loss_scaler_state_resumes_with_one(tmp_path):
+    """Defect: a CPU run's checkpoint (no GradScaler state) failed to resume on a GPU with fp16 AMP, every time. No
+    GPU here: the trainer is given the loss scaler that fp16 AMP on CUDA would give it."""
+    cfg = dict(TINY, epochs=1, output_dir=str(tmp_path / 'run'))
+    main(cfg)
+    assert torch.load(tmp_path / 'run' / 'checkpoint-last.pt', weights_only=False)['scaler'] is None
+    trainer = Trainer(resolve_config(cfg), DistEnv())
+    trainer.scaler = NativeScaler(device='cpu')
+    assert trainer.resume() and trainer.epoch == 1
+    assert trainer.scaler.state_dict()['scale'] == 2. ** 16  # the scale starts from GradScaler's default
+
+
+def _scaled_trainer(tmp_path: Path) -> Trainer:
+    trainer = Trainer(resolve_config(dict(TINY, output_dir=str(tmp_path / 'run'))), DistEnv())
+    trainer.scaler = NativeScaler(device='cpu')  # fp16 AMP's loss scaler (no GPU here)
+    return trainer
+
+
+def test_the_loss_scaler_skips_a_non_finite_step_and_training_goes_on(tmp_path):
+    """Defect: one non-finite loss ended the run as diverged, where the official recipe (apex O1, as torch's
+    GradScaler) skips the overflowing step and trains on."""
+    trainer = _scaled_trainer(tmp_path)
+    x, y = next(iter(trainer._train_loader()))
+    params = {k: v.clone() for k, v in trainer.model.named_parameters()}
+    loss = trainer.train_step(torch.full_like(x, float('nan')), y)
+    assert math.isnan(loss) and trainer.totals['skipped_steps'] == 1 and trainer.global_step == 1
+    assert all(torch.equal(v, params[k]) for k, v in trainer.model.named_parameters())  # the step was skipped
+    assert trainer.scaler.state_dict()['scale'] == 2. ** 15  # and the scale lowered
+    assert math.isfinite(trainer.train_step(x, y)) and trainer.totals['overflow_streak'] == 0
+    assert any(not torch.equal(v, params[k]) for k, v in trainer.model.named_parameters())  # trained on
+
+
+def test_a_loss_scale_that_never_recovers_is_divergence(tmp_path, monkeypatch):
+    monkeypatch.setattr(train, 'MAX_SKIPPED_IN_A_ROW', 2)
+    trainer = _scaled_trainer(tmp_path)
+    x, y = next(iter(trainer._train_loader()))
+    nan = torch.full_like(x, float('nan'))
+    trainer.train_step(nan, y)
+    trainer.train_step(nan, y)
+    with pytest.raises(train._Diverged, match='3 steps in a row'):
+        trainer.train_step(nan, y)

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 import pytest
 import torch
@@ -23,9 +23,11 @@ DDP_RUN = ['epochs=2']  # shorter: two processes share the two cores
 LOGGED = ('epoch', 'step', 'lr', 'train_loss', 'val_top1', 'val_top5', 'val_loss', 'ema_top1', 'ema_top5')
 
 
-def _start(out: Path, ranks: int = 1) -> List[subprocess.Popen]:
-    """`fat train` as `ranks` processes (a torchrun-style environment when more than one)."""
-    cmd = [sys.executable, '-m', 'fat.cli', 'train', '--output-dir', str(out), *RUN, *(DDP_RUN if ranks > 1 else [])]
+def _start(out: Path, ranks: int = 1, ddp_run: Optional[bool] = None) -> List[subprocess.Popen]:
+    """`fat train` as `ranks` processes (a torchrun-style environment when more than one); `ddp_run`: with the
+    shorter config of DDP runs (default: when more than one)."""
+    ddp_run = ranks > 1 if ddp_run is None else ddp_run
+    cmd = [sys.executable, '-m', 'fat.cli', 'train', '--output-dir', str(out), *RUN, *(DDP_RUN if ddp_run else [])]
     log = open(out.parent / f'{out.name}.log', 'a')
     envs = [{}]
     if ranks > 1:
@@ -147,3 +149,22 @@ def test_ddp_sigkill_resumes_bit_exactly(tmp_path):
     if not (out / 'result.json').exists():
         _finish(out, ranks=2)
     _assert_same_run(out, ref)
+
+
+class _AtOnce(random.Random):
+    def uniform(self, a: float, b: float) -> float:
+        return a
+
+
+def test_resuming_with_another_world_size_is_refused_in_one_line(tmp_path):
+    """Defect: a resumed run with another process count restored the old schedule (its steps per epoch) with a new
+    total batch, and trained on a schedule no uninterrupted run has."""
+    out = tmp_path / 'run'
+    assert _interrupt(out, signal.SIGTERM, _AtOnce(), ranks=2) == [128 + signal.SIGTERM] * 2
+    before = (out / 'checkpoint-last.pt').stat().st_mtime_ns
+    assert [p.wait(timeout=300) for p in _start(out, ranks=1, ddp_run=True)] == [1]
+    result = json.loads((out / 'result.json').read_text())
+    assert result['status'] == 'failed' and result['error'] == (
+        f'ValueError: {out} was checkpointed by 2 processes and this run has 1: resume it with 2 (nodes x tasks per '
+        f'node), or start over in a new output_dir')
+    assert (out / 'checkpoint-last.pt').stat().st_mtime_ns == before  # the checkpoint is left as it was
