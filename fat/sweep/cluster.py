@@ -21,7 +21,8 @@ from .spec import Problems, close_hint, load_yaml
 
 __all__ = [
     'RESOURCES', 'Resources', 'resolve_resources', 'default_cluster', 'make_executor', 'sbatch_parameters',
-    'render_sbatch', 'max_array_size', 'QueueEntry', 'squeue', 'sacct', 'local_job_alive', 'hostname',
+    'render_sbatch', 'max_array_size', 'local_gpu_ids', 'local_gpu_lanes', 'QueueEntry', 'squeue', 'sacct',
+    'local_job_alive', 'hostname',
 ]
 
 # resource -> allowed types; settable in a grid's `slurm:` section, on the command line and in profiles
@@ -169,15 +170,43 @@ def sbatch_parameters(res: Resources, job_name: str) -> Dict[str, Any]:
     return params
 
 
-def make_executor(cluster: str, folder: Path, res: Resources, job_name: str) -> submitit.Executor:
-    """The submitit executor for `cluster` with these resources; logs go to `folder` (a `%j` pattern)."""
+def local_gpu_ids() -> List[int]:
+    """The GPUs of this machine that the `local` executor may hand out: CUDA_VISIBLE_DEVICES where it is set, else
+    the ones `nvidia-smi` lists (no torch: a launch must not need it)."""
+    visible = os.environ.get('CUDA_VISIBLE_DEVICES')
+    if visible is not None:
+        ids = [v.strip() for v in visible.split(',') if v.strip()]
+        if not all(v.isdigit() for v in ids):
+            raise ValueError(f'CUDA_VISIBLE_DEVICES={visible}: the local executor needs GPU indices, not names')
+        return [int(v) for v in ids]
+    out = _run(['nvidia-smi', '--query-gpu=index', '--format=csv,noheader'])
+    return [int(v) for v in (out or '').split() if v.isdigit()]
+
+
+def local_gpu_lanes(res: Resources, lanes: int) -> List[Optional[List[int]]]:
+    """The GPUs of each of `lanes` parallel local jobs: disjoint sets of `gpus_per_node` (fewer lanes when the
+    machine has fewer GPUs), or [None] * lanes for CPU jobs. submitit alone would give every job GPUs 0..n-1."""
+    per_job = res.values['gpus_per_node']
+    if not per_job:
+        return [None] * lanes
+    ids = local_gpu_ids()
+    if len(ids) < per_job:
+        raise ValueError(f'gpus_per_node is {per_job} but this machine has {len(ids)} GPUs for the local executor '
+                         f"({', '.join(map(str, ids)) or 'none'}): lower it, or launch on Slurm")
+    return [ids[i * per_job:(i + 1) * per_job] for i in range(min(lanes, len(ids) // per_job))]
+
+
+def make_executor(cluster: str, folder: Path, res: Resources, job_name: str,
+                  gpus: Optional[List[int]] = None) -> submitit.Executor:
+    """The submitit executor for `cluster` with these resources; logs go to `folder` (a `%j` pattern); `gpus`: the
+    GPUs of a `local` job (`local_gpu_lanes`)."""
     if cluster == 'slurm':
         executor = submitit.SlurmExecutor(folder, max_num_timeout=res.values['max_num_timeout'])
         executor.update_parameters(**sbatch_parameters(res, job_name))
     elif cluster == 'local':
         executor = submitit.LocalExecutor(folder, max_num_timeout=res.values['max_num_timeout'])
         executor.update_parameters(timeout_min=res.values['timeout_min'], tasks_per_node=res.tasks_per_node,
-                                   gpus_per_node=res.values['gpus_per_node'])
+                                   gpus_per_node=res.values['gpus_per_node'], visible_gpus=tuple(gpus or ()))
     else:
         executor = submitit.DebugExecutor(folder)
     return executor

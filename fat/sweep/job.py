@@ -49,7 +49,8 @@ class CellJob(submitit.helpers.Checkpointable):
         if rank == 0:
             # `code`: where `fat` was imported from (a launch with --snapshot runs a copy)
             append_record(cell_dir, {'event': 'started', 'job_id': _job_id(), 'host': hostname(),
-                                     'pid': os.getpid(), 'code': str(Path(fat.__file__).resolve().parents[1])})
+                                     'pid': os.getpid(), 'code': str(Path(fat.__file__).resolve().parents[1]),
+                                     'gpus': os.environ.get('CUDA_VISIBLE_DEVICES')})
         elif cell['task'] != 'train':  # counting and benchmarking are single-process
             return {}
         # a multi-task (one task per GPU) train cell: fat.train sets up DDP from submitit's

@@ -23,6 +23,7 @@ from .cluster import (
     Resources,
     default_cluster,
     hostname,
+    local_gpu_lanes,
     make_executor,
     max_array_size,
     render_sbatch,
@@ -106,6 +107,9 @@ class LaunchReport:
             line += f' (MaxArraySize {self.max_array_size})'
         if jobs:
             line += f': {jobs}'
+        gpus = [','.join(map(str, a['gpus'])) for a in self.arrays if a.get('gpus')]
+        if gpus:
+            line += f" (GPUs {' | '.join(gpus)})"
         skipped = ', '.join(f'{n} {s}' for s, n in self.skipped.items())
         return line + (f'; skipped {sum(self.skipped.values())} cells ({skipped})' if skipped else '')
 
@@ -191,24 +195,27 @@ def launch(sweep: Sweep, cluster: Optional[str] = None, dry_run: bool = False, s
             limit = max_array_size() or DEFAULT_MAX_ARRAY_SIZE
             report.max_array_size = min(limit, array_size_limit or limit)
             groups = _arrays(todo, report.max_array_size)
+            gpu_lanes: List[Optional[List[int]]] = [None] * len(groups)
         else:  # no queue: the local executor starts every job at once, so give each of `parallelism` jobs a share
             lanes = 1 if cluster == 'debug' else max(1, min(len(todo), sweep.resources.local_parallelism))
+            gpu_lanes = local_gpu_lanes(sweep.resources, lanes) if cluster == 'local' and todo else [None] * lanes
+            lanes = len(gpu_lanes)
             groups = [todo[i::lanes] for i in range(lanes)] if todo else []
         if dry_run:
-            for group in groups:
+            for group, gpus in zip(groups, gpu_lanes, strict=False):
                 sbatch = (render_sbatch(sweep.resources, sweep.job_name, sweep.log_folder, len(group))
                           if cluster == 'slurm' else None)
-                report.arrays.append({'size': len(group), 'job_id': None, 'sbatch': sbatch})
+                report.arrays.append({'size': len(group), 'job_id': None, 'sbatch': sbatch, 'gpus': gpus})
             return report
         if not todo:
             return report
         for cell in todo:
             cell.write(sweep.grid)
             _set_aside(cell)
-        executor = make_executor(cluster, sweep.log_folder, sweep.resources, sweep.job_name)
         with _snapshot(sweep) if snapshot else contextlib.nullcontext():
-            for group in groups:
-                report.arrays.append(_submit(executor, cluster, sweep, group))
+            for group, gpus in zip(groups, gpu_lanes, strict=False):
+                executor = make_executor(cluster, sweep.log_folder, sweep.resources, sweep.job_name, gpus)
+                report.arrays.append(dict(_submit(executor, cluster, sweep, group), gpus=gpus))
         if cluster == 'debug':  # the debug executor runs a job when its result is asked for: here, in-process
             for entry in report.arrays:
                 entry['job'].results()

@@ -199,3 +199,32 @@ def test_flops_grid_in_process_records_a_failed_cell_and_goes_on(write_grid, tmp
     assert list(table.columns[:5]) == ['grid', 'cell', 'img_size', 'fasa', 'status']
     assert table.loc[2:, 'params'].notna().all() and (table.loc[2:, 'macs_paper'] < table.loc[2:, 'macs_fvcore']).all()
     assert 'top1' not in table.columns and table['environment'].str.contains('torch').all()
+
+
+# ---------------------------------------------------------------------------------------------------------- local GPUs
+
+def test_local_jobs_get_disjoint_gpus(write_grid, tmp_path, monkeypatch):
+    """Defect: every local job was given GPUs 0..gpus_per_node-1, so parallel jobs all ran on GPU 0. A machine with
+    GPUs 4 and 7 is simulated through CUDA_VISIBLE_DEVICES (the flops task counts on the CPU whatever it is given)."""
+    monkeypatch.setenv('CUDA_VISIBLE_DEVICES', '4,7')
+    path = write_grid('gpus', task='flops', base={'model': 'fat_proxy', 'img_size': 32},
+                      axes={'fasa': ['fasa', 'global_only', 'local_only']},
+                      slurm={'profile': h.LOCAL_PROFILE, 'gpus_per_node': 1, 'array_parallelism': 3})
+    sweep = prepare(path, [], tmp_path / 'runs')
+    assert [a['gpus'] for a in launch(sweep, 'local', dry_run=True).arrays] == [[4], [7]]  # 2 GPUs: 2 lanes
+    report = launch(sweep, 'local')
+    assert report.text().endswith('(GPUs 4 | 7)')
+    h.wait_states(sweep, ['DONE'], timeout=240)
+    started = {c.id: h.starts(c.dir)[-1]['gpus'] for c in sweep.cells}
+    assert sorted(started.values()) == ['4', '4', '7']
+
+
+def test_local_gpu_jobs_larger_than_the_machine_are_refused(write_grid, tmp_path, monkeypatch):
+    monkeypatch.setenv('CUDA_VISIBLE_DEVICES', '0,1')
+    path = write_grid('big', task='flops', base={'model': 'fat_proxy'},
+                      slurm={'profile': h.LOCAL_PROFILE, 'gpus_per_node': 4})
+    sweep = prepare(path, [], tmp_path / 'runs')
+    with pytest.raises(ValueError, match=r'^gpus_per_node is 4 but this machine has 2 GPUs for the local executor '
+                                         r'\(0, 1\): lower it, or launch on Slurm$'):
+        launch(sweep, 'local')
+    assert not any(c.dir.exists() for c in sweep.cells)  # nothing written
