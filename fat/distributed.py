@@ -81,13 +81,16 @@ def export_job_env() -> None:
 
 def gpus_allocated() -> Optional[str]:
     """What says that this process was given GPUs (a Slurm GPU allocation, CUDA_VISIBLE_DEVICES, NVIDIA device
-    files), as text for an error message; None when nothing does."""
+    files), as text for an error message; None when nothing does, or when CUDA_VISIBLE_DEVICES hides them on purpose
+    (empty, -1, NoDevFiles)."""
+    visible = os.environ.get('CUDA_VISIBLE_DEVICES')
+    if visible is not None and visible.strip() in ('', '-1', 'NoDevFiles'):
+        return None
     for key in ('SLURM_STEP_GPUS', 'SLURM_JOB_GPUS', 'SLURM_GPUS_ON_NODE'):
         value = os.environ.get(key, '').strip()
         if value and value != '0':
             return f'{key}={value}'
-    visible = os.environ.get('CUDA_VISIBLE_DEVICES', '').strip()
-    if visible and visible not in ('-1', 'NoDevFiles'):
+    if visible:
         return f'CUDA_VISIBLE_DEVICES={visible}'
     if Path('/dev/nvidia0').exists():
         return '/dev/nvidia0 exists'

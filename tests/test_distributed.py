@@ -115,6 +115,8 @@ def test_gpus_allocated_reads_slurm_and_cuda_variables(no_dist_env):
     assert gpus_allocated() == 'CUDA_VISIBLE_DEVICES=2,3'
     no_dist_env.setenv('SLURM_JOB_GPUS', '2,3')
     assert gpus_allocated() == 'SLURM_JOB_GPUS=2,3'
+    no_dist_env.setenv('CUDA_VISIBLE_DEVICES', '')  # the GPUs hidden on purpose: the CPU is the choice
+    assert gpus_allocated() is None
 
 
 @pytest.mark.parametrize('local_rank, local_world, count, index', [

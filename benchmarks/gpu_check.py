@@ -1,0 +1,244 @@
+"""Every GPU path of the harness exercised in one command, one PASS / FAIL / SKIP line per part.
+
+    python benchmarks/gpu_check.py                 # on a GPU machine: every part, under 10 minutes on one GPU
+    python benchmarks/gpu_check.py --device cpu    # the dry run: the same parts on the CPU where they can run
+
+Parts (each in fresh `fat` processes, as a cluster job runs them):
+  amp_fp16_resume   fp16 AMP training stopped by a preemption (SIGUSR2) after a checkpoint, resumed, and compared
+                    with an uninterrupted run: metrics and weights identical; the loss-scaler state is checkpointed
+  amp_bf16_resume   the same with bf16 AMP (no loss scaler)
+  cpu_to_gpu_resume a run checkpointed on the CPU (device auto, GPUs hidden) resumes on the GPU with fp16 AMP
+  ddp_nccl_syncbn   two ranks, NCCL, SyncBatchNorm, a preemption and an exact resume (two GPUs: NCCL refuses two
+                    ranks on one GPU; the dry run uses gloo)
+  bench_eager       `fat bench` on the device (AMP fp16 on CUDA)
+  bench_compile     the same with torch.compile
+  oom_backoff       `fat bench` at a batch no GPU holds: it backs off to one that fits (CUDA only)
+
+On the CPU the AMP parts train in fp32 (autocast is CUDA-only in `fat train`): the dry run checks the procedure
+(signals, checkpoints, resume, comparison), the GPU run checks the numerics. Exit code: 1 when a part failed.
+"""
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+
+# the smoke preset (synthetic data, the proxy model): seconds per run, and deterministic, so a resumed run is exact
+TRAIN = ['--preset', 'smoke', 'train_subset=96', 'epochs=2', 'checkpoint_steps=1']
+RESULT_KEYS = ('status', 'epochs', 'steps', 'final_top1', 'final_top5', 'best_top1', 'best_top5', 'world_size',
+               'amp', 'device')
+PART_TIMEOUT_S = 240
+
+
+class PartError(Exception):
+    """A check that did not hold: the part FAILs with this message."""
+
+
+class Skip(Exception):
+    """The part cannot run here: SKIP with this reason."""
+
+
+class Check:
+    """The parts, on `device` ('cuda' or 'cpu'), with their run directories under `workdir`."""
+
+    def __init__(self, device: str, workdir: Path):
+        self.device, self.workdir = device, workdir
+        self.cuda = device == 'cuda'
+
+    # -- processes --------------------------------------------------------------------------------------------
+
+    def _env(self, rank: Optional[Tuple[int, int, int]] = None, **extra: str) -> Dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in (
+            'RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'LOCAL_WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT')}
+        if rank is not None:
+            r, world, port = rank
+            env.update(RANK=str(r), WORLD_SIZE=str(world), LOCAL_RANK=str(r), LOCAL_WORLD_SIZE=str(world),
+                       MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+        return dict(env, **extra)
+
+    def _train(self, out: Path, args: List[str], ranks: int = 1, **env: str) -> List[subprocess.Popen]:
+        cmd = [sys.executable, '-m', 'fat.cli', 'train', '--output-dir', str(out), *TRAIN, *args]
+        log = open(out.parent / f'{out.name}.log', 'a')
+        port = _free_port()
+        return [subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                 env=self._env((r, ranks, port) if ranks > 1 else None, **env)) for r in range(ranks)]
+
+    def finish(self, out: Path, args: List[str], ranks: int = 1, **env: str) -> Dict:
+        codes = [p.wait(timeout=PART_TIMEOUT_S) for p in self._train(out, args, ranks, **env)]
+        if codes != [0] * ranks:
+            raise PartError(f'{out.name}: exit codes {codes}; {_tail(out)}')
+        return json.loads((out / 'result.json').read_text())
+
+    def preempt(self, out: Path, args: List[str], ranks: int = 1, **env: str) -> int:
+        """Start the run, send SIGUSR2 to every process once training has checkpointed; the step it stopped at."""
+        procs = self._train(out, args, ranks, **env)
+        deadline = time.monotonic() + PART_TIMEOUT_S
+        while not (out / 'checkpoint-last.pt').exists():
+            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                raise PartError(f'{out.name}: training never checkpointed; {_tail(out)}')
+            time.sleep(0.02)
+        for p in procs:
+            p.send_signal(signal.SIGUSR2)
+        codes = [p.wait(timeout=PART_TIMEOUT_S) for p in procs]
+        if codes != [128 + signal.SIGUSR2] * ranks:
+            raise PartError(f'{out.name}: preempted processes exited {codes}, expected {128 + signal.SIGUSR2}')
+        return torch.load(out / 'checkpoint-last.pt', map_location='cpu', weights_only=False)['global_step']
+
+    def same_run(self, a: Path, b: Path) -> None:
+        ra, rb = (json.loads((d / 'result.json').read_text()) for d in (a, b))
+        diff = [k for k in RESULT_KEYS if ra.get(k) != rb.get(k)]
+        if diff:
+            raise PartError(f'resumed run differs from the uninterrupted one in {diff}: '
+                            f'{[(ra.get(k), rb.get(k)) for k in diff]}')
+        sa, sb = (torch.load(d / 'checkpoint-last.pt', map_location='cpu', weights_only=False) for d in (a, b))
+        changed = [k for k, v in sa['model'].items() if not torch.equal(v, sb['model'][k])]
+        if changed:
+            raise PartError(f'resumed run ends with other weights: {changed[:3]}')
+
+    # -- parts ------------------------------------------------------------------------------------------------
+
+    def _amp_resume(self, dtype: str) -> str:
+        args = [f'device={self.device}', 'amp=true', f'amp_dtype={dtype}']
+        ref, run = self.workdir / f'{dtype}-ref', self.workdir / f'{dtype}-run'
+        result = self.finish(ref, args)
+        step = self.preempt(run, args)
+        self.finish(run, args)
+        self.same_run(run, ref)
+        scaler = torch.load(run / 'checkpoint-last.pt', map_location='cpu', weights_only=False)['scaler']
+        if result['amp'] != self.cuda or (scaler is not None) != (self.cuda and dtype == 'float16'):
+            raise PartError(f"amp {result['amp']}, loss-scaler state {'saved' if scaler else 'absent'}")
+        return (f"preempted at step {step} of {result['steps']}, resumed exactly on {result['device']}; "
+                f"loss-scaler state {'saved' if scaler else 'absent (none needed)'}")
+
+    def amp_fp16_resume(self) -> str:
+        return self._amp_resume('float16')
+
+    def amp_bf16_resume(self) -> str:
+        return self._amp_resume('bfloat16')
+
+    def cpu_to_gpu_resume(self) -> str:
+        if not self.cuda:
+            raise Skip('needs a GPU to resume on')
+        run, args = self.workdir / 'cpu-to-gpu', ['device=auto', 'amp=true', 'amp_dtype=float16']
+        step = self.preempt(run, args, CUDA_VISIBLE_DEVICES='')
+        result = self.finish(run, args)
+        if not (result['status'] == 'done' and result['device'].startswith('cuda') and result['amp']):
+            raise PartError(f'resumed run: {result}')
+        return f"checkpointed on the CPU at step {step}, finished on {result['device']} with fp16 AMP"
+
+    def ddp_nccl_syncbn(self) -> str:
+        if self.cuda and torch.cuda.device_count() < 2:
+            raise Skip(f'{torch.cuda.device_count()} GPU: NCCL refuses two ranks on one GPU')
+        args = [f'device={self.device}', 'sync_bn=true']
+        ref, run = self.workdir / 'ddp-ref', self.workdir / 'ddp-run'
+        result = self.finish(ref, args, ranks=2)
+        step = self.preempt(run, args, ranks=2)
+        self.finish(run, args, ranks=2)
+        self.same_run(run, ref)
+        backend = 'NCCL + SyncBatchNorm' if self.cuda else 'gloo'
+        return f"2 ranks ({backend}) preempted at step {step}, resumed exactly; world_size {result['world_size']}"
+
+    def _bench(self, *extra: str) -> Dict:
+        model, precision, size = ('fat_b0', 'amp_fp16', []) if self.cuda else (
+            'fat_proxy', 'fp32', ['--img-size', '32'])
+        cmd = [sys.executable, '-m', 'fat.cli', 'bench', model, '--device', self.device, '--precision', precision,
+               '--batch-size', '64' if self.cuda else '4', *size, '--warmup', '3', '--iters', '10', '--no-save',
+               '--json', '--no-progress', *extra]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=PART_TIMEOUT_S)
+        if out.returncode != 0:
+            raise PartError(f'fat bench exited {out.returncode}: {out.stderr.strip().splitlines()[-1:]}')
+        record = json.loads(out.stdout.strip().splitlines()[-1])
+        if not record['samples_per_sec'] > 0:
+            raise PartError(f'no throughput: {record}')
+        return record
+
+    def bench_eager(self) -> str:
+        r = self._bench()
+        return f"{r['model']} {r['precision']} batch {r['batch_size']}: {r['samples_per_sec']:.0f} img/s"
+
+    def bench_compile(self) -> str:
+        r = self._bench('--compile')
+        return f"{r['model']} {r['precision']} batch {r['batch_size']} compiled: {r['samples_per_sec']:.0f} img/s"
+
+    def oom_backoff(self) -> str:
+        if not self.cuda:
+            raise Skip('CUDA only (the CPU has no out-of-memory back-off)')
+        # 2^18 images of 224 x 224 do not fit even as the fp32 input (158 GB)
+        code = ("import json; from fat import bench; print(json.dumps(bench.run('fat_b0', batch_size=2 ** 18, "
+                "device='cuda', precision='amp_fp16', num_warmup=1, num_iters=2)))")
+        out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=PART_TIMEOUT_S)
+        if out.returncode != 0:
+            raise PartError(f'exited {out.returncode}: {out.stderr.strip().splitlines()[-1:]}')
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        if not r['batch_size'] < r['requested_batch_size']:
+            raise PartError(f"no back-off: batch {r['batch_size']}")
+        return f"batch {r['requested_batch_size']} backed off to {r['batch_size']}: {r['samples_per_sec']:.0f} img/s"
+
+
+PARTS = ('amp_fp16_resume', 'amp_bf16_resume', 'cpu_to_gpu_resume', 'ddp_nccl_syncbn', 'bench_eager',
+         'bench_compile', 'oom_backoff')
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def _tail(out: Path) -> str:
+    log = out.parent / f'{out.name}.log'
+    lines = log.read_text().strip().splitlines() if log.exists() else []
+    return ' | '.join(lines[-3:])
+
+
+def run_parts(check: Check, parts: List[str], report: Callable[[str], None] = print) -> Dict[str, str]:
+    """Run each part; {part: PASS | FAIL | SKIP}, each also reported as one line."""
+    outcomes = {}
+    for name in parts:
+        t0 = time.monotonic()
+        try:
+            outcome, detail = 'PASS', getattr(check, name)()
+        except Skip as e:
+            outcome, detail = 'SKIP', str(e)
+        except PartError as e:
+            outcome, detail = 'FAIL', str(e)
+        except Exception as e:  # the check goes on to the next part; the failure is reported, not lost
+            outcome, detail = 'FAIL', f'{type(e).__name__}: {e}'
+        outcomes[name] = outcome
+        report(f'{outcome} {name} ({time.monotonic() - t0:.1f} s): {detail}')
+    return outcomes
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--device', choices=('cuda', 'cpu'), default='cuda' if torch.cuda.is_available() else 'cpu',
+                   help='cuda (default where usable) or cpu (the dry run)')
+    p.add_argument('--parts', nargs='+', choices=PARTS, default=list(PARTS), metavar='PART',
+                   help=f"a subset of: {', '.join(PARTS)}")
+    p.add_argument('--workdir', type=Path, help='where the runs go (default: a temporary directory)')
+    args = p.parse_args(argv)
+    if args.device == 'cuda' and not torch.cuda.is_available():
+        print('gpu_check: error: --device cuda, but CUDA is not usable here', file=sys.stderr)
+        return 2
+    name = torch.cuda.get_device_name() if args.device == 'cuda' else 'CPU (dry run)'
+    print(f'gpu_check on {name}: torch {torch.__version__}, CUDA {torch.version.cuda}, '
+          f'{torch.cuda.device_count()} GPU(s)', flush=True)
+    with tempfile.TemporaryDirectory(prefix='gpu_check-') as tmp:
+        workdir = args.workdir or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        outcomes = run_parts(Check(args.device, workdir), args.parts, lambda line: print(line, flush=True))
+    counts = {o: list(outcomes.values()).count(o) for o in ('PASS', 'FAIL', 'SKIP')}
+    print(f"gpu_check: {counts['PASS']} passed, {counts['FAIL']} failed, {counts['SKIP']} skipped")
+    return 1 if counts['FAIL'] else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
