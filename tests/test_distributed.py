@@ -43,9 +43,11 @@ def _slurm_task(rank: int, tasks: int, **extra: str) -> Dict[str, str]:
 
 @pytest.fixture
 def no_dist_env(monkeypatch):
-    for key in list(os.environ):
-        if key in _DIST_VARS or key.startswith('SLURM_'):
-            monkeypatch.delenv(key)
+    """No launcher variables; what the code under test exports is removed afterwards (monkeypatch restores only
+    the variables it touched, so each is set before it is deleted)."""
+    for key in {*_DIST_VARS, *(k for k in os.environ if k.startswith('SLURM_'))}:
+        monkeypatch.setenv(key, '')
+        monkeypatch.delenv(key)
     return monkeypatch
 
 
