@@ -17,10 +17,10 @@ import pandas as pd
 from . import stats
 from .analysis import Analysis
 from .measured import Measurements, read_curves
+from .tables import DASH, Table, _frames, _not_found
 
 __all__ = ['ablation', 'is_training_grid', 'grid_axes']
 
-DASH = '—'
 _TRAINING_COLUMNS = ('top1', 'top5', 'best_top1', 'best_top5', 'epochs', 'train_time_s')
 _METRIC_LABELS = {'top1': 'Top-1 (%)', 'top5': 'Top-5 (%)', 'best_top1': 'best top-1 (%)',
                   'best_top5': 'best top-5 (%)'}
@@ -107,29 +107,25 @@ def _runs(point: pd.DataFrame, metric: str, has_seed: bool, problems: List[str],
     for index, row in point.iterrows():
         seed = row['seed'] if has_seed else None
         key: Hashable = int(seed) if has_seed and pd.notna(seed) and float(seed).is_integer() else ('run', index)
-        if key in runs:
+        if key in runs:  # the point's seeds then differ from any other point's: unpaired
             problems.append(f'{where}: seed {key} appears twice; its runs are compared unpaired')
-            runs[('run', index)] = runs.pop(key)
-            key = ('run', f'{index}b')
+            key = ('run', index)
         runs[key] = float(row[metric])
     return runs
 
 
-def ablation(name: str, spec: Mapping[str, Any], a: Analysis, m: Measurements) -> List[Any]:
+def ablation(name: str, spec: Mapping[str, Any], a: Analysis, m: Measurements) -> List[Table]:
     """One table per collected training grid (see the module docstring)."""
-    from .tables import Table, _frames, _not_found  # tables imports this module's builder
     grids = {c: f for c, f in m.grids.items() if is_training_grid(f)}
     if not grids:
         data, display = _frames({'columns': {k: v for k, v in spec['columns'].items() if k != 'axes'}}, [], [])
         note = ('No collected training grid in results/ (a `fat sweep collect` CSV of `train` cells); run a grid, '
                 'then `fat sweep collect ablations/GRID.yaml`.')
         return [Table(name, spec['title'], data, display, [note, *_not_found(spec, a)])]
-    return [_grid_table(name, spec, collection, frame, a, Table, _frames, _not_found)
-            for collection, frame in sorted(grids.items())]
+    return [_grid_table(name, spec, collection, frame, a) for collection, frame in sorted(grids.items())]
 
 
-def _grid_table(name: str, spec: Mapping[str, Any], collection: str, frame: pd.DataFrame, a: Analysis, Table: Any,
-                frames: Any, not_found: Any) -> Any:
+def _grid_table(name: str, spec: Mapping[str, Any], collection: str, frame: pd.DataFrame, a: Analysis) -> Table:
     grid = str(frame['grid'].dropna().iloc[0]) if 'grid' in frame.columns and frame['grid'].notna().any() else \
         collection
     own = dict((spec.get('grids') or {}).get(grid) or {})
@@ -137,7 +133,10 @@ def _grid_table(name: str, spec: Mapping[str, Any], collection: str, frame: pd.D
     metric_label = own.get('metric_label', _METRIC_LABELS.get(metric, metric))
     grid_file = own.get('grid_file', f'ablations/{grid}.yaml')
     problems: List[str] = []
-    axes = grid_axes(frame)
+    # an axis declared with one value (`model: [fat_proxy]`) varies nothing: a constant, not a row key
+    declared_axes = grid_axes(frame)
+    axes = [ax for ax in declared_axes if frame[ax].map(_text).nunique() > 1]
+    constants = [f'{ax}={_text(frame[ax].iloc[0])}' for ax in declared_axes if ax not in axes and len(frame)]
     has_seed = 'seed' in frame.columns
     if 'status' not in frame.columns:
         frame = frame.assign(status='DONE')
@@ -259,7 +258,7 @@ def _grid_table(name: str, spec: Mapping[str, Any], collection: str, frame: pd.D
             headers.update({ax: (own.get('axis_labels') or {}).get(ax, ax) for ax in axes})
         elif key != 'vs' or len(axes) > 1:  # with one axis every row is compared with the same baseline
             headers[key] = str(header).format(metric=metric_label)
-    data, display = frames({'columns': headers}, rows, cells)
+    data, display = _frames({'columns': headers}, rows, cells)
 
     base_text = ', '.join(f'`{ax}={base[ax]}` ({base_source[ax]})' for ax in axes) or 'none (the grid varies nothing)'
     notes = [
@@ -279,11 +278,13 @@ def _grid_table(name: str, spec: Mapping[str, Any], collection: str, frame: pd.D
                      'from few runs, not a promise. To add them (only the new cells run, the finished ones are '
                      f'reused), then `fat sweep collect {grid_file} seeds=[...]` with the same seeds and `fat report`:')
         notes += commands
+    if constants:
+        notes.append(f"Axes with a single value (the same in every row): {', '.join(constants)}.")
     notes.append("MMACs: M multiply-adds per image at the grid's input size (`paper` and `fvcore` conventions).")
     notes += [f'Data problem: {p}.' for p in problems]
     if 'environment' in frame.columns:
         notes += [f'Run environment: {e}.' for e in sorted(frame['environment'].dropna().unique())]
-    notes += not_found(spec, a)
+    notes += _not_found(spec, a)
     env = collection[len(grid) + 1:] if collection.startswith(f'{grid}-') else ''
     described = own.get('describe')
     subtitle = f'Grid `{grid}`' + (f' in `{env}`' if env else '') + (f': {described}' if described else '') + '.'

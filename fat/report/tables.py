@@ -16,7 +16,6 @@ import pandas as pd
 from fat.io import atomic_path, write_text_atomic
 
 from .analysis import Analysis, Claim
-from .grids import ablation as grid_ablation
 from .measured import BENCH_KEYS, Measurements, seed_stats
 
 __all__ = ['Table', 'build_tables', 'write_table', 'DASH']
@@ -284,6 +283,12 @@ def claims_table(name: str, spec: Mapping[str, Any], a: Analysis, m: Measurement
     notes += _convention_notes(a, sorted({c for c in data.get('macs_convention', []) if isinstance(c, str)}))
     notes += _not_found(spec, a)
     return [Table(name, spec['title'], data, display, notes, cite.keys)]
+
+
+def grid_ablation(name: str, spec: Mapping[str, Any], a: Analysis, m: Measurements) -> List[Table]:
+    """One table per collected training grid: `fat.report.grids` (which builds on this module's `Table`)."""
+    from .grids import ablation
+    return ablation(name, spec, a, m)
 
 
 BUILDERS: Dict[str, Callable[[str, Mapping[str, Any], Analysis, Measurements], List[Table]]] = {
