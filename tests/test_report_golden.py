@@ -7,8 +7,8 @@ Two grids, each committed under tests/data/<grid>/ as `grid.yaml` and `runs/<gri
 one real run, checkpoints left out):
 
 * `report_golden`: three FASA presets x two seeds of the CPU proxy on 5,000 real Fashion-MNIST images, one epoch;
-* `report_golden_windows`, not a FASA ablation: FASA's K/V window sizes x the learning rate x three seeds, on 2,000
-  images (two axes, so comparisons along each axis with the other held fixed).
+* `report_golden_windows`, not a FASA ablation: FASA's K/V window sizes x the learning rate x three seeds, likewise
+  (two axes, so comparisons along each axis with the other held fixed).
 
 To regenerate a grid's cells (only when the cell ids change, i.e. when the training config or the cell hashing
 changes; ~3 minutes each on 2 cores), with GRID one of the two:

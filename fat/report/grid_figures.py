@@ -78,14 +78,21 @@ def ablation_delta(name: str, spec: Mapping[str, Any], a: Analysis, tables: Sequ
         data, looks = table.data, _looks(a, table)
         rows = data[data['verdict'] != 'baseline'].iloc[::-1]  # top to bottom in table order
         several = len(table.meta['axes']) > 1
+        labels = table.meta['labels']
+
+        def versus(vs: str) -> str:
+            axis, _, value = vs.partition('=')
+            return f' vs {axis}={labels.get(axis, {}).get(value, value)}' if several else ''
+
         with matplotlib.rc_context(_style()):
-            fig = Figure(figsize=(9.6, 1.6 + 0.5 * max(len(rows), 1)), layout='constrained')
+            # long point names (several axes) wrap onto a second line: rows get the height for it
+            fig = Figure(figsize=(11.0, 1.6 + (0.75 if several else 0.5) * max(len(rows), 1)), layout='constrained')
             ax = fig.subplots()
             ticks = []
             for i, (_, r) in enumerate(rows.iterrows()):
                 label = _label(table, r)
                 colour, marker = looks[label]
-                ticks.append(f"{label}{f' vs {r.vs}' if several else ''} (n={r['n']})")
+                ticks.append(textwrap.fill(f"{label}{versus(str(r.vs))} (n={r['n']})", 44))
                 if _num(r['delta']) is None:
                     ax.annotate(r['verdict'], (0, i), xytext=(6, 0), textcoords='offset points', va='center',
                                 fontsize='small', color='0.4')
@@ -103,7 +110,7 @@ def ablation_delta(name: str, spec: Mapping[str, Any], a: Analysis, tables: Sequ
             ax.set_yticks(range(len(rows)))
             ax.set_yticklabels(ticks)
             ax.set_ylim(-0.6, len(rows) - 0.4)
-            base = ', '.join(f'{k}={v}' for k, v in table.meta['baseline'].items())
+            base = ', '.join(f'{k}={labels.get(k, {}).get(v, v)}' for k, v in table.meta['baseline'].items())
             ax.set_xlabel(f"Δ {table.meta['metric_label']} vs baseline ({base}), 95 % CI")
             ax.grid(axis='y', visible=False)
             fig.suptitle(_title(spec, table), fontsize='medium')
@@ -144,7 +151,10 @@ def ablation_macs(name: str, spec: Mapping[str, Any], a: Analysis, tables: Seque
                     ax.set_title(f'{conv} convention')
                     continue
                 rows = rows.assign(_x=rows[column].astype(float) / 1e6)
-                xs = _dodge(ax, list(rows['_x']), _DODGE)
+                # points with equal MACs are spread by a small share of the MAC range, so that the spread never
+                # rivals the differences between the points' true MACs
+                span = (rows['_x'].max() - rows['_x'].min()) / rows['_x'].mean()
+                xs = _dodge(ax, list(rows['_x']), min(_DODGE, 0.04 * span) if span else _DODGE)
                 for x, (_, r) in zip(xs, rows.iterrows(), strict=True):
                     label = _label(table, r)
                     colour, marker = looks[label]

@@ -216,11 +216,14 @@ def _grid_table(name: str, spec: Mapping[str, Any], collection: str, frame: pd.D
     for point, vs, c, reason in comparisons:
         s = point.summary
         p_holm = next(adjusted) if c is not None else math.nan
+        vs_axis, _, vs_value = vs.partition('=')
+        vs_text = f'{vs_axis}={_declared(own, vs_axis, vs_value)}' if vs else DASH
         verdict = reason or stats.verdict(c, p_holm)
         needed = stats.seeds_to_resolve(c, stats.ALPHA / max(k, 1)) if c is not None and \
             verdict == stats.NOT_RESOLVED else None
         if verdict == stats.NOT_RESOLVED:
-            what = ', '.join(f'{ax}={v}' for ax, v in zip(axes, point.key, strict=True)) + f' vs {vs}'
+            what = ', '.join(f'{ax}={_declared(own, ax, v)}' for ax, v in zip(axes, point.key, strict=True)) + \
+                f' vs {vs_text}'
             if needed is None:
                 commands.append(f'{what}: more than {stats.MAX_SEEDS} seeds would be needed at the observed Δ and '
                                 'spread: seeds will not settle it.')
@@ -241,7 +244,7 @@ def _grid_table(name: str, spec: Mapping[str, Any], collection: str, frame: pd.D
             cells=_cells_text(point.rows)))
         cell = {ax: _axis_label(a, own, ax, v) for ax, v in zip(axes, point.key, strict=True)}
         cell.update(
-            vs=vs or DASH, params=_fmt(params and params / 1e6, '.3f'),
+            vs=vs_text, params=_fmt(params and params / 1e6, '.3f'),
             macs_paper=_fmt(macs['paper'] and macs['paper'] / 1e6, '.1f'),
             macs_fvcore=_fmt(macs['fvcore'] and macs['fvcore'] / 1e6, '.1f'), n=str(s.n),
             mean=_interval(s.mean, s.ci_low, s.ci_high),
@@ -295,6 +298,11 @@ def _grid_table(name: str, spec: Mapping[str, Any], collection: str, frame: pd.D
                                                                 for i, ax in enumerate(axes)})
     return Table(f'{name}-{collection}', own.get('title', spec['title']), data, display, notes, subtitle=subtitle,
                  meta=meta)
+
+
+def _declared(own: Mapping[str, Any], axis: str, value: str) -> str:
+    """A value's label declared for its grid (analysis/tables.yaml), else the value as the grid file writes it."""
+    return ((own.get('labels') or {}).get(axis) or {}).get(value, value)
 
 
 def _axis_label(a: Analysis, own: Mapping[str, Any], axis: str, value: str, short: bool = False) -> str:

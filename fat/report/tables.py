@@ -342,7 +342,8 @@ def to_markdown(table: Table, a: Analysis) -> str:
 
 _LATEX = {'\\': r'\textbackslash{}', '&': r'\&', '%': r'\%', '$': r'\$', '#': r'\#', '_': r'\_', '{': r'\{',
           '}': r'\}', '~': r'\textasciitilde{}', '^': r'\textasciicircum{}', '—': '---', '−': '$-$', '±': r'$\pm$',
-          'Δ': r'$\Delta$', '×': r'$\times$', '·': r'$\cdot$', '²': r'$^2$', '<': '$<$', '>': '$>$', '`': ''}
+          'Δ': r'$\Delta$', 'α': r'$\alpha$', '–': '--', '×': r'$\times$', '·': r'$\cdot$', '²': r'$^2$', '<': '$<$',
+          '>': '$>$', '`': ''}
 
 
 def _tex(text: Any) -> str:
