@@ -114,6 +114,89 @@ def _runs(point: pd.DataFrame, metric: str, has_seed: bool, problems: List[str],
     return runs
 
 
+def _checked(frame: pd.DataFrame, metric: str, problems: List[str]) -> pd.DataFrame:
+    """The frame with `status` and `metric` columns guaranteed; what the data lacks goes to `problems`."""
+    if 'status' not in frame.columns:
+        frame = frame.assign(status='DONE')
+        problems.append('no `status` column: every row is taken as a finished run')
+    if 'seed' not in frame.columns:
+        problems.append("no `seed` column: runs cannot be paired; every comparison uses Welch's test")
+    done = frame[frame['status'] == 'DONE']
+    if metric not in frame.columns:
+        problems.append(f'no `{metric}` column: nothing to compare')
+        frame = frame.assign(**{metric: math.nan})
+    elif len(missing := done[done[metric].isna()]):
+        problems.append(f'{len(missing)} DONE cell(s) without a `{metric}` value (NaN), left out: '
+                        f"{', '.join(str(c) for c in missing.get('cell', missing.index))}")
+    not_done = frame[frame['status'] != 'DONE']
+    if len(not_done):
+        problems.append(f'{len(not_done)} cell(s) not DONE, left out (the cells column says which state)')
+    if 'environment' in frame.columns:
+        # torch version, device, processes: the git SHA and the host may differ between runs of one environment
+        envs = sorted({str(e).split(', git ')[0].split(', host ')[0] for e in frame['environment'].dropna()})
+        if len(envs) > 1:
+            problems.append(f"cells ran in {len(envs)} environments ({'; '.join(envs)}): differences between points "
+                            'may be differences between environments')
+    return frame
+
+
+def _points(frame: pd.DataFrame, axes: Sequence[str], metric: str, has_seed: bool, problems: List[str]) -> Tuple[
+        pd.DataFrame, Dict[Tuple[str, ...], _Point]]:
+    """The frame with each row's point (`_point`), and the points in the order the grid lists them."""
+    keys = [tuple(_text(v) for v in values) for values in frame[list(axes)].itertuples(index=False, name=None)] \
+        if axes else [()] * len(frame)
+    frame = frame.assign(_point=keys)
+    points: Dict[Tuple[str, ...], _Point] = {}
+    for key in dict.fromkeys(keys):
+        rows = frame[frame['_point'] == key]
+        where = ', '.join(f'{ax}={v}' for ax, v in zip(axes, key, strict=True)) or 'the grid'
+        ok = rows[(rows['status'] == 'DONE') & rows[metric].notna()]
+        point = _Point(key, rows, _runs(ok, metric, has_seed, problems, where))
+        point.summary = stats.describe(list(point.runs.values()))
+        points[key] = point
+    single = [p for p in points.values() if p.summary.n == 1]
+    if single:
+        problems.append(f'{len(single)} point(s) with one run: no interval and no test for them')
+    return frame, points
+
+
+def _baseline(axes: Sequence[str], points: Mapping[Tuple[str, ...], _Point], declared: Mapping[str, Any],
+              problems: List[str]) -> Tuple[Dict[str, str], Dict[str, str]]:
+    """(baseline value, where it came from) per axis: declared (analysis/tables.yaml), else the axis's first value."""
+    base: Dict[str, str] = {}
+    source: Dict[str, str] = {}
+    for i, ax in enumerate(axes):
+        values = list(dict.fromkeys(k[i] for k in points))
+        if ax in declared:
+            base[ax], source[ax] = _text(declared[ax]), 'declared in analysis/tables.yaml'
+            if base[ax] not in values:
+                problems.append(f'the baseline {ax}={base[ax]} never ran (no cell of the grid has it): no Δ along '
+                                f'{ax}')
+        else:
+            base[ax], source[ax] = values[0], 'the first value of the axis'
+    base_key = tuple(base[ax] for ax in axes)
+    if base_key in points and points[base_key].summary.n == 0:
+        problems.append('the baseline point has no finished run: no Δ against it')
+    return base, source
+
+
+def _comparisons(axes: Sequence[str], points: Mapping[Tuple[str, ...], _Point], base: Mapping[str, str]) -> List[
+        Tuple[_Point, str, Optional[stats.Comparison], str]]:
+    """(point, `axis=baseline value`, test result, why there is none) along every axis on which a point differs from
+    the baseline, the other axes held at the point's own values; the baseline point itself once, as 'baseline'."""
+    out: List[Tuple[_Point, str, Optional[stats.Comparison], str]] = []
+    for point in points.values():
+        differing = [i for i, ax in enumerate(axes) if point.key[i] != base[ax]]
+        if not differing:
+            out.append((point, '', None, 'baseline'))
+        for i in differing:
+            ref = points.get(tuple(base[axes[i]] if j == i else v for j, v in enumerate(point.key)))
+            vs = f'{axes[i]}={base[axes[i]]}'
+            out.append((point, vs, None, 'no reference point: no test') if ref is None else
+                       (point, vs, stats.compare(point.runs, ref.runs), ''))
+    return out
+
+
 def ablation(name: str, spec: Mapping[str, Any], a: Analysis, m: Measurements) -> List[Table]:
     """One table per collected training grid (see the module docstring)."""
     grids = {c: f for c, f in m.grids.items() if is_training_grid(f)}
@@ -138,75 +221,14 @@ def _grid_table(name: str, spec: Mapping[str, Any], collection: str, frame: pd.D
     axes = [ax for ax in declared_axes if frame[ax].map(_text).nunique() > 1]
     constants = [f'{ax}={_text(frame[ax].iloc[0])}' for ax in declared_axes if ax not in axes and len(frame)]
     has_seed = 'seed' in frame.columns
-    if 'status' not in frame.columns:
-        frame = frame.assign(status='DONE')
-        problems.append('no `status` column: every row is taken as a finished run')
-    if not has_seed:
-        problems.append('no `seed` column: runs cannot be paired; every comparison uses Welch\'s test')
-    done = frame[frame['status'] == 'DONE']
-    if metric not in frame.columns:
-        problems.append(f'no `{metric}` column: nothing to compare')
-        frame = frame.assign(**{metric: math.nan})
-    elif len(missing := done[done[metric].isna()]):
-        problems.append(f'{len(missing)} DONE cell(s) without a `{metric}` value (NaN), left out: '
-                        f"{', '.join(str(c) for c in missing.get('cell', missing.index))}")
-    not_done = frame[frame['status'] != 'DONE']
-    if len(not_done):
-        problems.append(f'{len(not_done)} cell(s) not DONE, left out (the cells column says which state)')
-    if 'environment' in frame.columns:
-        # torch version, device, processes: the git SHA and the host may differ between runs of one environment
-        envs = sorted({str(e).split(', git ')[0].split(', host ')[0] for e in frame['environment'].dropna()})
-        if len(envs) > 1:
-            problems.append(f"cells ran in {len(envs)} environments ({'; '.join(envs)}): differences between points "
-                            'may be differences between environments')
+    frame = _checked(frame, metric, problems)
 
-    # points, in the order the grid lists them
-    keys = [tuple(_text(v) for v in values) for values in frame[axes].itertuples(index=False, name=None)] \
-        if axes else [()] * len(frame)
-    frame = frame.assign(_point=keys)
-    points: Dict[Tuple[str, ...], _Point] = {}
-    for key in dict.fromkeys(keys):
-        rows = frame[frame['_point'] == key]
-        where = ', '.join(f'{ax}={v}' for ax, v in zip(axes, key, strict=True)) or 'the grid'
-        ok = rows[(rows['status'] == 'DONE') & rows[metric].notna()]
-        point = _Point(key, rows, _runs(ok, metric, has_seed, problems, where))
-        point.summary = stats.describe(list(point.runs.values()))
-        points[key] = point
-    single = [p for p in points.values() if p.summary.n == 1]
-    if single:
-        problems.append(f'{len(single)} point(s) with one run: no interval and no test for them')
+    frame, points = _points(frame, axes, metric, has_seed, problems)
 
-    # the baseline: declared per grid, else per axis name, else the axis's first value
     declared = {**dict(spec.get('baseline') or {}), **dict(own.get('baseline') or {})}
-    base: Dict[str, str] = {}
-    base_source: Dict[str, str] = {}
-    for i, ax in enumerate(axes):
-        values = list(dict.fromkeys(k[i] for k in points))
-        if ax in declared:
-            base[ax], base_source[ax] = _text(declared[ax]), 'declared in analysis/tables.yaml'
-            if base[ax] not in values:
-                problems.append(f'the baseline {ax}={base[ax]} never ran (no cell of the grid has it): no Δ along '
-                                f'{ax}')
-        else:
-            base[ax], base_source[ax] = values[0], 'the first value of the axis'
-    base_key = tuple(base[ax] for ax in axes)
-    if base_key in points and points[base_key].summary.n == 0:
-        problems.append('the baseline point has no finished run: no Δ against it')
+    base, base_source = _baseline(axes, points, declared, problems)
 
-    # comparisons: along every axis on which a point differs from the baseline, the other axes at the point's values
-    comparisons: List[Tuple[_Point, str, Optional[stats.Comparison], str]] = []  # point, vs, result, reason
-    for point in points.values():
-        differing = [i for i, ax in enumerate(axes) if point.key[i] != base[ax]]
-        if not differing:
-            comparisons.append((point, '', None, 'baseline'))
-        for i in differing:
-            ref_key = tuple(base[axes[i]] if j == i else v for j, v in enumerate(point.key))
-            vs = f'{axes[i]}={base[axes[i]]}'
-            ref = points.get(ref_key)
-            if ref is None:
-                comparisons.append((point, vs, None, 'no reference point: no test'))
-            else:
-                comparisons.append((point, vs, stats.compare(point.runs, ref.runs), ''))
+    comparisons = _comparisons(axes, points, base)
     tested = [c for _, _, c, _ in comparisons if c is not None]
     k = sum(reason != 'baseline' for _, _, _, reason in comparisons)
     adjusted = iter(stats.holm([c.p for c in tested]))
@@ -230,6 +252,8 @@ def _grid_table(name: str, spec: Mapping[str, Any], collection: str, frame: pd.D
             elif has_seed:
                 commands.append(f"{what}: {needed} seeds: `fat sweep launch {grid_file} "
                                 f"seeds=[{','.join(str(x) for x in _seed_list(seeds, needed))}]`.")
+            else:
+                commands.append(f'{what}: {needed} runs per point (no seed column: no command to add them).')
         first = point.rows.iloc[0]
         params = first.get('params')
         macs = {cv: first.get(f'macs_{cv}') for cv in ('paper', 'fvcore')}
