@@ -301,9 +301,10 @@ def _grid_table(name: str, spec: Mapping[str, Any], collection: str, frame: pd.D
     ]
     if commands:
         notes.append(f'Seeds for 80 % power: seeds per point at which the observed Δ, at the observed spread, would '
-                     f'be resolved with 80 % power at α = 0.05/{max(k, 1)} (Holm\'s strictest step); an estimate '
-                     'from few runs, not a promise. To add them (only the new cells run, the finished ones are '
-                     f'reused), then `fat sweep collect {grid_file} seeds=[...]` with the same seeds and `fat report`:')
+                     f"be resolved with 80 % power at α = 0.05/{max(k, 1)} (Holm's strictest step); an estimate "
+                     'from few runs, not a promise. Per unresolved comparison, the seeds and the command that adds '
+                     'them (only the new cells run, the finished ones are reused; then '
+                     f'`fat sweep collect {grid_file} seeds=[...]` with the same list, and `fat report`):')
         notes += commands
     if constants:
         notes.append(f"Axes with a single value (the same in every row): {', '.join(constants)}.")
