@@ -26,7 +26,7 @@ data: $(FASHION_MNIST)
 $(FASHION_MNIST):
 	$(SUDO) apt-get install -y -o DPkg::Lock::Timeout=600 dataset-fashion-mnist || { $(SUDO) apt-get update -o DPkg::Lock::Timeout=600 && $(SUDO) apt-get install -y -o DPkg::Lock::Timeout=600 dataset-fashion-mnist; }
 
-# the main job: the 7 FASA presets x 2 seeds on the CPU proxy through the sweep launcher (Slurm where it is
+# the main job: 4 FASA presets x 5 seeds on the CPU proxy through the sweep launcher (Slurm where it is
 # installed, else local processes), then collect and report; results land in results/
 DEMO_GRID := ablations/demo.yaml
 demo: setup data

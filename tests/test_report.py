@@ -31,17 +31,6 @@ def _tables(results: Path) -> Dict[str, Table]:
     return {t.name: t for t in build_tables(a, load_measurements(results, PINS))}
 
 
-def _grid(path: Path, rows: List[tuple]) -> None:
-    """A collected grid as `fat sweep collect` writes it: (fasa, seed, status, top1) per cell."""
-    frame = pd.DataFrame(rows, columns=['fasa', 'seed', 'status', 'top1'])
-    frame.insert(0, 'cell', [f'c{i}' for i in range(len(frame))])
-    frame.insert(0, 'grid', path.stem)
-    frame['params'], frame['macs_paper'], frame['macs_fvcore'] = 435946, 3758864, 3911984
-    frame['environment'] = 'torch 2.14.1, cpu (test)'
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(path, index=False)
-
-
 def _bench(path: Path, rows: List[dict]) -> None:
     """A results file of `fat bench` (fat/bench.py FIELDS, the columns the report reads)."""
     base = dict(mode='infer', step_time_ms=100., step_time_iqr_ms=1., batch_size=16, img_size=224,
@@ -76,7 +65,7 @@ def test_not_found_is_never_a_number(tmp_path: Path):
     speed = tables['speed'].display.set_index('Model')
     assert (speed.loc[list(SPEC_IMAGENET), ['P1 img/s', 'P2 img/s']] == DASH).all().all()
     assert any('Not found' in n and 'throughput' in n for n in tables['imagenet'].notes)
-    assert any('Not found' in n and 'ablation' in n for n in tables['fasa_ablation'].notes)
+    assert any('Not found' in n and 'ablation' in n for n in tables['ablation'].notes)
 
 
 def test_peers_are_imagenet_1k_only_and_cite_timm():
@@ -90,32 +79,6 @@ def test_peers_are_imagenet_1k_only_and_cite_timm():
         assert 'pytorch-image-models/blob/aa4b5850c154/results/' in a.sources[key]['url']
     for model in a.tables['imagenet']['peers']:  # each peer has its top-1 at its own evaluation resolution
         assert a.claimed(model, 'imagenet-1k', 'top1', a.models[model]['img_size']) is not None
-
-
-def test_ablation_statistics(tmp_path: Path):
-    _grid(tmp_path / 'toy.csv', [
-        ('fasa', 0, 'DONE', 70.0), ('fasa', 1, 'DONE', 71.0),
-        ('global_only', 0, 'DONE', 60.0), ('global_only', 1, 'DONE', 61.0),
-        ('no_interaction', 0, 'DONE', 70.0), ('no_interaction', 1, 'DONE', 71.5),
-        ('local_only', 0, 'DONE', 65.0), ('local_only', 1, 'FAILED', None),
-        ('static_conv', 0, 'FAILED', None), ('static_conv', 1, 'RUNNING', None)])
-    table = _tables(tmp_path)['fasa_ablation-toy']
-    data = table.data.set_index('preset')
-    # rows in the definition's preset order
-    assert list(data.index) == ['fasa', 'no_interaction', 'static_conv', 'global_only', 'local_only']
-    assert data.loc['fasa', 'top1_mean'] == 70.5 and data.loc['fasa', 'exceeds'] == 'baseline'
-    # global_only: Δ -10, SE = sqrt(0.5/2 + 0.5/2) = 0.7071 -> noise 1.4142
-    assert data.loc['global_only', 'delta'] == -10.0 and data.loc['global_only', 'noise'] == pytest.approx(1.4142)
-    assert data.loc['global_only', 'exceeds'] == 'yes'
-    # no_interaction: Δ +0.25, SE = sqrt(1.125/2 + 0.5/2) = 0.9014 -> noise 1.8028
-    assert data.loc['no_interaction', 'noise'] == pytest.approx(1.8028)
-    assert data.loc['no_interaction', 'exceeds'] == 'no'
-    assert data.loc['local_only', 'n'] == 1 and data.loc['local_only', 'exceeds'] == 'n/a (n < 2)'
-    assert data.loc['local_only', 'cells'] == '1 DONE, 1 FAILED'
-    assert data.loc['static_conv', 'n'] == 0 and data.loc['static_conv', 'cells'] == '1 FAILED, 1 RUNNING'
-    display = table.display.set_index('n', drop=False)
-    assert list(table.display['Top-1 (%) mean ± std'])[:2] == ['70.50 ± 0.71', '70.75 ± 1.06']
-    assert list(display.loc['0', ['Top-1 (%) mean ± std', 'Δ vs fasa']]) == [DASH, DASH]
 
 
 def test_bench_files_fill_throughput_with_their_environment(tmp_path: Path):
@@ -146,7 +109,7 @@ def test_collected_bench_and_flops_grids_are_not_ablations(tmp_path: Path):
     tables = _tables(tmp_path)
     speed = tables['speed'].display.set_index('Model')
     assert (speed.loc['FAT-B1', 'M1 img/s'], speed.loc['FAT-B2', 'M1 img/s']) == ('20.0', DASH)
-    assert 'fasa_ablation' in tables and not any(name.startswith('fasa_ablation-') for name in tables)
+    assert 'ablation' in tables and not any(name.startswith('ablation-') for name in tables)
 
 
 def test_missing_and_corrupt_inputs_leave_notes_not_crashes(tmp_path: Path):
@@ -155,15 +118,15 @@ def test_missing_and_corrupt_inputs_leave_notes_not_crashes(tmp_path: Path):
     (results / 'broken.csv').write_text('a,b\n1,2,3,4\n"unterminated\n')
     (results / 'other.csv').write_text('x,y\n1,2\n')
     (results / 'tables').mkdir()
-    (results / 'tables' / 'fasa_ablation-gone.md').write_text('a grid that is no longer collected')
-    written, stale = build_report(results, ANALYSIS, tmp_path / 'no-pins.json')
-    assert stale == [results / 'tables' / 'fasa_ablation-gone.md'] and not stale[0].exists()
+    (results / 'tables' / 'ablation-gone.md').write_text('a grid that is no longer collected')
+    written, stale, problems = build_report(results, ANALYSIS, tmp_path / 'no-pins.json')
+    assert stale == [results / 'tables' / 'ablation-gone.md'] and not stale[0].exists() and problems == {}
     names = {p.relative_to(results).as_posix() for p in written}
-    assert {'tables/imagenet.md', 'tables/fasa_ablation.md', 'tables/speed.csv', 'report.md',
+    assert {'tables/imagenet.md', 'tables/ablation.md', 'tables/speed.csv', 'report.md',
             'figures/accuracy_vs_macs.png', 'figures/throughput_vs_accuracy.pdf'} <= names
     imagenet = (results / 'tables' / 'imagenet.md').read_text()
     assert 'no collected runs' in imagenet and 'no complexity records found' in imagenet
-    assert 'No collected ablation grid' in (results / 'tables' / 'fasa_ablation.md').read_text()
+    assert 'No collected training grid' in (results / 'tables' / 'ablation.md').read_text()
     index = (results / 'report.md').read_text()
     assert 'broken.csv: unreadable' in index
     assert 'other.csv: neither a collected grid' in index

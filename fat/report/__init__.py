@@ -9,7 +9,7 @@ saying what is missing, never a crash.
 """
 import argparse
 from pathlib import Path
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from fat.io import write_text_atomic
 
@@ -30,7 +30,10 @@ def _index(tables: List[Any], figures: List[Any], a: Analysis, m: Measurements) 
     for table in tables:
         lines += [to_markdown(table, a).replace('## ', '### ', 1).rstrip(), '', f'Files: `tables/{table.name}.md`, '
                   f'`.tex`, `.csv`.', '']
-    lines += ['## Figures', '']
+    lines += ['## Summary', '']
+    lines += [f"- `{t.name}`: {t.meta['problems']} data problem(s)" + (' (see its notes)' if t.meta['problems'] else '')
+              for t in tables if 'problems' in t.meta] or ['- no collected grid']
+    lines += ['', '## Figures', '']
     for stem, _, notes in figures:
         lines += [f'![{stem}](figures/{stem}.png)', '']
         lines += [f'- {n}' for n in notes] + ([''] if notes else [])
@@ -45,8 +48,9 @@ def build_report(
         results: Path,
         analysis: Path = Path('analysis'),
         pins: Optional[Path] = DEFAULT_PINS,
-) -> Tuple[List[Path], List[Path]]:
-    """Regenerate every table and figure under `results`; returns (files written, stale files removed).
+) -> Tuple[List[Path], List[Path], Dict[str, int]]:
+    """Regenerate every table and figure under `results`; returns (files written, stale files removed, data
+    problems per grid table).
 
     `tables/` and `figures/` belong to the report: a file there that this run did not write (the table of a grid
     that is gone, the placeholder of one that now exists) is removed, so the directory always shows one state.
@@ -66,15 +70,18 @@ def build_report(
                    if p.suffix in _OUTPUTS and p not in written)
     for path in stale:
         path.unlink()
-    return [*written, index], stale
+    return [*written, index], stale, {t.name: t.meta['problems'] for t in tables if 'problems' in t.meta}
 
 
 def _report(args: argparse.Namespace) -> int:
-    written, stale = build_report(args.results, args.analysis, args.pins)
+    written, stale, problems = build_report(args.results, args.analysis, args.pins)
     for path in written:
         print(f'wrote {path}')
     for path in stale:
         print(f'removed {path} (stale: not produced from the current inputs)')
+    for name, count in problems.items():
+        print(f"{name}: {count} data problem{'s' if count != 1 else ''}" + (' (notes under the table)' if count
+                                                                          else ''))
     return 0
 
 

@@ -175,10 +175,12 @@ def _ablation_zoom(ax: Axes, main: Axes, conv: str, points: pd.DataFrame, data: 
     region."""
     xs = _dodge(ax, [float(v) / 1e9 for v in points[f'macs_{conv}']], _DODGE)
     for x, (_, r) in zip(xs, points.iterrows(), strict=True):
-        look = a.presets.get(r['preset'], {'marker': 'o', 'label': r['preset']})
-        ax.errorbar([x], [r['top1_mean']], yerr=[_num(r['top1_std']) or 0], fmt='none', ecolor='0.3',
-                    elinewidth=1, capsize=2, zorder=2)
-        _marker(ax, x, r['top1_mean'], '0.25', look['marker'], filled=True)
+        preset = str(r.get('fasa', ''))
+        look = a.presets.get(preset, {'marker': 'o', 'label': preset})
+        low, high = _num(r['ci_low']), _num(r['ci_high'])
+        yerr = [[r['mean'] - low], [high - r['mean']]] if low is not None and high is not None else [[0], [0]]
+        ax.errorbar([x], [r['mean']], yerr=yerr, fmt='none', ecolor='0.3', elinewidth=1, capsize=2, zorder=2)
+        _marker(ax, x, r['mean'], '0.25', look['marker'], filled=True)
         label = f"ablation: {look['label']} (trained here)"
         handles[label] = _handle(label, '0.25', look['marker'], True)
     lo, hi = min(xs) / 1.02, max(xs) * 1.02
@@ -190,7 +192,7 @@ def _ablation_zoom(ax: Axes, main: Axes, conv: str, points: pd.DataFrame, data: 
     ax.margins(x=0.15, y=0.2)
     ax.xaxis.set_major_locator(MaxNLocator(nbins=4))
     ax.set_xlabel(f'GMACs per image, {conv} convention')
-    ax.set_ylabel('top-1 (%), mean ± std')
+    ax.set_ylabel('top-1 (%), mean, 95 % CI')
     ax.set_title(f'ablation cells, zoomed ({conv})', fontsize='medium')
     (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
     main.indicate_inset((x0, y0, x1 - x0, y1 - y0), edgecolor='0.4')
@@ -201,10 +203,12 @@ def accuracy_vs_macs(name: str, spec: Mapping[str, Any], a: Analysis, tables: Se
     """FAT as lines (claimed dashed/hollow, trained here solid/filled), peers as hollow points, one panel per MAC
     convention; ablation cells of the ImageNet grids as filled points in a zoomed panel under each."""
     data = _tables(tables, spec['table'])[0].data.set_index('model')
-    ablations = [t.data for t in _tables(tables, spec.get('ablation_table', '')) if
-                 not t.data.empty and t.data['grid'].iloc[0] in (spec.get('ablation_grids') or [])]
+    ablations = [t.data for t in _tables(tables, spec.get('ablation_table', '')) if not t.data.empty
+                 and 'fasa' in t.data and t.data['grid'].iloc[0] in (spec.get('ablation_grids') or [])]
     conventions = list(spec['conventions'])
-    points = pd.concat(ablations)[lambda f: f['top1_mean'].notna()] if ablations else pd.DataFrame()
+    # one row per point (a point compared along several axes has several rows), FASA presets only
+    points = (pd.concat(ablations)[lambda f: f['mean'].notna()].drop_duplicates(['grid', 'fasa'])
+              if ablations else pd.DataFrame())
     rows = 1 if points.empty else 2
     notes: List[str] = []
     handles: Dict[str, Line2D] = {}
@@ -265,96 +269,20 @@ def throughput_vs_accuracy(name: str, spec: Mapping[str, Any], a: Analysis, tabl
                          'filled where measured here, hollow where published.'])]
 
 
-# -- FASA ablation: Δ chart and accuracy vs MACs, one figure per collected grid
-
-def _per_grid(name: str, spec: Mapping[str, Any], tables: Sequence[Table],
-              draw: Callable[[Table], Tuple[str, Figure, List[str]]]) -> List[Tuple[str, Figure, List[str]]]:
-    """draw(table) for the table of each collected grid, or one placeholder figure where none is collected."""
-    out = []
-    for table in _tables(tables, spec['table']):
-        if table.data.empty:
-            out.append((name, _empty(spec['title'], 'No collected ablation grid: nothing to plot.'), []))
-        else:
-            out.append(draw(table))
-    return out
-
-
-def ablation_delta(name: str, spec: Mapping[str, Any], a: Analysis, tables: Sequence[Table]) -> List[
-        Tuple[str, Figure, List[str]]]:
-    def draw(table: Table) -> Tuple[str, Figure, List[str]]:
-        data = table.data
-        stem = f"{name}-{data['collection'].iloc[0]}"
-        rows = data[data['exceeds'] != 'baseline'].iloc[::-1]  # top to bottom in table order
-        base = data[data['exceeds'] == 'baseline']
-        with matplotlib.rc_context(_style()):
-            fig = Figure(figsize=(7.6, 1.2 + 0.5 * max(len(rows), 1)), layout='constrained')
-            ax = fig.subplots()
-            for i, (_, r) in enumerate(rows.iterrows()):
-                look = a.presets.get(r['preset'], {'marker': 'o', 'colour': 'k'})
-                if _num(r['delta']) is None:
-                    continue
-                if _num(r['noise']) is not None:
-                    ax.errorbar([r['delta']], [i], xerr=[r['noise']], fmt='none', ecolor=look['colour'],
-                                elinewidth=2, capsize=4, zorder=2)
-                _marker(ax, r['delta'], i, look['colour'], look['marker'], filled=True, size=9)
-            ax.axvline(0, color='0.2', linewidth=1, zorder=1)
-            ax.set_yticks(range(len(rows)))
-            ax.set_yticklabels([f"{a.presets.get(p, {}).get('label', p)} (n={n})"
-                                for p, n in zip(rows['preset'], rows['n'], strict=True)])
-            ax.set_ylim(-0.6, len(rows) - 0.4)
-            n_base = int(base['n'].iloc[0]) if not base.empty else 0
-            ax.set_xlabel(f'Δ top-1 vs fasa (percentage points); fasa: n={n_base}; bars: ± noise (2·SE)')
-            ax.grid(axis='y', visible=False)
-            fig.suptitle(textwrap.fill(f"{spec['title']} — {_plain(table.subtitle)}", 80), fontsize='medium')
-        return stem, fig, ['Error bars: the noise column of the table (2·SE of the difference); '
-                           'a bar that does not cross 0 is a Δ that exceeds the seed noise.']
-    return _per_grid(name, spec, tables, draw)
-
-
-def ablation_scatter(name: str, spec: Mapping[str, Any], a: Analysis, tables: Sequence[Table]) -> List[
-        Tuple[str, Figure, List[str]]]:
-    conv = spec['convention']
-
-    def draw(table: Table) -> Tuple[str, Figure, List[str]]:
-        data = table.data
-        grid, stem = data['grid'].iloc[0], f"{name}-{data['collection'].iloc[0]}"
-        with matplotlib.rc_context(_style()):
-            fig = Figure(figsize=(8.2, 4.6), layout='constrained')
-            ax = fig.subplots()
-            handles = []
-            rows = data[data[f'macs_{conv}'].notna() & data['top1_mean'].notna()]
-            xs = _dodge(ax, [float(v) / 1e6 for v in rows[f'macs_{conv}']], _DODGE)
-            for x, (_, r) in zip(xs, rows.iterrows(), strict=True):
-                look = a.presets.get(r['preset'], {'marker': 'o', 'colour': 'k', 'label': r['preset']})
-                ax.errorbar([x], [r['top1_mean']], yerr=[_num(r['top1_std']) or 0], fmt='none', ecolor=look['colour'],
-                            elinewidth=1.5, capsize=3, zorder=2)
-                _marker(ax, x, r['top1_mean'], look['colour'], look['marker'], filled=True, size=9)
-                handles.append(_handle(f"{look['label']} (n={r['n']})", look['colour'], look['marker'], True))
-            ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
-            ax.set_xlabel(f"MMACs per image, {a.conventions[conv]['label']}")
-            ax.set_ylabel('top-1 (%), mean ± std over seeds')
-            ax.margins(x=0.15, y=0.15)
-            if handles:
-                _legend(fig, handles, f'grid {grid}, all measured here')
-            fig.suptitle(textwrap.fill(f"{spec['title']} — {_plain(table.subtitle)}", 80), fontsize='medium')
-        return stem, fig, ['Presets with equal MACs are spread apart horizontally (a fraction of a '
-                           'percent) so that none hides another; a dotted line marks their MACs.']
-    return _per_grid(name, spec, tables, draw)
-
-
 BUILDERS: Dict[str, Callable[..., List[Tuple[str, Figure, List[str]]]]] = {
-    'accuracy_vs_macs': accuracy_vs_macs, 'throughput_vs_accuracy': throughput_vs_accuracy,
-    'ablation_delta': ablation_delta, 'ablation_scatter': ablation_scatter}
+    'accuracy_vs_macs': accuracy_vs_macs, 'throughput_vs_accuracy': throughput_vs_accuracy}
 
 
 def build_figures(a: Analysis, tables: Sequence[Table]) -> List[Tuple[str, Figure, List[str]]]:
     """(file stem, figure, notes) for every definition of `analysis/figures.yaml`."""
+    from .grid_figures import GRID_BUILDERS  # the per-grid figures build on this module's helpers
+    builders = {**BUILDERS, **GRID_BUILDERS}
     out = []
     for name, spec in a.figures.items():
         kind = spec.get('kind')
-        if kind not in BUILDERS:
-            raise ValueError(f"figures.yaml: {name}.kind: {kind!r} is not one of {', '.join(BUILDERS)}")
-        out += BUILDERS[kind](name, spec, a, tables)
+        if kind not in builders:
+            raise ValueError(f"figures.yaml: {name}.kind: {kind!r} is not one of {', '.join(builders)}")
+        out += builders[kind](name, spec, a, tables)
     return out
 
 

@@ -6,11 +6,11 @@ files and columns (the tables say what is absent); unreadable files are listed i
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import pandas as pd
 
-__all__ = ['Measurements', 'load_measurements', 'seed_stats', 'BENCH_KEYS']
+__all__ = ['Measurements', 'load_measurements', 'seed_stats', 'read_curves', 'BENCH_KEYS']
 
 # a benchmark environment: the rows of one file that share these make one column of the speed table
 BENCH_KEYS = ('mode', 'device_type', 'device', 'precision', 'layout', 'compiled', 'reparam', 'native_kernels',
@@ -169,3 +169,39 @@ def seed_stats(frame: pd.DataFrame, by: Sequence[str], metric: str) -> pd.DataFr
         return pd.DataFrame(columns=['mean', 'std', 'n'])
     done = frame[(frame['status'] == 'DONE') & frame[metric].notna()]
     return done.groupby(list(by), sort=False)[metric].agg(['mean', 'std', 'count']).rename(columns={'count': 'n'})
+
+
+CURVE_KEYS = ('val_top1', 'train_loss')  # fat.train's per-epoch log keys that the learning curves plot
+
+
+def read_curves(cells: pd.DataFrame) -> Tuple[pd.DataFrame, List[str]]:
+    """Per-epoch `val_top1` and `train_loss` of each cell from `<dir>/log.jsonl` (one JSON line per epoch; after a
+    resume the last line of an epoch wins), with the cell's point (`_point`) and seed; and notes on what was missing.
+    """
+    columns = ['_point', 'seed', 'epoch', *CURVE_KEYS]
+    if 'dir' not in cells.columns:
+        return pd.DataFrame(columns=columns), ['Learning curves: no `dir` column in the collected CSV.']
+    records, missing = [], []
+    for _, cell in cells.iterrows():
+        path = Path(str(cell['dir'])) / 'log.jsonl'
+        try:
+            lines = path.read_text().splitlines()
+        except OSError:
+            missing.append(str(cell.get('cell', path.parent.name)))
+            continue
+        epochs: Dict[int, Dict[str, Any]] = {}
+        for line in lines:
+            try:
+                record = json.loads(line)
+                epochs[int(record['epoch'])] = record
+            except (ValueError, KeyError, TypeError):
+                continue  # a torn last line of a killed run
+        for epoch, record in sorted(epochs.items()):
+            records.append({'_point': cell['_point'], 'seed': cell.get('seed'), 'epoch': epoch,
+                            **{k: record.get(k) for k in CURVE_KEYS}})
+    notes = []
+    if missing:
+        listed = ', '.join(missing[:5]) + (' ...' if len(missing) > 5 else '')
+        notes.append(f'Learning curves: no log.jsonl for {len(missing)} of {len(cells)} DONE cell(s) (their '
+                     f'directories are not on this machine: {listed}).')
+    return pd.DataFrame(records, columns=columns), notes

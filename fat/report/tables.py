@@ -264,96 +264,6 @@ def speed(name: str, spec: Mapping[str, Any], a: Analysis, m: Measurements) -> L
     return [Table(name, spec['title'], data, display, notes, cite.keys, meta={'envs': envs})]
 
 
-def _cells_text(group: pd.DataFrame) -> str:
-    counts = group['status'].value_counts()
-    return ', '.join(f'{n} {s}' for s, n in sorted(counts.items(), key=lambda kv: (kv[0] != 'DONE', kv[0])))
-
-
-def _ablation_grids(m: Measurements, metric: str) -> Dict[str, pd.DataFrame]:
-    """Collected training grids (with `metric`) whose `fasa` column holds more than one preset; `model` filled in
-    where it is not an axis."""
-    grids = {}
-    for grid, frame in m.grids.items():
-        if metric in frame.columns and 'fasa' in frame.columns and frame['fasa'].nunique() > 1:
-            grids[grid] = frame if 'model' in frame.columns else frame.assign(model='')
-    return grids
-
-
-def _noise(s: Optional[pd.Series], b: Optional[pd.Series], k: float) -> Tuple[Optional[float], Optional[float], str]:
-    """(Δ, k·SE, verdict) of a preset's seed statistics `s` against the baseline's `b`."""
-    if s is None or b is None:
-        return None, None, 'n/a'
-    delta = s['mean'] - b['mean']
-    if s['n'] < 2 or b['n'] < 2:
-        return delta, None, 'n/a (n < 2)'
-    noise = k * math.sqrt(s['std'] ** 2 / s['n'] + b['std'] ** 2 / b['n'])
-    return delta, noise, 'yes' if abs(delta) > noise else 'no'
-
-
-def ablation(name: str, spec: Mapping[str, Any], a: Analysis, m: Measurements) -> List[Table]:
-    """One table per collected grid with a `fasa` axis: each preset's top-1 over seeds, Δ vs the baseline and
-    whether Δ exceeds the seed noise (|Δ| > k·SE of the difference of the two means)."""
-    metric, baseline, k = spec.get('metric', 'top1'), spec.get('baseline', 'fasa'), float(spec.get('noise_k', 2))
-    grids = _ablation_grids(m, metric)
-    if not grids:
-        data, display = _frames(spec, [], [])
-        note = ('No collected ablation grid in results/ (a `fat sweep collect` CSV whose `fasa` column holds more '
-                'than one preset); run the grid, then `fat sweep collect ablations/GRID.yaml`.')
-        return [Table(name, spec['title'], data, display, [note, *_not_found(spec, a)])]
-    order = list(spec.get('presets') or [])
-
-    def rank(key: Tuple[str, str]) -> Tuple[str, int, str]:
-        return key[0], order.index(key[1]) if key[1] in order else len(order), key[1]
-
-    tables = []
-    for collection, frame in sorted(grids.items()):
-        grid = str(frame['grid'].iloc[0]) if 'grid' in frame.columns else collection
-        stats = seed_stats(frame, ['model', 'fasa'], metric)
-        several = frame['model'].nunique() > 1
-        rows, cells = [], []
-        for model, preset in sorted(frame.groupby(['model', 'fasa'], sort=False).groups, key=rank):
-            group = frame[(frame['model'] == model) & (frame['fasa'] == preset)]
-            s = stats.loc[(model, preset)] if (model, preset) in stats.index else None
-            b = stats.loc[(model, baseline)] if (model, baseline) in stats.index else None
-            delta, noise, verdict = _noise(s, b, k) if preset != baseline else (None, None, 'baseline')
-            first = group.iloc[0]
-            params = first.get('params')
-            macs = {c: first.get(f'macs_{c}') for c in ('paper', 'fvcore')}
-            n = 0 if s is None else int(s['n'])
-            rows.append(dict(
-                grid=grid, collection=collection, model=model or None, preset=preset, params=params,
-                macs_paper=macs['paper'], macs_fvcore=macs['fvcore'],
-                top1_mean=None if s is None else round(s['mean'], 4),
-                top1_std=None if s is None or s['std'] != s['std'] else round(s['std'], 4), n=n,
-                delta=None if delta is None else round(delta, 4), noise=None if noise is None else round(noise, 4),
-                exceeds=verdict, cells=_cells_text(group)))
-            label = a.presets.get(preset, {}).get('label', preset)
-            cells.append(dict(
-                preset=f'{label} (`{preset}`)' + (f', {a.label(model)}' if several else ''),
-                params=_num(params and params / 1e6, '.3f'),
-                macs_paper=_num(macs['paper'] and macs['paper'] / 1e6, '.1f'),
-                macs_fvcore=_num(macs['fvcore'] and macs['fvcore'] / 1e6, '.1f'),
-                top1=DASH if s is None else _mean_std(s['mean'], s['std']), n=str(n), delta=_num(delta, '+.2f'),
-                noise=_num(noise, '.2f'), exceeds=verdict, cells=_cells_text(group)))
-        data, display = _frames(spec, rows, cells)
-        described = (spec.get('describe') or {}).get(grid)
-        notes = [
-            f'Top-1: final `{metric}` of each DONE cell of results/{collection}.csv, mean ± sample std over seeds '
-            '(n runs); cells in any other state are left out and counted in the last column.',
-            f'Δ = mean(preset) − mean({baseline}); noise = {k:g}·SE, SE = sqrt(s²/n + s²_{baseline}/n_{baseline}); '
-            f'Δ exceeds it: |Δ| > {k:g}·SE. With few seeds the std is itself uncertain: a screening signal, not a '
-            'significance test.',
-            "MMACs: M multiply-adds per image at the grid's input size (`paper` and `fvcore` conventions).",
-        ]
-        notes += [f'Run environment: {e}.' for e in sorted(frame['environment'].dropna().unique())
-                  ] if 'environment' in frame else []
-        notes += _not_found(spec, a)
-        env = collection[len(grid) + 1:] if collection.startswith(f'{grid}-') else ''
-        subtitle = f'Grid `{grid}`' + (f' in `{env}`' if env else '') + (f': {described}' if described else '') + '.'
-        tables.append(Table(f'{name}-{collection}', spec['title'], data, display, notes, subtitle=subtitle))
-    return tables
-
-
 def claims_table(name: str, spec: Mapping[str, Any], a: Analysis, m: Measurements) -> List[Table]:
     """Claimed rows only (e.g. ADE20K, which this harness does not run), one per claim of the listed tasks."""
     tasks: Dict[str, str] = dict(spec['tasks'])
@@ -375,8 +285,14 @@ def claims_table(name: str, spec: Mapping[str, Any], a: Analysis, m: Measurement
     return [Table(name, spec['title'], data, display, notes, cite.keys)]
 
 
+def grid_ablation(name: str, spec: Mapping[str, Any], a: Analysis, m: Measurements) -> List[Table]:
+    """One table per collected training grid: `fat.report.grids` (which builds on this module's `Table`)."""
+    from .grids import ablation
+    return ablation(name, spec, a, m)
+
+
 BUILDERS: Dict[str, Callable[[str, Mapping[str, Any], Analysis, Measurements], List[Table]]] = {
-    'classification': classification, 'speed': speed, 'ablation': ablation, 'claims': claims_table}
+    'classification': classification, 'speed': speed, 'ablation': grid_ablation, 'claims': claims_table}
 
 
 def build_tables(a: Analysis, m: Measurements) -> List[Table]:
@@ -426,7 +342,8 @@ def to_markdown(table: Table, a: Analysis) -> str:
 
 _LATEX = {'\\': r'\textbackslash{}', '&': r'\&', '%': r'\%', '$': r'\$', '#': r'\#', '_': r'\_', '{': r'\{',
           '}': r'\}', '~': r'\textasciitilde{}', '^': r'\textasciicircum{}', '—': '---', '−': '$-$', '±': r'$\pm$',
-          'Δ': r'$\Delta$', '×': r'$\times$', '·': r'$\cdot$', '²': r'$^2$', '<': '$<$', '>': '$>$', '`': ''}
+          'Δ': r'$\Delta$', 'α': r'$\alpha$', '–': '--', '×': r'$\times$', '·': r'$\cdot$', '²': r'$^2$', '<': '$<$',
+          '>': '$>$', '`': ''}
 
 
 def _tex(text: Any) -> str:
