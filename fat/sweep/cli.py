@@ -36,7 +36,8 @@ def _print_states(states: List[CellState], as_json: bool, source: str, plan: boo
         action = ('submit ' if st.state in SUBMIT_STATES else 'skip   ') if plan else ''
         extra = st.detail + (f' (log: {st.log})' if st.state == 'FAILED' and st.log else '')
         lines.append(f'{st.cell.id}  {st.state:<12} {action}{describe(st.cell.axes)}'
-                     + (f'  [{st.job_id}]' if st.job_id else '') + (f'  {extra}' if extra else ''))
+                     + (f'  [{st.job_id}]' if st.job_id else '') + (f'  on {st.placement}' if st.hosts else '')
+                     + (f'  {extra}' if extra else ''))
     print('\n'.join(lines))
     print(f'{summary(states)} (state source: {source})')
 
