@@ -171,10 +171,10 @@ def _cell_state(cell: Cell, sched: Scheduler) -> CellState:
     state = _job_state(last, started, sched)
     log = str(_log_path(last))
     # a failed result newer than the job's last record belongs to that job: its cell is over, even where the job
-    # itself lives on (a `local` job runs several cells), unless Slurm requeued the job (a node failed) to run again
+    # itself lives on (a `local` job runs several cells). A Slurm job holds one cell: while it is in the queue (still
+    # ending, or requeued after a node failure to run again), relaunching the cell would run it twice
     result_is_current = result is not None and (cell.dir / 'result.json').stat().st_mtime >= records[-1]['time']
-    requeued = last['cluster'] == 'slurm' and state in ('PENDING', 'REQUEUED')
-    if state and (not result_is_current or requeued):
+    if state and (not result_is_current or last['cluster'] == 'slurm'):
         entry = sched.queue.get(job_id) if last['cluster'] == 'slurm' and sched.queue else None
         reason = entry.reason if entry and state in ('PENDING', 'REQUEUED') and entry.reason != 'None' else ''
         return CellState(cell, state, job_id, detail=reason, log=log)

@@ -12,9 +12,17 @@ from typing import Any, Callable, Dict, Iterator, Optional, Sequence
 import pytest
 import torch
 import yaml
-from sweep_helpers import CLUSTER_SCRIPT, LOCAL_PROFILE, OUR_CONFIG_MARKS, TWO_NODES_CONF, TWO_NODES_SCRIPT, metrics
+from sweep_helpers import (
+    CLUSTER_SCRIPT,
+    LOCAL_PROFILE,
+    OUR_CONFIG_MARKS,
+    TWO_NODES_CONF,
+    TWO_NODES_SCRIPT,
+    cancel_unfinished,
+    metrics,
+)
 
-from fat.sweep.cells import Cell, read_records
+from fat.sweep.cells import Cell
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -91,14 +99,11 @@ def slurm_two_nodes() -> Path:
 @pytest.fixture
 def two_nodes(slurm_two_nodes: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Any], None]]:
     """Slurm's commands (ours and submitit's) talk to the two-node cluster for this test; sweeps registered through
-    the returned function have their jobs cancelled when the test ends, passed or not."""
+    the returned function have the jobs of their unfinished cells cancelled when the test ends."""
     monkeypatch.setenv('SLURM_CONF', str(slurm_two_nodes))
     sweeps: list = []
     yield sweeps.append
-    ids = sorted({r['job_id'] for sw in sweeps for c in sw.cells for r in read_records(c.dir)
-                  if r.get('event') == 'submitted'})
-    if ids:
-        subprocess.run(['scancel', *ids], capture_output=True)
+    cancel_unfinished(sweeps)
 
 
 @pytest.fixture(autouse=True)

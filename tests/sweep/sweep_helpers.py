@@ -2,6 +2,7 @@
 import json
 import os
 import shutil
+import subprocess
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List
@@ -104,3 +105,12 @@ def checkpoint_step(cell_dir: Path) -> int:
     """The global step of the cell's newest checkpoint."""
     import torch
     return torch.load(cell_dir / 'checkpoint-last.pt', map_location='cpu', weights_only=False)['global_step']
+
+
+def cancel_unfinished(sweeps: List[Sweep]) -> None:
+    """scancel the jobs of cells that are not DONE (a failed test's); DONE cells' jobs may still be ending: leave
+    them to end by themselves."""
+    unfinished = [c for sweep in sweeps for c in sweep.cells if (read_result(c.dir)[0] or {}).get('status') != 'done']
+    ids = sorted({r['job_id'] for c in unfinished for r in submissions(c.dir) if r['cluster'] == 'slurm'})
+    if ids:
+        subprocess.run(['scancel', *ids], capture_output=True)

@@ -16,7 +16,7 @@ import yaml
 from submitit.core.utils import JobPaths
 
 from fat.cli import main as fat_main
-from fat.sweep.cells import Cell, read_records
+from fat.sweep.cells import Cell
 from fat.sweep.launch import Sweep, launch, prepare
 
 pytestmark = [pytest.mark.slurm, pytest.mark.two_nodes]
@@ -37,12 +37,6 @@ def _same_weights(a: Cell, b: Cell) -> bool:
     return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def _cancel(sweep: Sweep) -> None:
-    ids = sorted({r['job_id'] for c in sweep.cells for r in read_records(c.dir) if r.get('event') == 'submitted'})
-    if ids:
-        subprocess.run(['scancel', *ids], capture_output=True)
-
-
 @pytest.fixture(scope='module')
 def straight(slurm_two_nodes: Path, tmp_path_factory: pytest.TempPathFactory) -> Tuple[Path, Sweep, Sweep]:
     """The grid file and the cell run uninterrupted, as 2 nodes x 1 task and as 1 node x 2 tasks (both at once)."""
@@ -58,8 +52,7 @@ def straight(slurm_two_nodes: Path, tmp_path_factory: pytest.TempPathFactory) ->
             for sweep in sweeps:
                 h.wait_states(sweep, ['DONE', 'FAILED', 'DIVERGED'], timeout=300)
         finally:
-            for sweep in sweeps:
-                _cancel(sweep)
+            h.cancel_unfinished(list(sweeps))
     return path, *sweeps
 
 
