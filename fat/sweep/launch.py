@@ -228,9 +228,7 @@ def cluster_refusals(sweep: Sweep) -> List[str]:
     limits = ClusterLimits.query()
     if limits is None:
         return []
-    source = f'{sweep.grid.path}: slurm'
-    return [f'{source}.{line}' + ('' if ': the job' in line else ': the cluster would refuse it')
-            for line in check_resources(sweep.resources, limits)]
+    return [f'{sweep.grid.path}: slurm.{line}' for line in check_resources(sweep.resources, limits)]
 
 
 def _submit(executor: Any, cluster: str, sweep: Sweep, group: List[Cell]) -> Dict[str, Any]:

@@ -3,8 +3,8 @@
 `scontrol show partition -o` and `scontrol show node -o` (one line per partition or node) give MaxTime, MaxNodes,
 MinNodes, MaxMemPerNode, MaxCPUsPerNode and each node's CPUs, cores, memory, GRES and features. A job asking more
 than they allow is refused by sbatch (`Requested node configuration is not available`, `Node count specification
-invalid`) or, past MaxTime, pends forever (`PartitionTimeLimit`): `fat sweep plan` lists each such problem on one
-line, and `fat sweep launch` submits nothing. Torch-free: login nodes run it.
+invalid`) or takes it and leaves it pending forever (`PartitionTimeLimit`, `PartitionConfig`): `fat sweep plan`
+lists each such problem on one line, and `fat sweep launch` submits nothing. Torch-free: login nodes run it.
 """
 import re
 from dataclasses import dataclass, field
@@ -146,27 +146,35 @@ def _wanted_gres(res: Resources) -> Dict[str, int]:
     return wanted
 
 
+# Slurm 22.05 with EnforcePartLimits=NO (its default): sbatch takes a job past a partition limit, or asking more
+# nodes or CPUs than the partition has, and leaves it pending forever (PartitionTimeLimit, PartitionNodeLimit,
+# PartitionConfig); it refuses memory, GRES or features no node has at once
+_NEVER = ': the job would never start'
+_REFUSED = ': sbatch would refuse it'
+
+
 def check_resources(res: Resources, limits: ClusterLimits) -> List[str]:
-    """One line per thing the cluster would refuse about these resources (`key: why`); [] when they fit."""
+    """One line per thing the cluster would refuse about these resources (`resource: why: consequence`); [] when
+    they fit."""
     v = res.values
     name = v.get('partition') or limits.default_partition()
     part = limits.partitions.get(name) if name else None
     if part is None:
         known = ', '.join(limits.partitions) or 'none'
-        return [f"partition: {name!r} is not a partition of this cluster (partitions: {known})" if name else
-                f'partition: none given and the cluster has no default partition (partitions: {known})']
+        return [(f"partition: {name!r} is not a partition of this cluster (partitions: {known})" if name else
+                 f'partition: none given and the cluster has no default partition (partitions: {known})') + _REFUSED]
     where = f'partition {part.name}'
     lines = []
     if part.max_time_min is not None and v['timeout_min'] > part.max_time_min:
         lines.append(f"timeout_min: {v['timeout_min']} ({format_minutes(v['timeout_min'])}) exceeds {where}'s "
-                     f'MaxTime {format_minutes(part.max_time_min)}: the job would never start')
+                     f'MaxTime {format_minutes(part.max_time_min)}{_NEVER}')
     nodes = v['nodes']
     if part.max_nodes is not None and nodes > part.max_nodes:
-        lines.append(f"nodes: {nodes} exceeds {where}'s MaxNodes {part.max_nodes}")
+        lines.append(f"nodes: {nodes} exceeds {where}'s MaxNodes {part.max_nodes}{_NEVER}")
     elif nodes > len(part.nodes):
-        lines.append(f'nodes: {nodes}, but {where} has {len(part.nodes)} node{"s" * (len(part.nodes) != 1)}')
+        lines.append(f'nodes: {nodes}, but {where} has {len(part.nodes)} node{"s" * (len(part.nodes) != 1)}{_NEVER}')
     if nodes < part.min_nodes:
-        lines.append(f"nodes: {nodes} is below {where}'s MinNodes {part.min_nodes}")
+        lines.append(f"nodes: {nodes} is below {where}'s MinNodes {part.min_nodes}{_NEVER}")
 
     # what each node must hold; the nodes that hold it all must be enough
     no_smt = str(res.additional_parameters.get('hint', '')) == 'nomultithread'
@@ -183,32 +191,33 @@ def check_resources(res: Resources, limits: ClusterLimits) -> List[str]:
     }
     if part.max_cpus_per_node is not None and cpus > part.max_cpus_per_node:
         lines.append(f"cpus_per_task: {v['cpus_per_task']} x {res.tasks_per_node} tasks = {cpus} CPUs a node "
-                     f"exceeds {where}'s MaxCPUsPerNode {part.max_cpus_per_node}")
+                     f"exceeds {where}'s MaxCPUsPerNode {part.max_cpus_per_node}{_NEVER}")
     if part.max_mem_per_node_mb is not None and mem_mb > part.max_mem_per_node_mb:
         lines.append(f"mem_gb: {v['mem_gb']} ({mem_mb} MB) exceeds {where}'s MaxMemPerNode "
-                     f'{part.max_mem_per_node_mb} MB')
+                     f'{part.max_mem_per_node_mb} MB{_NEVER}')
     most = max(part.nodes, key=lambda n: (n.cores if no_smt else n.cpus), default=None)
     if most is not None and not per_node['cpus_per_task'](most):
         unit = 'physical cores (hint: nomultithread)' if no_smt else 'CPUs'
         have = most.cores if no_smt else most.cpus
         lines.append(f"cpus_per_task: {v['cpus_per_task']} x {res.tasks_per_node} tasks = {cpus} {unit} a node, "
-                     f'but the nodes of {where} have at most {have}')
+                     f'but the nodes of {where} have at most {have}{_NEVER}')
     if mem_mb and not any(per_node['mem_gb'](n) for n in part.nodes):
         lines.append(f"mem_gb: {v['mem_gb']} ({mem_mb} MB) a node, but the nodes of {where} have at most "
-                     f"{max((n.memory_mb for n in part.nodes), default=0)} MB (RealMemory)")
+                     f"{max((n.memory_mb for n in part.nodes), default=0)} MB (RealMemory){_REFUSED}")
     if gres and not any(per_node['gres'](n) for n in part.nodes):
         asked = ','.join(f'{k}:{c}' for k, c in gres.items())
         have = sorted({f'{k}:{c}' for n in part.nodes for k, c in n.gres.items()}) or ['none']
         lines.append(f"{'gres' if 'gres' in v else 'gpus_per_node'}: {asked} a node, but no node of {where} has "
-                     f"that (its GRES: {', '.join(have)})")
+                     f"that (its GRES: {', '.join(have)}){_REFUSED}")
     if feature and not any(per_node['constraint'](n) for n in part.nodes):
         have = sorted({f for n in part.nodes for f in n.features}) or ['none']
-        lines.append(f"constraint: no node of {where} has feature {feature!r} (features: {', '.join(have)})")
+        lines.append(f"constraint: no node of {where} has feature {feature!r} (features: {', '.join(have)})"
+                     + _REFUSED)
     if not lines:
         fit = [n for n in part.nodes if all(ok(n) for ok in per_node.values())]
         if len(fit) < nodes:
             lines.append(f'nodes: {nodes} needed with {cpus} CPUs' + (f', {mem_mb} MB' if mem_mb else '')
                          + (f", {','.join(f'{k}:{c}' for k, c in gres.items())}" if gres else '')
                          + (f', feature {feature}' if feature else '')
-                         + f', but only {len(fit)} node{"s" * (len(fit) != 1)} of {where} have all of it')
+                         + f', but only {len(fit)} node{"s" * (len(fit) != 1)} of {where} have all of it{_NEVER}')
     return lines

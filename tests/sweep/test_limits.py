@@ -85,7 +85,8 @@ def test_check_resources_one_line_per_refusal(tmp_path):
     cpu = check_resources(_resources(tmp_path, partition='cpu', timeout_min=721, mem_gb=200), site)
     assert len(cpu) == 2 and 'MaxTime 12:00:00' in cpu[0] and 'MaxMemPerNode 200000 MB' in cpu[1]
     assert check_resources(_resources(tmp_path, partition='gpus'), site) == [
-        "partition: 'gpus' is not a partition of this cluster (partitions: gpu, cpu)"]
+        "partition: 'gpus' is not a partition of this cluster (partitions: gpu, cpu): sbatch would refuse it"]
+    assert lines[0].endswith(': the job would never start') and lines[3].endswith(': sbatch would refuse it')
 
 
 def test_example_site_profile_validates_fits_a_64_core_8_gpu_node_and_renders_requeue(tmp_path):
@@ -120,11 +121,10 @@ def test_plan_flags_and_launch_refuses_an_over_limit_grid_on_the_test_cluster(sl
     assert all(line.startswith(f'{path}: ') for line in lines)
     assert fat_main(['sweep', 'plan', str(path), '--workdir', str(work), '--cluster', 'slurm', '--json']) == 1
     assert json.loads(capsys.readouterr().out)['refused'] == lines
-    queued = subprocess.run(['squeue', '-h'], capture_output=True, text=True, check=True).stdout
     assert fat_main(['sweep', 'launch', str(path), '--workdir', str(work), '--cluster', 'slurm']) == 2
     assert capsys.readouterr().err.splitlines() == lines
-    assert not work.exists()  # nothing written, nothing submitted
-    assert subprocess.run(['squeue', '-h'], capture_output=True, text=True, check=True).stdout == queued
+    assert not work.exists()  # nothing written, nothing submitted (such a job would pend forever: still listed)
+    assert subprocess.run(['squeue', '-h', '--name=fat-over'], capture_output=True, text=True, check=True).stdout == ''
     # within the limits: nothing to say
     ok = _over_limits(write_grid, nodes=1, cpus_per_task=2)
     assert fat_main(['sweep', 'plan', str(ok), '--workdir', str(work), '--cluster', 'slurm']) == 0
