@@ -67,7 +67,9 @@ def test_fat_help_sweep_verbs_and_the_sweep_job_import_no_torch(tmp_path):
         'preset': 'smoke', 'axes': {'fasa': ['fasa', 'global_only', {'local': 'static', 'interaction': 'none'}]},
         'seeds': [0, 1], 'slurm': {'profile': str(REPO / 'slurm' / 'local.yaml')}}))
     work = tmp_path / 'runs'
+    # plan on Slurm also reads the partition's limits (fat.sweep.limits): still no torch
     verbs = [['sweep', 'plan', str(grid), '--workdir', str(work)],
+             ['sweep', 'plan', str(grid), '--workdir', str(work), '--cluster', 'slurm'],
              ['sweep', 'status', str(grid), '--workdir', str(work)],
              ['sweep', 'launch', str(grid), '--workdir', str(work), '--dry-run', '--cluster', 'local']]
     out, = _run_all([f"""
@@ -84,6 +86,7 @@ def test_fat_help_sweep_verbs_and_the_sweep_job_import_no_torch(tmp_path):
         import pickle
         from fat.sweep.job import CellJob
         pickle.loads(pickle.dumps(CellJob(['cell'])))
+        import fat.sweep.limits
         heavy = [m for m in {HEAVY!r} if m in sys.modules]
         assert not heavy, f'imported {{heavy}}'
         """])

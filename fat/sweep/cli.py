@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from .cells import describe
 from .cluster import CLUSTERS, default_cluster
-from .launch import SUBMIT_STATES, Sweep, launch, prepare
+from .launch import SUBMIT_STATES, LaunchReport, Sweep, launch, prepare
 from .spec import GridError
 from .state import CellState, Scheduler, cell_states, summary
 
@@ -25,18 +25,21 @@ _MAX_LISTED = 20  # incomplete cells listed by collect before "... and N more"
 _ACTIVE = ('RUNNING', 'REQUEUED', 'PENDING')
 
 
-def _print_states(states: List[CellState], as_json: bool, source: str, plan: bool = False) -> None:
+def _print_states(states: List[CellState], as_json: bool, source: str, plan: bool = False,
+                  refused: Sequence[str] = ()) -> None:
     if as_json:
         cells = [dict(st.as_dict(), action='submit' if st.state in SUBMIT_STATES else 'skip') if plan
                  else st.as_dict() for st in states]
-        print(json.dumps({'cells': cells, 'summary': summary(states), 'source': source}, indent=1))
+        doc = {'cells': cells, 'summary': summary(states), 'source': source}
+        print(json.dumps(dict(doc, refused=list(refused)) if plan else doc, indent=1))
         return
     lines = []
     for st in states:
         action = ('submit ' if st.state in SUBMIT_STATES else 'skip   ') if plan else ''
         extra = st.detail + (f' (log: {st.log})' if st.state == 'FAILED' and st.log else '')
         lines.append(f'{st.cell.id}  {st.state:<12} {action}{describe(st.cell.axes)}'
-                     + (f'  [{st.job_id}]' if st.job_id else '') + (f'  {extra}' if extra else ''))
+                     + (f'  [{st.job_id}]' if st.job_id else '') + (f'  on {st.placement}' if st.hosts else '')
+                     + (f'  {extra}' if extra else ''))
     print('\n'.join(lines))
     print(f'{summary(states)} (state source: {source})')
 
@@ -45,12 +48,19 @@ def _sweep(args: argparse.Namespace) -> Sweep:
     return prepare(args.grid, args.overrides, args.workdir)
 
 
+def _refused(report: LaunchReport) -> int:
+    """What the cluster would refuse (a dry run): one line each on stderr, exit status 1."""
+    for line in report.refused:
+        print(line, file=sys.stderr)
+    return 1 if report.refused else 0
+
+
 def _plan(args: argparse.Namespace) -> int:
     report = launch(_sweep(args), args.cluster, dry_run=True, array_size_limit=args.max_array_size)
-    _print_states(report.states, args.json, report.source, plan=True)
+    _print_states(report.states, args.json, report.source, plan=True, refused=report.refused)
     if not args.json:
         print(report.text())
-    return 0
+    return _refused(report)
 
 
 def _launch(args: argparse.Namespace) -> int:
@@ -67,7 +77,7 @@ def _launch(args: argparse.Namespace) -> int:
             if entry['sbatch']:
                 print(f'# --- array {i}: {entry["size"]} cells\n{entry["sbatch"]}')
     print(report.text())
-    return 0
+    return _refused(report)
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -162,7 +172,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         v.set_defaults(func=_guarded(fn))
         return v
 
-    v = add('plan', _plan, 'list the cells, their states and what `launch` would do')
+    v = add('plan', _plan, 'list the cells, their states and what `launch` would do; on Slurm, also what the '
+                           'cluster would refuse (the partition\'s limits and nodes; exit status 1)')
     v.add_argument('--cluster', choices=CLUSTERS, help='default: slurm when Slurm is installed, else local')
     v.add_argument('--max-array-size', type=_positive, help="cap arrays below the cluster's MaxArraySize")
     v.add_argument('--json', action='store_true', help='one JSON document')

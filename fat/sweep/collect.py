@@ -2,10 +2,10 @@
 
 Every cell gets a row: its axes and seed, its state (`status`: DONE, DIVERGED, FAILED, CORRUPT, RUNNING, ...),
 parameters and MACs (convention `paper`: convolutions and linear layers, as the FAT paper counts; `fvcore`:
-fvcore's count with attention matmuls), final and best top-1/top-5, epochs, training time and throughput, and
-the environment the run (last) started in. Cells without a usable result keep their row, with `error` saying
-why; a corrupt file never stops the collection. Params and MACs are measured once per distinct model and
-cached in `<workdir>/.complexity-cache.json`.
+fvcore's count with attention matmuls), final and best top-1/top-5, epochs, training time and throughput, the
+job's world size and hosts (`node1,node2` for a two-node cell), and the environment the run (last) started in.
+Cells without a usable result keep their row, with `error` saying why; a corrupt file never stops the collection.
+Params and MACs are measured once per distinct model and cached in `<workdir>/.complexity-cache.json`.
 """
 import json
 from pathlib import Path
@@ -24,7 +24,8 @@ from .tasks import model_kwargs
 __all__ = ['collect', 'Collection', 'COLUMNS', 'ComplexityCache']
 
 COLUMNS = ('status', 'params', 'macs_paper', 'macs_fvcore', 'top1', 'top5', 'best_top1', 'best_top5', 'epochs',
-           'train_time_s', 'train_images_per_s', 'eval_images_per_s', 'environment', 'error', 'dir')
+           'train_time_s', 'train_images_per_s', 'eval_images_per_s', 'world_size', 'hosts', 'environment', 'error',
+           'dir')
 _RESULT_COLUMNS = {'top1': 'final_top1', 'top5': 'final_top5', 'best_top1': 'best_top1', 'best_top5': 'best_top5',
                    'epochs': 'epochs', 'train_time_s': 'train_time_s', 'train_images_per_s': 'train_images_per_s',
                    'eval_images_per_s': 'eval_images_per_s'}
@@ -117,6 +118,7 @@ def _row(sweep: Sweep, st: CellState, cache: ComplexityCache) -> Tuple[Dict[str,
                 row[key] = _value(value)
         if result.get('params') is not None:
             row['params'] = result['params']
+    row['world_size'], row['hosts'] = st.world_size, ','.join(st.hosts) or None  # where it (last) ran
     row['environment'], row['env_name'] = _environment(cell.dir, result)
     row['error'] = error
     row['dir'] = str(cell.dir)
@@ -161,7 +163,7 @@ def collect(sweep: Sweep, states: Sequence[CellState], out: Path) -> Collection:
     incomplete += cache.errors.values()
     frame = pd.DataFrame(rows)
     axes = [k for k in dict.fromkeys([*sweep.grid.varied_keys, 'seed']) if k in frame.columns]
-    tail = ['environment', 'error', 'dir']
+    tail = ['world_size', 'hosts', 'environment', 'error', 'dir']
     known = ['grid', 'cell', *axes, *COLUMNS]
     extra = [c for c in frame.columns if c not in known]  # flops/bench measurements
     frame = frame.reindex(columns=['grid', 'cell', *axes, *[c for c in COLUMNS if c not in tail], *extra, *tail])

@@ -47,9 +47,12 @@ class CellJob(submitit.helpers.Checkpointable):
             return result
         cell = json.loads((cell_dir / 'cell.json').read_text())
         if rank == 0:
-            # `code`: where `fat` was imported from (a launch with --snapshot runs a copy)
+            # `code`: where `fat` was imported from (a launch with --snapshot runs a copy); `hosts`, `world_size`:
+            # the job's nodes and tasks (`fat sweep status` and collect show them)
+            env = submitit.JobEnvironment()
             append_record(cell_dir, {'event': 'started', 'job_id': _job_id(), 'host': hostname(),
                                      'pid': os.getpid(), 'code': str(Path(fat.__file__).resolve().parents[1]),
+                                     'hosts': list(env.hostnames), 'world_size': env.num_tasks,
                                      'gpus': os.environ.get('CUDA_VISIBLE_DEVICES')})
         elif cell['task'] != 'train':  # counting and benchmarking are single-process
             return {}

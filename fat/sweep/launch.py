@@ -1,5 +1,7 @@
 """prepare (validate and expand a grid) and launch (submit what is left; dry, what `fat sweep plan` shows).
 
+On Slurm, the grid's resources are first checked against the partition's limits and nodes (`fat.sweep.limits`):
+what the cluster would refuse is reported (dry) or raised (GridError), before anything is written or submitted.
 Launch submits only cells that are NOT_LAUNCHED or FAILED, under a lock per grid (a second launch waits,
 then finds the first one's jobs and submits nothing), as job arrays of at most the cluster's MaxArraySize,
 records each job id in its cell's `jobs.jsonl` as soon as its array is submitted, and returns.
@@ -30,11 +32,12 @@ from .cluster import (
     resolve_resources,
 )
 from .job import CellJob
-from .spec import Grid, Problems, load_grid, parse_overrides
+from .limits import ClusterLimits, check_resources
+from .spec import Grid, GridError, Problems, load_grid, parse_overrides
 from .state import CellState, Scheduler, cell_states
 from .tasks import TASKS, Task
 
-__all__ = ['Sweep', 'prepare', 'launch', 'launch_lock', 'LaunchReport', 'SUBMIT_STATES']
+__all__ = ['Sweep', 'prepare', 'launch', 'launch_lock', 'LaunchReport', 'SUBMIT_STATES', 'cluster_refusals']
 
 SUBMIT_STATES = ('NOT_LAUNCHED', 'FAILED')
 LOCK_TIMEOUT_S = 600.
@@ -97,6 +100,7 @@ class LaunchReport:
     dry_run: bool = False
     states: List[CellState] = field(default_factory=list)  # every cell's state before the launch
     source: str = ''  # where the states came from
+    refused: List[str] = field(default_factory=list)  # what the cluster would refuse, one line each (dry run)
 
     def text(self) -> str:
         verb = 'would submit' if self.dry_run else 'submitted'
@@ -177,6 +181,10 @@ def launch(sweep: Sweep, cluster: Optional[str] = None, dry_run: bool = False, s
     if cluster == 'slurm' and default_cluster() != 'slurm' and not dry_run:
         raise ValueError("--cluster slurm: Slurm's commands (srun, sbatch) are not on PATH here")
     report = LaunchReport(cluster, dry_run=dry_run)
+    if cluster == 'slurm':
+        report.refused = cluster_refusals(sweep)
+        if report.refused and not dry_run:
+            raise GridError(report.refused)
     lock = contextlib.nullcontext() if dry_run else launch_lock(sweep.root)
     with lock:
         sched = Scheduler.snapshot(use_slurm=cluster == 'slurm' or default_cluster() == 'slurm')
@@ -220,6 +228,14 @@ def launch(sweep: Sweep, cluster: Optional[str] = None, dry_run: bool = False, s
             for entry in report.arrays:
                 entry['job'].results()
     return report
+
+
+def cluster_refusals(sweep: Sweep) -> List[str]:
+    """What the reachable Slurm cluster would refuse about the grid's resources, one line each (none without one)."""
+    limits = ClusterLimits.query()
+    if limits is None:
+        return []
+    return [f'{sweep.grid.path}: slurm.{line}' for line in check_resources(sweep.resources, limits)]
 
 
 def _submit(executor: Any, cluster: str, sweep: Sweep, group: List[Cell]) -> Dict[str, Any]:

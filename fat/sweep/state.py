@@ -8,7 +8,7 @@ live from ended, and `sacct`, where it works, only adds the final state to the e
 """
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -42,10 +42,21 @@ class CellState:
     log: Optional[str] = None
     result: Optional[Dict[str, Any]] = None
     cluster: Optional[str] = None
+    hosts: List[str] = field(default_factory=list)  # the nodes of the job that last started the cell
+    world_size: Optional[int] = None  # its processes (ranks)
 
     def as_dict(self) -> Dict[str, Any]:
         return {'id': self.cell.id, 'state': self.state, 'axes': self.cell.axes, 'job_id': self.job_id,
-                'detail': self.detail, 'log': self.log, 'dir': str(self.cell.dir)}
+                'detail': self.detail, 'log': self.log, 'dir': str(self.cell.dir), 'hosts': self.hosts,
+                'world_size': self.world_size}
+
+    @property
+    def placement(self) -> str:
+        """`node1,node2 (2 ranks)`, or '' before the cell started."""
+        if not self.hosts:
+            return ''
+        n = self.world_size or 1
+        return f"{','.join(self.hosts)} ({n} rank{'' if n == 1 else 's'})"
 
 
 class Scheduler:
@@ -124,8 +135,24 @@ def _job_state(record: Dict[str, Any], started: bool, sched: Scheduler) -> Optio
     return state
 
 
+def _placement(st: CellState, records: Sequence[Dict[str, Any]]) -> CellState:
+    """Where the cell last started: the job's hosts and world size (its `started` record; result.json's world size
+    when there is one, as the trainer saw it)."""
+    started = [r for r in records if r.get('event') == 'started']
+    if started:
+        st.hosts = list(started[-1].get('hosts') or [started[-1].get('host')])
+        st.world_size = started[-1].get('world_size')
+    if st.result and isinstance(st.result.get('world_size'), int):
+        st.world_size = st.result['world_size']
+    return st
+
+
 def cell_state(cell: Cell, sched: Scheduler) -> CellState:
     """The state of one cell (see the module docstring)."""
+    return _placement(_cell_state(cell, sched), read_records(cell.dir))
+
+
+def _cell_state(cell: Cell, sched: Scheduler) -> CellState:
     result, corrupt = read_result(cell.dir)
     if result is not None and result['status'] in ('done', 'diverged'):
         state = 'DONE' if result['status'] == 'done' else 'DIVERGED'
@@ -144,9 +171,10 @@ def cell_state(cell: Cell, sched: Scheduler) -> CellState:
     state = _job_state(last, started, sched)
     log = str(_log_path(last))
     # a failed result newer than the job's last record belongs to that job: its cell is over, even where the job
-    # itself lives on (a `local` job runs several cells)
+    # itself lives on (a `local` job runs several cells). A Slurm job holds one cell: while it is in the queue (still
+    # ending, or requeued after a node failure to run again), relaunching the cell would run it twice
     result_is_current = result is not None and (cell.dir / 'result.json').stat().st_mtime >= records[-1]['time']
-    if state and not result_is_current:
+    if state and (not result_is_current or last['cluster'] == 'slurm'):
         entry = sched.queue.get(job_id) if last['cluster'] == 'slurm' and sched.queue else None
         reason = entry.reason if entry and state in ('PENDING', 'REQUEUED') and entry.reason != 'None' else ''
         return CellState(cell, state, job_id, detail=reason, log=log)

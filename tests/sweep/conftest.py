@@ -12,13 +12,28 @@ from typing import Any, Callable, Dict, Iterator, Optional, Sequence
 import pytest
 import torch
 import yaml
-from sweep_helpers import CLUSTER_SCRIPT, LOCAL_PROFILE, OUR_CONFIG_MARKS, metrics
+from sweep_helpers import (
+    CLUSTER_SCRIPT,
+    LOCAL_PROFILE,
+    OUR_CONFIG_MARKS,
+    TWO_NODES_CONF,
+    TWO_NODES_SCRIPT,
+    cancel_unfinished,
+    metrics,
+)
 
 from fat.sweep.cells import Cell
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line('markers', 'slurm: needs the real single-node Slurm cluster (slurm/cluster.sh)')
+    config.addinivalue_line('markers', 'slurm: needs a real Slurm cluster (slurm/cluster.sh, slurm/two_nodes.sh)')
+    config.addinivalue_line('markers', 'two_nodes: needs the two-node Slurm cluster (slurm/two_nodes.sh)')
+
+
+def _skip_or_fail(problem: str) -> None:
+    if os.environ.get('CI', '').lower() == 'true':
+        pytest.fail(f'Slurm tests must run under CI=true: {problem}')
+    pytest.skip(problem)
 
 
 def _cluster_problem() -> Optional[str]:
@@ -47,9 +62,48 @@ def slurm_cluster() -> None:
     """The single-node Slurm cluster of slurm/cluster.sh, up (idempotent: ~1 s when it already is)."""
     problem = _cluster_problem()
     if problem:
-        if os.environ.get('CI', '').lower() == 'true':
-            pytest.fail(f'Slurm tests must run under CI=true: {problem}')
-        pytest.skip(problem)
+        _skip_or_fail(problem)
+
+
+def _two_nodes_problem() -> Optional[str]:
+    """Bring the two-node cluster up; the reason it cannot be, or None."""
+    if os.geteuid() != 0:
+        return 'the two-node Slurm cluster needs root (network namespaces, a bridge, bind mounts)'
+    if shutil.which('unshare') is None or shutil.which('nsenter') is None or shutil.which('ip') is None:
+        return 'the two-node Slurm cluster needs unshare, nsenter (util-linux) and ip (iproute2)'
+    probe = subprocess.run(['unshare', '--net', '--uts', '--mount', 'true'], capture_output=True, text=True)
+    if probe.returncode != 0:
+        return f'network/UTS/mount namespaces cannot be made here: {probe.stderr.strip()}'
+    if shutil.which('apt-get') is None and shutil.which('slurmctld') is None:
+        return 'the two-node Slurm cluster needs Slurm, or apt (Debian/Ubuntu) to install it'
+    try:
+        out = subprocess.run(['bash', str(TWO_NODES_SCRIPT), 'up'], capture_output=True, text=True, timeout=900)
+    except subprocess.TimeoutExpired:
+        return 'slurm/two_nodes.sh up took over 15 minutes'
+    if out.returncode != 0:
+        tail = (out.stdout + out.stderr).strip().splitlines()[-3:]
+        return f"slurm/two_nodes.sh up failed: {' | '.join(tail)}"
+    return None
+
+
+@pytest.fixture(scope='session')
+def slurm_two_nodes() -> Path:
+    """The two-node cluster of slurm/two_nodes.sh, up (its config: the path returned). Left up, like the single-node
+    one (`bash slurm/two_nodes.sh down` removes it)."""
+    problem = _two_nodes_problem()
+    if problem:
+        _skip_or_fail(problem)
+    return TWO_NODES_CONF
+
+
+@pytest.fixture
+def two_nodes(slurm_two_nodes: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Any], None]]:
+    """Slurm's commands (ours and submitit's) talk to the two-node cluster for this test; sweeps registered through
+    the returned function have the jobs of their unfinished cells cancelled when the test ends."""
+    monkeypatch.setenv('SLURM_CONF', str(slurm_two_nodes))
+    sweeps: list = []
+    yield sweeps.append
+    cancel_unfinished(sweeps)
 
 
 @pytest.fixture(autouse=True)
