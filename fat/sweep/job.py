@@ -48,7 +48,7 @@ class CellJob(submitit.helpers.Checkpointable):
         cell = json.loads((cell_dir / 'cell.json').read_text())
         if rank == 0:
             # `code`: where `fat` was imported from (a launch with --snapshot runs a copy); `hosts`, `world_size`:
-            # the job's nodes and tasks (`fat sweep status` and collect show them)
+            # the job's nodes and tasks (`fat sweep status` and collect show them); `gpus`: the GPUs it was given
             env = submitit.JobEnvironment()
             append_record(cell_dir, {'event': 'started', 'job_id': _job_id(), 'host': hostname(),
                                      'pid': os.getpid(), 'code': str(Path(fat.__file__).resolve().parents[1]),
@@ -56,8 +56,8 @@ class CellJob(submitit.helpers.Checkpointable):
                                      'gpus': os.environ.get('CUDA_VISIBLE_DEVICES')})
         elif cell['task'] != 'train':  # counting and benchmarking are single-process
             return {}
-        # a multi-task (one task per GPU) train cell: fat.train sets up DDP from submitit's
-        # TorchDistributedEnvironment; every rank runs it, rank 0 writes the files
+        # a multi-task (one task per GPU) train cell: fat.distributed sets up DDP from the task's Slurm variables;
+        # every rank runs it, rank 0 writes the files
         return TASKS[cell['task']].run(cell['config'])
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
