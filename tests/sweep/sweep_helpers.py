@@ -28,10 +28,10 @@ RESULT_KEYS = ('status', 'epochs', 'steps', 'final_top1', 'final_top5', 'best_to
                'params')
 
 
-def train_grid(write_grid: Callable[..., Path], name: str, cells: int = 2) -> Path:
+def train_grid(write_grid: Callable[..., Path], name: str, cells: int = 2, epochs: int = TRAIN_EPOCHS) -> Path:
     """`cells` interruptible train cells (FASA, global-only, local-only) on the smoke preset."""
     fasa = ['fasa', 'global_only', 'local_only'][:cells]
-    return write_grid(name, preset='smoke', base=TRAIN_BASE, axes={'fasa': fasa},
+    return write_grid(name, preset='smoke', base=dict(TRAIN_BASE, epochs=epochs), axes={'fasa': fasa},
                       slurm={'profile': LOCAL_PROFILE, 'timeout_min': 10})
 
 

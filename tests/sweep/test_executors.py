@@ -37,10 +37,10 @@ def slurm_sweeps(slurm_cluster):
         _cancel_at_exit(sweep)
 
 
-def _interrupt_mid_training(cells: List[Cell]) -> None:
+def _interrupt_mid_training(cells: List[Cell], epochs: int = h.TRAIN_EPOCHS) -> None:
     """Wait until every cell has finished its first epoch and none has finished."""
     h.wait_until(lambda: all(h.epochs_logged(c.dir) >= 1 for c in cells), 180, 'the first epoch of every cell')
-    assert all(h.epochs_logged(c.dir) < h.TRAIN_EPOCHS for c in cells), 'a cell finished before its interruption'
+    assert all(h.epochs_logged(c.dir) < epochs for c in cells), 'a cell finished before its interruption'
 
 
 def _assert_resumed_identically(cells: List[Cell], reference) -> None:
@@ -84,13 +84,16 @@ def test_slurm_grid_completes_through_arrays_and_relaunch_submits_nothing(write_
 @pytest.mark.slurm
 def test_slurm_preempted_and_requeued_cells_resume_identically_cancelled_cell_resubmitted_alone(
         write_grid, tmp_path, slurm_sweeps, reference):
-    sweep = prepare(h.train_grid(write_grid, 'interrupt', cells=3), [], tmp_path / 'runs')
+    # twice the epochs: on a quiet machine a 5-epoch cell could end before Slurm preempts it (~4 s after the
+    # preempting job is submitted, seen here), and the test would see no preemption at all
+    sweep = prepare(h.train_grid(write_grid, 'interrupt', cells=3, epochs=2 * h.TRAIN_EPOCHS), [],
+                    tmp_path / 'runs')
     slurm_sweeps(sweep)
     launch(sweep, 'slurm')
     requeued, preempted, cancelled = sweep.cells  # array_parallelism 2: the third waits
     ids = h.job_ids(sweep)
     subprocess.run(['scancel', ids[cancelled.id]], check=True)
-    _interrupt_mid_training([requeued, preempted])
+    _interrupt_mid_training([requeued, preempted], epochs=2 * h.TRAIN_EPOCHS)
     # a plain requeue: no checkpoint() call; the job starts again from scratch and resumes from the cell directory
     subprocess.run(['scontrol', 'requeue', ids[requeued.id]], check=True)
     # a job in `high` that needs both cores: Slurm preempts (REQUEUE) the running cell, which gets USR2 at once,
