@@ -213,6 +213,66 @@ def test_fat_report_on_a_user_grid_writes_its_table_and_three_figures(tmp_path: 
     assert 'no log.jsonl for 9 of 9 DONE cell(s)' in (results / 'report.md').read_text()
 
 
+def _collect_grid(tmp_path: Path, name: str, grid: str, top1: Dict[tuple, Sequence[float]]) -> Path:
+    """`fat sweep collect` of a grid whose cells finished with the given top-1 per (fasa, lr) point; then the cell
+    directories are removed, as in a fresh clone that has only results/."""
+    from fat.io import write_json_atomic
+    from fat.sweep.collect import collect
+    from fat.sweep.launch import prepare
+    from fat.sweep.state import Scheduler, cell_states
+    path = tmp_path / f'{name}.yaml'
+    path.write_text(f"{grid}\nslurm: {{profile: {REPO / 'slurm' / 'local.yaml'}}}\n")
+    sweep = prepare(path, [], tmp_path / 'runs')
+    for cell in sweep.cells:
+        cell.write(sweep.grid)
+        value = top1[(cell.axes['fasa'], cell.axes['lr'])][cell.axes['seed']]
+        write_json_atomic(cell.dir / 'result.json', {'status': 'done', 'final_top1': value, 'epochs': 1})
+    out = collect(sweep, cell_states(sweep.cells, Scheduler(None, slurm=False)), tmp_path / 'results' / f'{name}.csv')
+    shutil.rmtree(tmp_path / 'runs')
+    return out.path
+
+
+def test_a_baseline_declared_in_the_grid_file_and_its_precedence(tmp_path: Path, grid_analysis: Path):
+    top1 = {('fasa', 0.008): [70, 72, 71], ('fasa', 0.004): [66, 69, 67], ('global_only', 0.008): [71, 74, 72],
+            ('global_only', 0.004): [60, 62, 61]}
+    # neither value is its axis's first; `fasa: fasa` in analysis/tables.yaml (per axis) is overridden by the file
+    csv = _collect_grid(tmp_path, 'based', 'preset: smoke\naxes: {fasa: [fasa, global_only], lr: [8.0e-3, 4.0e-3]}\n'
+                        'seeds: [0, 1, 2]\nbaseline: {fasa: global_only, lr: 4.0e-3}', top1)
+    assert set(pd.read_csv(csv)['baseline']) == {'{"fasa": "global_only", "lr": 0.004}'}
+
+    def rows(analysis: Path) -> tuple:
+        table = {t.name: t for t in build_tables(load_analysis(analysis), load_measurements(csv.parent, PINS))}[
+            'ablation-based']
+        got = [(r.fasa, r.lr, r.vs if isinstance(r.vs, str) else None, round(r.delta, 4) if r.delta == r.delta
+                else None) for r in table.data.itertuples()]
+        return got, next(n for n in table.notes if n.startswith('Baseline: '))
+
+    got, note = rows(grid_analysis)  # per-seed differences 1, 2, 1 and the like: exact means
+    assert got == [('fasa', '0.008', 'fasa=global_only', -1.3333), ('fasa', '0.008', 'lr=0.004', 3.6667),
+                   ('fasa', '0.004', 'fasa=global_only', 6.3333), ('global_only', '0.008', 'lr=0.004', 11.3333),
+                   ('global_only', '0.004', None, None)]
+    assert note.startswith('Baseline: `fasa=global_only` (declared in the grid file), `lr=0.004` (declared in the grid '
+                           'file).')
+    # a per-grid declaration in analysis/ wins over the grid file, axis by axis
+    analysis = tmp_path / 'analysis'
+    shutil.copytree(grid_analysis, analysis)
+    spec = yaml.safe_load((analysis / 'tables.yaml').read_text())
+    spec['ablation']['grids']['based'] = {'baseline': {'lr': 0.008}}
+    (analysis / 'tables.yaml').write_text(yaml.safe_dump(spec, allow_unicode=True, sort_keys=False))
+    got, note = rows(analysis)
+    assert got == [('fasa', '0.008', 'fasa=global_only', -1.3333), ('fasa', '0.004', 'fasa=global_only', 6.3333),
+                   ('fasa', '0.004', 'lr=0.008', -3.6667), ('global_only', '0.008', None, None),
+                   ('global_only', '0.004', 'lr=0.008', -11.3333)]
+    assert note.startswith('Baseline: `fasa=global_only` (declared in the grid file), `lr=0.008` (declared for this '
+                           'grid in analysis/tables.yaml).')
+    # without the grid file's declaration: analysis/'s per-axis `fasa: fasa`, and lr's first value
+    pd.read_csv(csv).drop(columns='baseline').to_csv(csv, index=False)
+    got, note = rows(grid_analysis)
+    assert got[0] == ('fasa', '0.008', None, None)
+    assert note.startswith('Baseline: `fasa=fasa` (declared in analysis/tables.yaml), `lr=0.008` (the first value of '
+                           'the axis).')
+
+
 def test_empty_results_give_the_placeholder(tmp_path: Path):
     tables = _tables(tmp_path)
     assert tables['ablation'].display.empty and 'No collected training grid' in tables['ablation'].notes[0]

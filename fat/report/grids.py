@@ -3,11 +3,14 @@
 Rows follow the grid's varied axes (the collected CSV's columns between `cell` and `status`, seed aside): one row
 per point, with its mean, n and 95 % confidence interval, and per comparison against a baseline the Δ, its
 interval, the test, the p-value before and after Holm's correction, a verdict in words and the seeds that would
-resolve it. The baseline is declared in `analysis/tables.yaml` (per axis, or per grid), else the first value of each
-axis; a point that differs from it on several axes is compared along each of them, the other axes held at the
-point's own values. Statistics come from `fat.report.stats`; what the data cannot support (missing columns, one
-seed, NaN metrics, several environments, a baseline that never ran) becomes a note and a count, never a verdict.
+resolve it. The baseline of each axis is, first found: declared for the grid in `analysis/tables.yaml`, declared in
+the grid file (`baseline:`, which collect writes into the CSV's `baseline` column), declared for the axis name in
+`analysis/tables.yaml`, else the axis's first value; a point that differs from it on several axes is compared along
+each of them, the other axes held at the point's own values. Statistics come from `fat.report.stats`; what the data
+cannot support (missing columns, one seed, NaN metrics, several environments, a baseline that never ran) becomes a
+note and a count, never a verdict.
 """
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
@@ -160,15 +163,40 @@ def _points(frame: pd.DataFrame, axes: Sequence[str], metric: str, has_seed: boo
     return frame, points
 
 
-def _baseline(axes: Sequence[str], points: Mapping[Tuple[str, ...], _Point], declared: Mapping[str, Any],
-              problems: List[str]) -> Tuple[Dict[str, str], Dict[str, str]]:
-    """(baseline value, where it came from) per axis: declared (analysis/tables.yaml), else the axis's first value."""
+def _grid_file_baseline(frame: pd.DataFrame, problems: List[str]) -> Dict[str, Any]:
+    """The grid file's `baseline:` as collect recorded it (the `baseline` column: JSON, the same in every row)."""
+    if 'baseline' not in frame.columns:
+        return {}
+    texts = list(dict.fromkeys(str(t) for t in frame['baseline'].dropna()))
+    try:
+        declared = [json.loads(t) for t in texts]
+    except ValueError:
+        declared = []
+    if len(declared) != 1 or not isinstance(declared[0], dict):
+        if texts:
+            problems.append(f"the `baseline` column is not one JSON mapping ({'; '.join(texts)}): the grid file's "
+                            'baseline is not used')
+        return {}
+    return declared[0]
+
+
+def _baseline_text(value: Any) -> str:
+    """A declared value as collect writes it (mappings and lists as sorted JSON), then as the table shows it."""
+    return _text(json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value)
+
+
+def _baseline(axes: Sequence[str], points: Mapping[Tuple[str, ...], _Point],
+              declared: Sequence[Tuple[str, Mapping[str, Any]]], problems: List[str]) -> Tuple[
+        Dict[str, str], Dict[str, str]]:
+    """(baseline value, where it came from) per axis: the first of the declarations (source, {axis: value}) that
+    names the axis, else the axis's first value."""
     base: Dict[str, str] = {}
     source: Dict[str, str] = {}
     for i, ax in enumerate(axes):
         values = list(dict.fromkeys(k[i] for k in points))
-        if ax in declared:
-            base[ax], source[ax] = _text(declared[ax]), 'declared in analysis/tables.yaml'
+        found = next(((where, d[ax]) for where, d in declared if ax in d), None)
+        if found is not None:
+            source[ax], base[ax] = found[0], _baseline_text(found[1])
             if base[ax] not in values:
                 problems.append(f'the baseline {ax}={base[ax]} never ran (no cell of the grid has it): no Δ along '
                                 f'{ax}')
@@ -225,7 +253,9 @@ def _grid_table(name: str, spec: Mapping[str, Any], collection: str, frame: pd.D
 
     frame, points = _points(frame, axes, metric, has_seed, problems)
 
-    declared = {**dict(spec.get('baseline') or {}), **dict(own.get('baseline') or {})}
+    declared = [('declared for this grid in analysis/tables.yaml', dict(own.get('baseline') or {})),
+                ('declared in the grid file', _grid_file_baseline(frame, problems)),
+                ('declared in analysis/tables.yaml', dict(spec.get('baseline') or {}))]
     base, base_source = _baseline(axes, points, declared, problems)
 
     comparisons = _comparisons(axes, points, base)

@@ -13,6 +13,7 @@ A grid file declares one ablation grid::
     seeds: [0, 1]                # train only: every point once per seed
     slurm: {profile: local, cpus_per_task: 1, timeout_min: 30}   # profile (slurm/<name>.yaml) + resources
     workdir: runs                # where the cell directories go (`--workdir` wins)
+    baseline: {fasa: fasa}       # the report's Δ baseline per varied key (default: its first value); no cell changes
 
 Every problem is reported, one line each naming the file, the key and the valid choices, before anything
 else happens (`GridError`). YAML is read with a safe loader that also refuses duplicate keys and follows YAML 1.2
@@ -30,7 +31,7 @@ import yaml
 __all__ = ['GridError', 'Grid', 'Problems', 'load_yaml', 'parse_value', 'parse_overrides', 'load_grid', 'close_hint']
 
 GRID_KEYS = ('name', 'description', 'task', 'preset', 'base', 'axes', 'zip', 'include', 'exclude', 'seeds',
-             'slurm', 'workdir')
+             'slurm', 'workdir', 'baseline')
 TASKS = ('train', 'flops', 'bench')
 _NAME_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]*$')
 
@@ -122,6 +123,7 @@ class Grid:
     seeds: Optional[List[int]] = None
     slurm: Dict[str, Any] = field(default_factory=dict)
     workdir: Optional[str] = None
+    baseline: Dict[str, Any] = field(default_factory=dict)  # varied key -> value: the report's Δ reference, not a cell
     overrides: Dict[str, Any] = field(default_factory=dict)  # config keys set on the command line
     slurm_overrides: Set[str] = field(default_factory=set)  # resources set on the command line
 
@@ -141,6 +143,36 @@ class Grid:
         if self.seeds is not None and 'seed' not in keys:
             keys.append('seed')
         return keys
+
+    def values_of(self, key: str) -> List[Any]:
+        """Every value the grid declares for a varied key (axes, zip groups, include points), in order."""
+        values = list(self.axes.get(key, []))
+        values += [v for group in self.zip for v in group.get(key, [])]
+        return values + [point[key] for point in self.include if key in point]
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as cells compare values (numbers by value: 4e-3 == 0.004, 2 == 2.0), but true is not 1."""
+    return isinstance(a, bool) == isinstance(b, bool) and a == b
+
+
+def _check_baseline(p: Problems, grid: Grid, baseline: Any) -> None:
+    """`baseline`: a varied key (seeds aside) -> one of its declared values. Only the report reads it."""
+    if not isinstance(baseline, dict):
+        p.add('baseline', f'expected a mapping of varied key -> one of its values, got {type(baseline).__name__} '
+                          f'{baseline!r}')
+        return
+    varied = [k for k in grid.varied_keys if k != 'seed']  # seeds are replicates, never a baseline
+    for key, value in baseline.items():
+        if key not in varied:
+            p.add(f'baseline.{key}', f'not a varied key of this grid{close_hint(key, varied)}; valid: '
+                                     f"{', '.join(varied) or 'none'}")
+        elif not any(_same(value, v) for v in grid.values_of(key)):
+            values = list(dict.fromkeys(str(v) for v in grid.values_of(key)))
+            p.add(f'baseline.{key}', f'{value!r} is not one of its values{close_hint(value, values)}; valid: '
+                                     f"{', '.join(values)}")
+        else:
+            grid.baseline[str(key)] = value
 
 
 def _is_int(value: Any) -> bool:
@@ -282,6 +314,8 @@ def load_grid(path: Path, overrides: Optional[Mapping[str, Any]] = None) -> Tupl
             declared.setdefault(key, where)
     if grid.seeds is not None and 'seed' in declared:
         p.add('seeds', f"'seed' is also varied in {declared['seed']}; use one of them")
+    if doc.get('baseline') is not None:
+        _check_baseline(p, grid, doc['baseline'])
     if grid.task != 'train':
         for key in ('seeds', 'preset'):
             if doc.get(key) is not None:

@@ -55,6 +55,16 @@ def _problems(path: Path, *overrides: str) -> list:
     ({'axes': {'batch_size': [7]}}, ["axes.batch_size[0]: config key 'batch_size' must be even with mixup"]),
     ({'base': {'epochs': 0}, 'axes': {'lr': [0.1]}}, ["base: config key 'epochs' must be >= 1, got 0"]),
     ({'task': 'flops', 'axes': {'model': ['fat_b0']}, 'seeds': [0]}, ["seeds: only a train grid takes 'seeds'"]),
+    ({'axes': {'fasa': ['fasa', 'global_only']}, 'baseline': {'fassa': 'fasa'}},
+     ["baseline.fassa: not a varied key of this grid (did you mean 'fasa'?); valid: fasa"]),
+    ({'axes': {'fasa': ['fasa', 'global_only']}, 'baseline': {'fasa': 'global_onyl'}},
+     ["baseline.fasa: 'global_onyl' is not one of its values (did you mean 'global_only'?); valid: fasa, global_only"]),
+    ({'axes': {'lr': [0.1, 0.2]}, 'seeds': [0, 1], 'baseline': {'seed': 0}},
+     ['baseline.seed: not a varied key of this grid; valid: lr']),
+    ({'axes': {'epochs': [1, 2]}, 'baseline': {'epochs': True}},
+     ['baseline.epochs: True is not one of its values; valid: 1, 2']),  # true is not 1
+    ({'axes': {'lr': [0.1, 0.2]}, 'baseline': ['lr', 0.2]},
+     ["baseline: expected a mapping of varied key -> one of its values, got list ['lr', 0.2]"]),
 ])
 def test_bad_grids_refused_one_line_each(write_grid, doc, expected, monkeypatch):
     monkeypatch.chdir(REPO)  # profiles by name: the repository's slurm/
@@ -105,6 +115,31 @@ def test_cli_exit_status_2_and_nothing_submitted(write_grid, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith(f"{path}: axes.fasa[0]: FASA: unknown preset 'fassa'")
     assert not (tmp_path / 'runs').exists()
+
+
+def test_baseline_is_checked_at_plan_one_line_each_and_nothing_written(tmp_path, capsys):
+    path = tmp_path / 'based.yaml'  # YAML text: the values as the grid file writes them
+    path.write_text(f"axes: {{fasa: [fasa, global_only], lr: [8.0e-3, 4.0e-3]}}\nslurm: {{profile: {LOCAL_PROFILE}}}\n"
+                    'baseline: {fasa: globl_only, lrr: 4.0e-3}\n')
+    code = cli_main(['sweep', 'plan', str(path), '--workdir', str(tmp_path / 'runs'), '--cluster', 'local'])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == [
+        f"{path}: baseline.fasa: 'globl_only' is not one of its values (did you mean 'global_only'?); valid: fasa, "
+        'global_only',
+        f"{path}: baseline.lrr: not a varied key of this grid (did you mean 'lr'?); valid: fasa, lr"], err
+    assert not (tmp_path / 'runs').exists()
+
+
+def test_baseline_takes_any_varied_value_and_changes_no_cell(write_grid, tmp_path):
+    doc = dict(preset='smoke', axes={'fasa': ['fasa', 'global_only']}, zip=[{'lr': [8e-3, 4e-3], 'epochs': [1, 2]}],
+               include=[{'fasa': 'local_only', 'lr': 2e-3}], seeds=[0, 1])
+    plain = prepare(write_grid('plain', **doc), [], tmp_path / 'runs')
+    based = prepare(write_grid('based', **doc, baseline={'fasa': 'local_only', 'lr': 0.004, 'epochs': 2.0}), [],
+                    tmp_path / 'runs')
+    assert based.grid.baseline == {'fasa': 'local_only', 'lr': 0.004, 'epochs': 2.0}  # include, zip; numbers by value
+    assert plain.grid.baseline == {}
+    assert [(c.id, c.config) for c in based.cells] == [(c.id, {**c.config, 'output_dir': c.config['output_dir'].replace(
+        '/plain/', '/based/')}) for c in plain.cells]
 
 
 def test_expansion_product_zip_seeds_include_exclude(write_grid, tmp_path):
