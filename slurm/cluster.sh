@@ -83,18 +83,9 @@ fi
 # rsync: `fat sweep launch --snapshot` (submitit's RsyncSnapshot)
 PKGS=(munge slurmctld slurmd slurm-client rsync)
 [ "$SLURM_ACCOUNTING" = 1 ] && PKGS+=(slurmdbd mariadb-server)
-missing=()
-for p in "${PKGS[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    say "installing: ${missing[*]}"
-    apt-get update -qq
-    # policy-rc.d (exit 101) blocks the packages' own service starts: expected, we start daemons below
-    apt_log=$(mktemp)
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >"$apt_log" 2>&1 \
-        || { tail -20 "$apt_log"; exit 1; }
-fi
+# shellcheck source=slurm/install_packages.sh
+source "$(dirname "$0")/install_packages.sh"
+install_packages "${PKGS[@]}"
 say "packages ok ($(slurmctld -V))"
 
 mkdir -p /etc/slurm /var/spool/slurmctld /var/spool/slurmd "$LOG" /run/munge

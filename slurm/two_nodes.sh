@@ -96,17 +96,9 @@ case "$ACTION" in
 esac
 
 # ---------------------------------------------------------------- 1. packages and a working kernel
-PKGS=(munge slurmctld slurmd slurm-client slurmdbd mariadb-server iproute2 util-linux)
-missing=()
-for p in "${PKGS[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    say "installing: ${missing[*]}"
-    apt-get update -qq
-    apt_log=$(mktemp)
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >"$apt_log" 2>&1 || { tail -20 "$apt_log"; exit 1; }
-fi
+# shellcheck source=slurm/install_packages.sh
+source "$(dirname "$0")/install_packages.sh"
+install_packages munge slurmctld slurmd slurm-client slurmdbd mariadb-server iproute2 util-linux
 unshare --net --uts --mount true 2>/dev/null || { echo "cannot create network/UTS/mount namespaces here" >&2; exit 1; }
 
 # ---------------------------------------------------------------- 2. config (a changed one restarts everything)
