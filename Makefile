@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: setup data demo test lint clean
+.PHONY: setup data demo test lint clean speed
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,12 @@ demo: setup data
 	$(BIN)/fat sweep launch $(DEMO_GRID)
 	$(BIN)/fat sweep wait $(DEMO_GRID); status=$$?; \
 	$(BIN)/fat sweep collect $(DEMO_GRID) && $(BIN)/fat report && exit $$status
+
+# the speed comparison of FAT and its peers (ablations/speed.yaml), one profile in one run, then the report
+PROFILE ?= cpu
+speed: setup
+	$(BIN)/fat speed ablations/speed.yaml --profile $(PROFILE)
+	$(BIN)/fat report
 
 test: setup data
 	$(BIN)/python -m pytest

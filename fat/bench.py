@@ -1,20 +1,31 @@
 """Throughput and latency of any timm model: inference and training step, on CPU and CUDA.
 
-The method is timm's `benchmark.py`: build the model, re-parameterize it for inference (`fat.models.fuse.fuse_model`:
-FAT's BatchNorm / identity folding, `timm.utils.reparameterize_model` for every other model; on by default, off with
-``reparam=False``), move it to channels_last (the default) and optionally `torch.compile` it; then run warm-up steps,
-then timed steps, each closed by a device synchronisation. A record gives the median step time (the latency of one
-batch), its spread (interquartile range, min, max) and ``samples_per_sec`` = batch size / median step time. A training
-step is forward, cross-entropy on random targets, backward and an optimizer step. On CUDA an out-of-memory error backs
-off the batch size (timm's `decay_batch_step`) and retries; the record keeps the batch size asked for.
+The method is timm's `benchmark.py`: build the model, put it in a *setting*, then run warm-up steps, then timed
+steps, each closed by a device synchronisation. A setting is the same for every model, FAT or peer (`SETTINGS`):
+
+* ``as_built``: eager, NCHW, the model as constructed;
+* ``best``: `timm.utils.reparameterize_model` for the peers that have an inference form (FAT as built), channels_last,
+  `torch.compile` (inductor; for inference with freezing, which folds every BatchNorm into its convolution);
+* ``fused`` (the default of `fat bench`): `timm.utils.reparameterize_model` for every model, which includes FAT's own
+  fusion and native CPU kernel (`fat.models.fuse`), channels_last, eager.
+
+The low-level options (``channels_last``, ``reparam``, ``compile``) override a setting's; the record then says
+``custom``. On CUDA, fp32 runs with TF32 matmuls and convolutions, as timm's scripts set them (``tf32=False`` turns
+it off). A record gives the median step time (the latency of one batch), its spread (interquartile range, min, max),
+``samples_per_sec`` = batch size / median step time and timm's statistic ``samples_per_sec_mean`` = samples / total
+timed time (the mean step; timm's published CSVs use it, over 10 warm-up and 40 timed steps). `compare` times several
+contenders in one process round-robin, so that every contender sees the same machine, and records the spread of
+timm's statistic across the rounds. A training step is forward, cross-entropy on random targets, backward and an
+optimizer step. On CUDA an out-of-memory error backs off the batch size (timm's `decay_batch_step`) and retries; the
+record keeps the batch size asked for.
 
 Result files are named by the environment they were measured in, in timm's convention:
 ``results/bench-{infer|train}-{precision}-{nchw|nhwc}-pt{X.Y}-{cpu-<cpu>|cu<ver>-<gpu>}[-dynamo].csv``, and each row
 also carries the torch / timm versions, the device name, the thread count, whether FAT's native CPU kernels were
 on (`fat.models.native`; ``FAT_NATIVE=0`` turns them off), the allocator setting (`tune_malloc`) and the minor page
 faults per timed step, the usual cause of CPU timings that drift between runs. Writing merges: a row replaces an
-earlier one of the same model, model arguments, image size, batch size, re-parameterisation, native kernels,
-allocator setting and thread count.
+earlier one of the same model, model arguments, image size, batch size, setting, re-parameterisation, native
+kernels, allocator setting and thread count.
 """
 import argparse
 import csv
@@ -26,7 +37,7 @@ import statistics
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import timm
 import torch
@@ -41,23 +52,31 @@ from tqdm import tqdm
 import fat
 from fat.environment import cpu_name, env_name
 from fat.io import atomic_path
-from fat.models.fuse import FusedFasa, fuse_model
+from fat.models.fuse import FusedFasa, fuse_model, reparameterize_peer
 
-__all__ = ['MODES', 'PRECISIONS', 'run', 'prepare', 'make_step', 'time_steps', 'summarize', 'results_path',
-           'write_results', 'minor_faults', 'tune_malloc', 'register']
+__all__ = ['MODES', 'PRECISIONS', 'SETTINGS', 'run', 'compare', 'prepare', 'make_step', 'time_steps', 'summarize',
+           'results_path', 'write_results', 'save', 'minor_faults', 'tune_malloc', 'register']
 
 MODES = ('infer', 'train')
 # precision name -> autocast dtype (None: plain float32)
 PRECISIONS: Dict[str, Optional[torch.dtype]] = {'fp32': None, 'amp_fp16': torch.float16, 'amp_bf16': torch.bfloat16}
+# setting -> how the model runs; the same for every model (FAT or peer). reparam: True = timm's
+# reparameterize_model (FAT's fusion included), 'peers' = the same for every model but FAT, False = none
+SETTINGS: Dict[str, Dict[str, Any]] = {
+    'as_built': dict(channels_last=False, reparam=False, compile=None),
+    'best': dict(channels_last=True, reparam='peers', compile='inductor'),
+    'fused': dict(channels_last=True, reparam=True, compile=None),
+}
 FIELDS = (
-    'model', 'mode', 'samples_per_sec', 'step_time_ms', 'step_time_iqr_ms', 'step_time_min_ms', 'step_time_max_ms',
+    'model', 'mode', 'setting', 'samples_per_sec', 'samples_per_sec_mean', 'spread_pct', 'rounds',
+    'round_samples_per_sec', 'step_time_ms', 'step_time_iqr_ms', 'step_time_min_ms', 'step_time_max_ms',
     'batch_size', 'requested_batch_size', 'img_size', 'in_chans', 'param_count', 'model_kwargs', 'precision',
-    'channels_last', 'compile', 'reparam', 'native_kernels', 'malloc', 'page_faults_per_step', 'opt', 'num_warmup',
-    'num_iters', 'device', 'device_name', 'num_threads', 'torch', 'timm', 'fat_harness',
+    'channels_last', 'compile', 'reparam', 'tf32', 'native_kernels', 'malloc', 'page_faults_per_step', 'opt',
+    'num_warmup', 'num_iters', 'device', 'device_name', 'num_threads', 'torch', 'timm', 'fat_harness',
 )
 # rows with equal values here describe the same measurement (the file name fixes the rest)
-_ROW_KEY = ('model', 'model_kwargs', 'img_size', 'requested_batch_size', 'reparam', 'native_kernels', 'malloc',
-            'num_threads', 'compile')
+_ROW_KEY = ('model', 'model_kwargs', 'img_size', 'requested_batch_size', 'setting', 'reparam', 'native_kernels',
+            'malloc', 'num_threads', 'compile')
 # the allocator setting of this process: 'default', or 'tuned' once `tune_malloc` succeeded
 _malloc = 'default'
 
@@ -150,7 +169,7 @@ def prepare(
         mode: str,
         device: torch.device,
         channels_last: bool = True,
-        reparam: bool = True,
+        reparam: Union[bool, str] = True,
         compile: Optional[str] = None,
         compile_mode: Optional[str] = None,
 ) -> nn.Module:
@@ -161,14 +180,16 @@ def prepare(
         mode: 'infer' or 'train'.
         device: Where to run.
         channels_last: Use the channels_last memory format.
-        reparam: Re-parameterize for inference with `fuse_model` (never for training).
+        reparam: Re-parameterize for inference (never for training): True = `timm.utils.reparameterize_model` for any
+            model, FAT's fusion included (`fuse_model`); 'peers' = the same for every model but FAT
+            (`reparameterize_peer`); False = not at all.
         compile: A `torch.compile` backend (e.g. 'inductor'), or None for eager. Inductor compiles inference with
             freezing (the weights are constants: change them and the compiled model will not see it).
         compile_mode: The `torch.compile` mode.
     """
     model.train(mode == 'train')
     if reparam and mode == 'infer':
-        model = fuse_model(model, inplace=True)
+        model = reparameterize_peer(model.eval()) if reparam == 'peers' else fuse_model(model, inplace=True)
     model.to(device=device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     if compile:
         model = torch.compile(model, backend=compile, mode=compile_mode)
@@ -265,14 +286,20 @@ def time_steps(
     return times
 
 
-def summarize(times: Sequence[float], batch_size: int) -> Dict[str, float]:
-    """Throughput from the median step time, and the spread of the step times (ms)."""
+def summarize(times: Sequence[float], batch_size: int, rounds: Sequence[Sequence[float]] = ()) -> Dict[str, Any]:
+    """Throughput from the median step time and timm's (samples / total time), the spread of the step times (ms),
+    and, given the step times of each round, timm's statistic per round and their range in % of their median."""
     median = statistics.median(times)
     q1, _, q3 = statistics.quantiles(times, n=4) if len(times) > 1 else (median,) * 3
+    per_round = [round(batch_size * len(r) / sum(r), 2) for r in rounds]
+    spread = 100 * (max(per_round) - min(per_round)) / statistics.median(per_round) if len(per_round) > 1 else None
     return dict(
-        samples_per_sec=round(batch_size / median, 2), step_time_ms=round(1e3 * median, 3),
-        step_time_iqr_ms=round(1e3 * (q3 - q1), 3), step_time_min_ms=round(1e3 * min(times), 3),
-        step_time_max_ms=round(1e3 * max(times), 3))
+        samples_per_sec=round(batch_size / median, 2),
+        samples_per_sec_mean=round(batch_size * len(times) / sum(times), 2),
+        spread_pct='' if spread is None else round(spread, 1), rounds=len(per_round) or 1,
+        round_samples_per_sec=';'.join(str(v) for v in per_round),
+        step_time_ms=round(1e3 * median, 3), step_time_iqr_ms=round(1e3 * (q3 - q1), 3),
+        step_time_min_ms=round(1e3 * min(times), 3), step_time_max_ms=round(1e3 * max(times), 3))
 
 
 def _create(model_name: str, img_size: Optional[int], model_kwargs: Dict[str, Any]) -> nn.Module:
@@ -288,49 +315,127 @@ def _create(model_name: str, img_size: Optional[int], model_kwargs: Dict[str, An
         raise ValueError(f'{model_name}: bad model arguments {model_kwargs}: {e}') from None
 
 
-def _measure(
-        model_name: str, mode: str, batch_size: int, img_size: Optional[int], device: torch.device,
-        options: Dict[str, Any], model_kwargs: Dict[str, Any],
-) -> Dict[str, Any]:
-    if options['compile']:
-        # a fresh cache for every model and batch size, as timm's benchmark: after one size dynamo would compile the
-        # next with a dynamic batch dimension, and time that graph instead
-        torch._dynamo.reset()
-    model = _create(model_name, img_size, model_kwargs)
-    param_count = sum(p.numel() for p in model.parameters())
-    in_chans, height, width = resolve_model_data_config(model)['input_size']
-    if img_size:
-        height = width = img_size
-    num_classes = model.num_classes
-    model = prepare(model, mode, device, options['channels_last'], options['reparam'], options['compile'],
-                    options['compile_mode'])
-    inputs = torch.randn(batch_size, in_chans, height, width, device=device)
-    if options['channels_last']:
-        inputs = inputs.contiguous(memory_format=torch.channels_last)
-    step = make_step(model, mode, inputs, options['precision'], options['opt'], num_classes)
-    desc = f'{model_name} {mode} b{batch_size}'
-    time_steps(step, 0, options['num_warmup'], device, desc=f'{desc} warm-up', progress=options['progress'])
-    faults = minor_faults()
-    times = time_steps(step, options['num_iters'], 0, device, desc=desc, progress=options['progress'])
-    faults = (minor_faults() - faults) / options['num_iters']
-    # whether FAT's fused FASA may run the native CPU kernel (fat.models.native): built here, and not turned off
-    native_kernels = device.type == 'cpu' and any(isinstance(m, FusedFasa) and m.native for m in model.modules())
-    return dict(summarize(times, batch_size), img_size=height, in_chans=in_chans, param_count=param_count,
-                native_kernels=native_kernels, page_faults_per_step=round(faults))
+def resolve_setting(setting: str, **overrides: Any) -> Dict[str, Any]:
+    """A setting's channels_last / reparam / compile, each overridden where not None; 'custom' once one differs."""
+    options = dict(SETTINGS[_check_choice('setting', setting, tuple(SETTINGS))])
+    for key, value in overrides.items():
+        if value is not None and value != options[key]:
+            options[key] = value
+            setting = 'custom'
+    return dict(options, setting=setting)
+
+
+class _Contender:
+    """One model in one mode and setting, built, prepared and warmed up (compiled), ready to be timed."""
+
+    def __init__(self, model_name: str, mode: str, batch_size: int, img_size: Optional[int], device: torch.device,
+                 options: Dict[str, Any], model_kwargs: Dict[str, Any]):
+        model = _create(model_name, img_size, model_kwargs)
+        self.param_count = sum(p.numel() for p in model.parameters())
+        self.in_chans, height, width = resolve_model_data_config(model)['input_size']
+        self.img_size = img_size or height
+        num_classes = model.num_classes
+        model = prepare(model, mode, device, options['channels_last'], options['reparam'], options['compile'],
+                        options['compile_mode'])
+        inputs = torch.randn(batch_size, self.in_chans, self.img_size, img_size or width, device=device)
+        if options['channels_last']:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        self.step = make_step(model, mode, inputs, options['precision'], options['opt'], num_classes)
+        # whether FAT's fused FASA may run the native CPU kernel (fat.models.native): built here, and not turned off
+        self.native_kernels = device.type == 'cpu' and any(
+            isinstance(m, FusedFasa) and m.native for m in model.modules())
+        self.model, self.device, self.batch_size = model, device, batch_size
+        self.desc = f'{model_name} {mode} {options["setting"]} b{batch_size}'
+        self.rounds: List[List[float]] = []
+        self.faults = 0
+        time_steps(self.step, 0, 1, device, desc=f'{self.desc} compile/first step', progress=options['progress'])
+
+    def time(self, num_warmup: int, num_iters: int, progress: bool) -> None:
+        """One round: warm-up steps, then timed steps (their times and page faults kept)."""
+        time_steps(self.step, 0, num_warmup, self.device, desc=f'{self.desc} warm-up', progress=progress)
+        faults = minor_faults()
+        self.rounds.append(time_steps(self.step, num_iters, 0, self.device, desc=self.desc, progress=progress))
+        self.faults += minor_faults() - faults
+
+    def result(self) -> Dict[str, Any]:
+        times = [t for r in self.rounds for t in r]
+        return dict(summarize(times, self.batch_size, self.rounds if len(self.rounds) > 1 else ()),
+                    img_size=self.img_size, in_chans=self.in_chans, param_count=self.param_count,
+                    native_kernels=self.native_kernels, page_faults_per_step=round(self.faults / len(times)))
+
+
+def _build(model_name: str, mode: str, batch_size: int, img_size: Optional[int], device: torch.device,
+           options: Dict[str, Any], model_kwargs: Dict[str, Any], retry: bool) -> _Contender:
+    """A contender at `batch_size`, or at the largest smaller batch (timm's steps) that fits the GPU's memory."""
+    bs = batch_size
+    while True:
+        try:
+            return _Contender(model_name, mode, bs, img_size, device, options, model_kwargs)
+        except torch.cuda.OutOfMemoryError:
+            if device.type == 'cuda':
+                torch.cuda.empty_cache()
+            bs = decay_batch_step(bs)
+            if not retry or not bs:
+                raise
+
+
+def _check_counts(batch_size: Optional[int], img_size: Optional[int], num_iters: int, num_warmup: int,
+                  num_threads: Optional[int], rounds: int = 1) -> None:
+    for what, value, low in (('batch size', batch_size, 1), ('image size', img_size, 1), ('num_iters', num_iters, 1),
+                             ('num_warmup', num_warmup, 0), ('num_threads', num_threads, 1), ('rounds', rounds, 1)):
+        if value is not None and value < low:
+            raise ValueError(f'{what} must be >= {low}, got {value}')
+
+
+def _setup_device(dev: torch.device, precision: str, tf32: Optional[bool], num_threads: Optional[int]) -> bool:
+    """Thread count, cuDNN autotuning and TF32 (on CUDA in fp32 unless ``tf32=False``, as timm sets it); returns
+    whether TF32 is on."""
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    on = dev.type == 'cuda' and precision == 'fp32' and tf32 is not False
+    if dev.type == 'cuda':
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = on
+        torch.backends.cudnn.allow_tf32 = on
+    return on
+
+
+def _record(name: str, mode: str, contender: _Contender, requested: int, options: Dict[str, Any],
+            model_kwargs: Dict[str, Any], tf32: bool) -> Dict[str, Any]:
+    result = contender.result()
+    dev = contender.device
+    return dict(
+        model=name, mode=mode, setting=options['setting'],
+        **{k: result[k] for k in ('samples_per_sec', 'samples_per_sec_mean', 'spread_pct', 'rounds',
+                                  'round_samples_per_sec', 'step_time_ms', 'step_time_iqr_ms', 'step_time_min_ms',
+                                  'step_time_max_ms')},
+        batch_size=contender.batch_size, requested_batch_size=requested, img_size=result['img_size'],
+        in_chans=result['in_chans'], param_count=result['param_count'],
+        model_kwargs=json.dumps(model_kwargs, sort_keys=True, default=str), precision=options['precision'],
+        channels_last=options['channels_last'], compile=options['compile'] or '',
+        reparam=options['reparam'] if mode == 'infer' else False, tf32=tf32,
+        native_kernels=result['native_kernels'], malloc=_malloc, page_faults_per_step=result['page_faults_per_step'],
+        opt=options['opt'] if mode == 'train' else '', num_warmup=options['num_warmup'],
+        num_iters=options['num_iters'], device=dev.type, device_name=device_name(dev),
+        num_threads=torch.get_num_threads(), torch=torch.__version__, timm=timm.__version__,
+        fat_harness=fat.__version__,
+    )
 
 
 def run(
         model_name: str,
         mode: str = 'infer',
         *,
+        setting: str = 'fused',
         batch_size: Optional[int] = None,
         img_size: Optional[int] = None,
         device: Optional[str] = None,
         precision: str = 'fp32',
-        channels_last: bool = True,
+        channels_last: Optional[bool] = None,
         compile: Optional[str] = None,
         compile_mode: Optional[str] = None,
-        reparam: bool = True,
+        reparam: Optional[Union[bool, str]] = None,
+        tf32: Optional[bool] = None,
         num_warmup: int = 5,
         num_iters: int = 20,
         num_threads: Optional[int] = None,
@@ -344,15 +449,17 @@ def run(
     Args:
         model_name: A registered timm model name.
         mode: 'infer' (forward under inference_mode) or 'train' (forward, backward, optimizer step).
+        setting: A key of `SETTINGS` ('as_built', 'best', 'fused'), the same for every model.
         batch_size: Samples per step (default: 256 on CUDA, 16 on CPU). On CUDA, halved stepwise on out-of-memory.
         img_size: Square input side (default: the model's default input size).
         device: 'cpu', 'cuda', 'cuda:N' (default: CUDA when present, else CPU).
         precision: 'fp32', 'amp_fp16' or 'amp_bf16' (autocast).
-        channels_last: Model and input in the channels_last memory format.
-        compile: A `torch.compile` backend ('inductor'), or None for eager.
+        channels_last: Model and input in the channels_last memory format (default: the setting's).
+        compile: A `torch.compile` backend ('inductor'), or None for the setting's.
         compile_mode: The `torch.compile` mode (e.g. 'max-autotune').
-        reparam: Re-parameterize for inference (`fat.models.fuse.fuse_model`); ignored for training.
-        num_warmup: Untimed steps first (they include compilation).
+        reparam: Re-parameterize for inference (True, 'peers' or False; default: the setting's; see `prepare`).
+        tf32: TF32 on CUDA in fp32 (default: on, as timm).
+        num_warmup: Untimed steps first (the first step, which compiles, comes before them).
         num_iters: Timed steps.
         num_threads: CPU threads for torch (default: torch's current setting).
         opt: Optimizer of the training step (a `timm.optim` name).
@@ -361,48 +468,99 @@ def run(
         **model_kwargs: Passed to `timm.create_model` (e.g. ``fasa='global_only'``, ``num_classes=10``).
 
     Returns:
-        The record: model, mode, samples_per_sec, step_time_ms (median latency of one batch), its spread, batch size,
-        image size, parameter count, the options, device, device name, thread count and torch / timm versions.
+        The record: model, mode, setting, samples_per_sec (median), samples_per_sec_mean (timm's), step_time_ms
+        (median latency of one batch), its spread, batch size, image size, parameter count, the options, device,
+        device name, thread count and torch / timm versions.
     """
-    _check_choice('mode', mode, MODES)
-    _check_choice('precision', precision, tuple(PRECISIONS))
+    records = compare([dict(model=model_name, mode=mode, setting=setting, model_kwargs=model_kwargs)], rounds=1,
+                      batch_size=batch_size, img_size=img_size, device=device, precision=precision,
+                      channels_last=channels_last, compile=compile, compile_mode=compile_mode, reparam=reparam,
+                      tf32=tf32, num_warmup=num_warmup, num_iters=num_iters, num_threads=num_threads, opt=opt,
+                      retry=retry, progress=progress)
+    return records[0]
+
+
+def compare(
+        contenders: Sequence[Dict[str, Any]],
+        rounds: int = 3,
+        *,
+        batch_size: Optional[int] = None,
+        train_batch_size: Optional[int] = None,
+        img_size: Optional[int] = None,
+        device: Optional[str] = None,
+        precision: str = 'fp32',
+        channels_last: Optional[bool] = None,
+        compile: Optional[str] = None,
+        compile_mode: Optional[str] = None,
+        reparam: Optional[Union[bool, str]] = None,
+        tf32: Optional[bool] = None,
+        num_warmup: int = 5,
+        num_iters: int = 20,
+        num_threads: Optional[int] = None,
+        opt: str = 'adamw',
+        retry: bool = True,
+        progress: bool = False,
+        log: Optional[Callable[[str], None]] = None,
+) -> List[Dict[str, Any]]:
+    """Time several contenders in one process, round-robin: every contender is built, prepared and warmed up
+    (compiled) first, then each round times each of them (``num_warmup`` + ``num_iters`` steps), starting one
+    contender later than the round before, so that all of them see the same machine. One record per contender, in
+    the order given, with timm's statistic per round and its spread.
+
+    Args:
+        contenders: Dicts with ``model`` and optional ``mode`` ('infer'), ``setting`` ('fused') and ``model_kwargs``.
+        rounds: Rounds of timing.
+        batch_size: Inference batch (default: 256 on CUDA, 16 on CPU); ``train_batch_size`` the training one
+            (default: the same).
+        log: Called with a line per contender built and per contender timed (e.g. ``print``); with it, a contender
+            that fails to build (other than for bad input) is logged and left out instead of raising.
+        The others: as `run`.
+    """
     dev = resolve_device(device)
     if batch_size is None:
         batch_size = 256 if dev.type == 'cuda' else 16
-    for what, value, low in (('batch size', batch_size, 1), ('image size', img_size, 1), ('num_iters', num_iters, 1),
-                             ('num_warmup', num_warmup, 0), ('num_threads', num_threads, 1)):
-        if value is not None and value < low:
-            raise ValueError(f'{what} must be >= {low}, got {value}')
-    if num_threads is not None:
-        torch.set_num_threads(num_threads)
-    if dev.type == 'cuda':
-        torch.backends.cudnn.benchmark = True
-    reparam = reparam and mode == 'infer'
-    options = dict(channels_last=channels_last, compile=compile, compile_mode=compile_mode, reparam=reparam,
-                   precision=precision, opt=opt, num_warmup=num_warmup, num_iters=num_iters, progress=progress)
-
-    requested = bs = batch_size
-    while True:
-        try:
-            result = _measure(model_name, mode, bs, img_size, dev, options, model_kwargs)
-            break
-        except torch.cuda.OutOfMemoryError:
-            if dev.type == 'cuda':
-                torch.cuda.empty_cache()
-            bs = decay_batch_step(bs)
-            if not retry or not bs:
-                raise
-    return dict(
-        model=model_name, mode=mode, **{k: result[k] for k in ('samples_per_sec', 'step_time_ms', 'step_time_iqr_ms',
-                                                                'step_time_min_ms', 'step_time_max_ms')},
-        batch_size=bs, requested_batch_size=requested, img_size=result['img_size'], in_chans=result['in_chans'],
-        param_count=result['param_count'], model_kwargs=json.dumps(model_kwargs, sort_keys=True, default=str),
-        precision=precision, channels_last=channels_last, compile=compile or '', reparam=reparam,
-        native_kernels=result['native_kernels'], malloc=_malloc, page_faults_per_step=result['page_faults_per_step'],
-        opt=opt if mode == 'train' else '', num_warmup=num_warmup,
-        num_iters=num_iters, device=dev.type, device_name=device_name(dev), num_threads=torch.get_num_threads(),
-        torch=torch.__version__, timm=timm.__version__, fat_harness=fat.__version__,
-    )
+    _check_counts(batch_size, img_size, num_iters, num_warmup, num_threads, rounds)
+    _check_counts(train_batch_size, None, 1, 0, None)
+    _check_choice('precision', precision, tuple(PRECISIONS))
+    for c in contenders:
+        _check_choice('mode', c.get('mode', 'infer'), MODES)
+    tf32_on = _setup_device(dev, precision, tf32, num_threads)
+    built = []
+    # every compiled contender keeps its own graph: static shapes (no dynamic batch or width dimension traced after
+    # a first model of the same class), and room for one entry per contender in dynamo's per-function cache
+    import torch._dynamo
+    torch._dynamo.reset()
+    limit = max(8, 2 * len(contenders))
+    with torch._dynamo.config.patch(automatic_dynamic_shapes=False, recompile_limit=limit,
+                                    accumulated_recompile_limit=max(256, 4 * limit)):
+        for c in contenders:
+            mode = c.get('mode', 'infer')
+            options = dict(resolve_setting(c.get('setting', 'fused'), channels_last=channels_last, reparam=reparam,
+                                           compile=compile), compile_mode=compile_mode, precision=precision, opt=opt,
+                           num_warmup=num_warmup, num_iters=num_iters, progress=progress)
+            bs = (train_batch_size or batch_size) if mode == 'train' else batch_size
+            kwargs = dict(c.get('model_kwargs') or {})
+            start = time.perf_counter()
+            try:
+                contender = _build(c['model'], mode, bs, img_size, dev, options, kwargs, retry)
+            except Exception as e:  # noqa: BLE001 -- with a log, one contender that fails leaves the others' run
+                if log is None or isinstance(e, ValueError):
+                    raise
+                log(f"FAILED to build {c['model']} {mode} {options['setting']}: {type(e).__name__}: {e}")
+                continue
+            built.append((c['model'], mode, bs, options, kwargs, contender))
+            if log:
+                log(f'built {contender.desc} in {time.perf_counter() - start:.1f} s')
+        for r in range(rounds):
+            for i in range(len(built)):
+                contender = built[(i + r) % len(built)][-1]
+                contender.time(num_warmup, num_iters, progress)
+                if log:
+                    last = contender.rounds[-1]
+                    log(f'round {r + 1}/{rounds} {contender.desc}: {contender.batch_size * len(last) / sum(last):.2f} '
+                        'samples/s (mean step)')
+    return [_record(name, mode, contender, bs, options, kwargs, tf32_on)
+            for name, mode, bs, options, kwargs, contender in built]
 
 
 def _model_names(patterns: Sequence[str]) -> List[str]:
@@ -423,30 +581,37 @@ def _bench(args: argparse.Namespace) -> int:
         model_kwargs['fasa'] = args.fasa
     if args.tuned_malloc and not tune_malloc():
         raise ValueError('--tuned-malloc needs glibc')
+    contenders = [dict(model=name, mode=mode, setting=setting, model_kwargs=model_kwargs)
+                  for name in _model_names(args.models) for mode in modes for setting in args.setting]
     records = []
-    for name in _model_names(args.models):
-        for mode in modes:
-            for batch_size in args.batch_size or [None]:
-                record = run(
-                    name, mode, batch_size=batch_size, img_size=args.img_size, device=args.device,
-                    precision=args.precision, channels_last=args.channels_last, compile=args.compile,
-                    compile_mode=args.compile_mode, reparam=args.reparam, num_warmup=args.warmup,
-                    num_iters=args.iters, num_threads=args.threads, opt=args.opt, progress=not args.no_progress,
-                    **model_kwargs)
-                records.append(record)
-                if args.json:
-                    print(json.dumps(record))
-                else:
-                    print(f"{name:<24} {mode:<5} b{record['batch_size']:<4} {record['img_size']}px "
-                          f"{record['samples_per_sec']:>9.2f} samples/s  {record['step_time_ms']:>9.2f} ms/step "
-                          f"(IQR {record['step_time_iqr_ms']:.2f})", flush=True)
+    for batch_size in args.batch_size or [None]:
+        for record in compare(
+                contenders, args.rounds, batch_size=batch_size, img_size=args.img_size, device=args.device,
+                precision=args.precision, channels_last=args.channels_last, compile=args.compile,
+                compile_mode=args.compile_mode, reparam=args.reparam, tf32=args.tf32, num_warmup=args.warmup,
+                num_iters=args.iters, num_threads=args.threads, opt=args.opt, progress=not args.no_progress):
+            records.append(record)
+            if args.json:
+                print(json.dumps(record))
+            else:
+                spread = f", range {record['spread_pct']} % over {record['rounds']} rounds" if record['rounds'] > 1 \
+                    else ''
+                print(f"{record['model']:<24} {record['mode']:<5} {record['setting']:<8} b{record['batch_size']:<4} "
+                      f"{record['img_size']}px {record['samples_per_sec']:>9.2f} samples/s (median; mean "
+                      f"{record['samples_per_sec_mean']:.2f}{spread})  {record['step_time_ms']:>9.2f} ms/step "
+                      f"(IQR {record['step_time_iqr_ms']:.2f})", flush=True)
     if not args.no_save:
-        paths = {}
-        for record in records:
-            paths.setdefault(results_path(record, args.results_dir), []).append(record)
-        for path, rows in paths.items():
-            print(f'wrote {write_results(rows, path)}')
+        for path in save(records, args.results_dir):
+            print(f'wrote {path}')
     return 0
+
+
+def save(records: Sequence[Dict[str, Any]], results_dir: str = 'results') -> List[Path]:
+    """Merge records into the result files their environments name (`results_path`)."""
+    paths: Dict[Path, List[Dict[str, Any]]] = {}
+    for record in records:
+        paths.setdefault(results_path(record, results_dir), []).append(record)
+    return [write_results(rows, path) for path, rows in paths.items()]
 
 
 def register(subparsers: Any) -> None:
@@ -460,13 +625,20 @@ def register(subparsers: Any) -> None:
     p.add_argument('--img-size', type=int, metavar='N', help='square input side (default: the model default)')
     p.add_argument('--device', help='cpu, cuda or cuda:N (default: cuda when present)')
     p.add_argument('--precision', default='fp32', help=f"{', '.join(PRECISIONS)} (default: fp32)")
-    p.add_argument('--channels-last', action=argparse.BooleanOptionalAction, default=True,
-                   help='channels_last memory format (default: on)')
+    p.add_argument('--setting', nargs='+', default=['fused'], metavar='NAME',
+                   help=f"{', '.join(SETTINGS)}: the same for every model (default: fused; several: each model in "
+                        "each; the module docstring says what each does)")
+    p.add_argument('--rounds', type=int, default=1, metavar='N',
+                   help='time every contender N times, round-robin in one process, and record the spread (default: 1)')
+    p.add_argument('--channels-last', action=argparse.BooleanOptionalAction, default=None,
+                   help="channels_last memory format (default: the setting's)")
     p.add_argument('--compile', nargs='?', const='inductor', metavar='BACKEND',
                    help='torch.compile the model (backend default: inductor)')
     p.add_argument('--compile-mode', help='torch.compile mode, e.g. max-autotune')
-    p.add_argument('--no-reparam', dest='reparam', action='store_false',
-                   help='do not re-parameterize for inference (fat.models.fuse.fuse_model)')
+    p.add_argument('--no-reparam', dest='reparam', action='store_false', default=None,
+                   help='do not re-parameterize for inference (timm.utils.reparameterize_model, FAT fusion included)')
+    p.add_argument('--tf32', action=argparse.BooleanOptionalAction, default=None,
+                   help='TF32 matmuls and convolutions on CUDA in fp32 (default: on, as timm)')
     p.add_argument('--warmup', type=int, default=5, metavar='N', help='untimed warm-up steps (default: 5)')
     p.add_argument('--iters', type=int, default=20, metavar='N', help='timed steps (default: 20)')
     p.add_argument('--threads', type=int, metavar='N', help="CPU threads (default: torch's setting)")

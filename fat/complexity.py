@@ -14,9 +14,9 @@ its convention:
 
 All counts are MACs (``macs``; ``flops`` = 2 x ``macs``) for one image, the model in eval mode, built by
 `measure` as timm builds it by default except that a head larger than ImageNet-1k's (TinyViT's 21841 classes) is
-replaced by a 1000-class one, re-parameterizable models are re-parameterized (`timm.utils.reparameterize_model`)
-and fixed-size models are built for the requested size. Counting is fvcore's `FlopCountAnalysis` with one set of
-op handles per convention, all evaluated on a single trace.
+replaced by a 1000-class one, re-parameterizable peers are re-parameterized (`timm.utils.reparameterize_model`;
+FAT is counted as built, BatchNorms included) and fixed-size models are built for the requested size. Counting is
+fvcore's `FlopCountAnalysis` with one set of op handles per convention, all evaluated on a single trace.
 
 Cost of each op in the ``full`` convention, in FLOPs (N = elements of the output unless said otherwise; attention
 with L queries, S keys, head widths E for q, k and E_v for v costs QK^T, the scaling of q, softmax and AV):
@@ -66,7 +66,6 @@ import timm
 import torch
 import torch.nn as nn
 from timm.models import get_pretrained_cfg
-from timm.utils import reparameterize_model
 from tqdm import tqdm
 
 with warnings.catch_warnings():
@@ -88,6 +87,7 @@ with warnings.catch_warnings():
 
 from fat.io import write_text_atomic
 from fat.models import FASA, FASA_PRESETS
+from fat.models.fuse import reparameterize_peer
 
 __all__ = ['CONVENTIONS', 'count', 'measure', 'pins', 'variant_table', 'register']
 
@@ -307,7 +307,7 @@ def _build(model_name: str, img_size: int, **model_kwargs: Any) -> Tuple[nn.Modu
         model_kwargs.setdefault('num_classes', 1000)  # ImageNet-21k/22k default heads (TinyViT): count as 1k
     if cfg.fixed_input_size and img_size != cfg.input_size[-1]:
         model_kwargs.setdefault('img_size', img_size)
-    model = reparameterize_model(timm.create_model(model_name, **model_kwargs).eval())
+    model = reparameterize_peer(timm.create_model(model_name, **model_kwargs).eval())  # FAT counted as built
     for module in model.modules():
         if isinstance(module, FASA):
             module.fused_attn = True  # one SDPA node, so that `fasa_parts` can tell attention from gating

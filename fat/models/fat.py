@@ -57,6 +57,11 @@ class Stem(nn.Module):
         x = self.conv4(self.conv3(self.conv2(self.conv1(x))))
         return self.norm(self.conv5(x))
 
+    def fuse(self) -> nn.Module:
+        """The stem for inference, BatchNorms folded (`fat.models.fuse`; timm's `reparameterize_model` convention)."""
+        from .fuse import fuse_stem
+        return fuse_stem(self)
+
 
 class ConvFfn(nn.Module):
     """1x1 -> GELU -> DWConv (residual when stride 1) -> BN -> 1x1."""
@@ -121,6 +126,11 @@ class FatBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_ffn(self.forward_mixer(x))
 
+    def fuse(self) -> nn.Module:
+        """The block for inference (`fat.models.fuse.FusedFatBlock`; timm's `reparameterize_model` convention)."""
+        from .fuse import FusedFatBlock
+        return FusedFatBlock(self)
+
 
 class FatStage(nn.Module):
     """`depth` blocks at width `dim`; the last one maps to `out_dim` with `stride`."""
@@ -177,6 +187,15 @@ class FatStage(nn.Module):
         if not self.downsamples:
             tap = x  # no downsampling FFN in this stage: the tap is its output
         return tap, x
+
+    def fuse(self) -> nn.Module:
+        """The stage for inference: its blocks fused in place, run in cache-sized chunks on CPU
+        (`fat.models.fuse.FusedFatStage`; timm's `reparameterize_model` convention)."""
+        from .fuse import FusedFatStage
+        for i, block in enumerate(self.blocks):
+            if isinstance(block, FatBlock):
+                self.blocks[i] = block.fuse()
+        return FusedFatStage(self)
 
 
 class FAT(nn.Module):

@@ -19,10 +19,12 @@ equivalent:
 * a stage runs a large CPU batch in chunks whose ConvFFN hidden map fits in cache (`FusedFatStage`).
 
 Outputs match the unfused model in eval mode to float32 round-off (tests check 1e-5 for every FASA preset).
-Any other module that timm knows how to re-parameterize (RepViT, MobileOne, FastViT ...) goes through
-`timm.utils.reparameterize_model`, so `fuse_model` serves any timm model. FAT is not hooked into timm's
-`reparameterize_model` itself on purpose: parameter and FLOP counts (`fat.complexity`) describe the model as
-trained, BatchNorms included.
+FAT's stem, blocks and stages follow timm's convention: each has a ``fuse()`` method returning its fused form, so
+`timm.utils.reparameterize_model` (and the ``--reparam`` flag of timm's benchmark.py, validate.py and
+inference.py) applies this fusion, as it applies RepViT's, MobileOne's or FastViT's; `fuse_model` is that call on
+an eval copy. `reparameterize_peer` is timm's call for every model but FAT: parameter and FLOP counts
+(`fat.complexity`) describe FAT as trained, BatchNorms included, and a benchmark's generic "best" setting
+(`fat.bench`) leaves FAT's hand fusion to its own, named setting.
 """
 import copy
 import functools
@@ -39,7 +41,8 @@ from . import native
 from .fasa import FASA
 from .fat import ConvFfn, FatBlock, FatStage, Stem
 
-__all__ = ['fuse_model', 'ConvAct', 'FusedFasa', 'FusedConvFfn', 'FusedFatBlock', 'FusedFatStage']
+__all__ = ['fuse_model', 'reparameterize_peer', 'is_fat', 'ConvAct', 'FusedFasa', 'FusedConvFfn', 'FusedFatBlock',
+           'FusedFatStage']
 
 # activation -> (oneDNN post-op name, its algorithm)
 _ONEDNN_ACTS = {'relu': ('relu', ''), 'gelu': ('gelu', 'none'), 'silu': ('swish', '')}
@@ -245,20 +248,20 @@ class FusedFatStage(nn.Module):
         return torch.cat([self.blocks(part) for part in x.chunk(chunks)])
 
 
-def _fuse_children(module: nn.Module) -> None:
-    for name, child in module.named_children():
-        if isinstance(child, Stem):
-            setattr(module, name, fuse_stem(child))
-        elif isinstance(child, FatBlock):
-            setattr(module, name, FusedFatBlock(child))
-        else:
-            _fuse_children(child)
-            if isinstance(child, FatStage):
-                setattr(module, name, FusedFatStage(child))
+def is_fat(model: nn.Module) -> bool:
+    """Whether a model holds FAT's own modules (stem, stages, blocks), fused or not."""
+    return any(isinstance(m, (Stem, FatStage, FatBlock, FusedFatStage, FusedFatBlock)) for m in model.modules())
+
+
+def reparameterize_peer(model: nn.Module) -> nn.Module:
+    """`timm.utils.reparameterize_model` (in place) for any model but FAT, which is returned as built."""
+    return model if is_fat(model) else reparameterize_model(model, inplace=True)
 
 
 def fuse_model(model: nn.Module, inplace: bool = False) -> nn.Module:
-    """Re-parameterize a model for inference: FAT stems and blocks fused, then `timm.utils.reparameterize_model`.
+    """Re-parameterize a model for inference: `timm.utils.reparameterize_model` on an eval copy, which fuses FAT's
+    stems, stages and blocks through their ``fuse()`` methods and re-parameterizes any other timm model that has an
+    inference form.
 
     Args:
         model: Any timm model (FAT or not, plain or wrapped, e.g. ``features_only``).
@@ -270,5 +273,4 @@ def fuse_model(model: nn.Module, inplace: bool = False) -> nn.Module:
     if not inplace:
         model = copy.deepcopy(model)
     model.eval()
-    _fuse_children(model)
     return reparameterize_model(model, inplace=True)
