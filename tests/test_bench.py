@@ -2,6 +2,7 @@
 CSV naming and merging, OOM back-off, refusals. No timing thresholds: the speed targets live in
 benchmarks/vs_official.py."""
 import csv
+import json
 import re
 import resource
 import subprocess
@@ -302,3 +303,88 @@ def test_every_compiled_size_is_traced_with_static_shapes():
         bench.run('resnet10t', batch_size=batch_size, img_size=32, compile='fat_test_record_shapes', num_warmup=1,
                   num_iters=1, reparam=False)
     assert traced == [False, False]
+
+
+def test_timm_reparameterize_model_applies_fat_fusion():
+    """FAT's stem, stages and blocks follow timm's convention (`fuse()`), so timm's own `reparameterize_model` (and
+    the --reparam flag of timm's scripts) fuses FAT: before, it returned FAT unchanged (313 modules both times)."""
+    from timm.utils import reparameterize_model
+    model = _perturbed()
+    fused = reparameterize_model(model)
+    assert len(list(fused.modules())) < len(list(model.modules()))
+    assert all(isinstance(s, FusedFatStage) for s in fused.stages)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)
+        torch.testing.assert_close(fused(x), expected, rtol=0, atol=1e-5 * expected.abs().max().item())
+
+
+def test_every_setting_prepares_fat_and_a_peer_alike(monkeypatch, capsys):
+    """`fat bench MODEL... --setting S` puts FAT and a peer in the same state: the same record options, and in
+    `best` both reach torch.compile as built (BatchNorms still there, for freezing to fold), in channels_last. A
+    recording backend stands in for inductor (the real compile is the next test)."""
+    from torch._dynamo import register_backend
+    traced = []
+
+    @register_backend(name='fat_test_record_graph')
+    def record(gm, example_inputs):
+        image = [t for t in example_inputs if isinstance(t, torch.Tensor) and tuple(t.shape) == (1, 3, 32, 32)]
+        traced.append((sum('batch_norm' in str(n.target) for n in gm.graph.nodes),
+                       bool(image) and image[0].is_contiguous(memory_format=torch.channels_last)))
+        return gm.forward
+
+    monkeypatch.setitem(bench.SETTINGS, 'best', dict(bench.SETTINGS['best'], compile='fat_test_record_graph'))
+    assert main(['bench', 'fat_b0', 'test_resnet', '--setting', *bench.SETTINGS, '--img-size', '32', '--batch-size',
+                 '1', '--warmup', '0', '--iters', '1', '--json', '--no-save', '--no-progress']) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    options = ('setting', 'channels_last', 'compile', 'reparam', 'precision', 'batch_size', 'num_threads')
+    by_setting = {}
+    for r in records:
+        by_setting.setdefault(r['setting'], []).append(tuple(r[k] for k in options))
+    assert sorted(by_setting) == sorted(bench.SETTINGS)
+    assert all(len(v) == 2 and v[0] == v[1] for v in by_setting.values()), by_setting
+    assert by_setting['as_built'][0][1:4] == (False, '', False)
+    assert by_setting['best'][0][1:4] == (True, 'fat_test_record_graph', 'peers')
+    assert by_setting['fused'][0][1:4] == (True, '', True)
+    assert len(traced) >= 2 and traced[0][0] > 0 and all(channels_last for _, channels_last in traced), traced
+
+
+def test_best_setting_folds_a_peers_batchnorm():
+    """`best` compiles with inductor's freezing: the graph inductor lowers has no BatchNorm arithmetic left (folded
+    into the convolutions), and the output is the model's. One real compile of timm's tiny test ResNet."""
+    import torch._inductor.config as inductor_config
+    graphs = []
+    torch.manual_seed(0)
+    model = _perturbed('test_resnet')
+    compiled = bench.prepare(model, 'infer', torch.device('cpu'), **bench.SETTINGS['best'])
+    x = torch.randn(1, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    with inductor_config.patch(post_grad_custom_pre_pass=lambda g: graphs.append(
+            {str(n.target) for n in g.nodes if n.op == 'call_function'})), torch.inference_mode():
+        got = compiled(x)
+    with torch.no_grad():
+        expected = _perturbed('test_resnet')(x)
+    assert graphs and not any('rsqrt' in t or 'aten.mul' in t or 'batch_norm' in t for t in graphs[0]), graphs[0]
+    assert any('convolution' in t for t in graphs[0])
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-4 * expected.abs().max().item())
+
+
+def test_summarize_gives_timms_statistic_and_the_spread_across_rounds():
+    rounds = [[0.1, 0.1, 0.4], [0.2, 0.2, 0.2]]
+    s = bench.summarize([t for r in rounds for t in r], 2, rounds)
+    assert s['samples_per_sec'] == round(2 / 0.2, 2)  # the median step
+    assert s['samples_per_sec_mean'] == round(2 * 6 / 1.2, 2)  # timm: samples / total time
+    assert s['round_samples_per_sec'] == '10.0;10.0' and s['spread_pct'] == 0 and s['rounds'] == 2
+    s = bench.summarize([0.1, 0.2], 1, [[0.1], [0.2]])
+    assert s['round_samples_per_sec'] == '10.0;5.0' and s['spread_pct'] == round(100 * 5 / 7.5, 1)
+
+
+def test_compare_times_contenders_round_robin():
+    lines = []
+    records = bench.compare([dict(model='fat_b0', setting='as_built'), dict(model='test_resnet', setting='as_built')],
+                            rounds=2, img_size=32, batch_size=1, num_warmup=0, num_iters=2, log=lines.append)
+    timed = [line.split(':')[0] for line in lines if line.startswith('round')]
+    assert timed == ['round 1/2 fat_b0 infer as_built b1', 'round 1/2 test_resnet infer as_built b1',
+                     'round 2/2 test_resnet infer as_built b1', 'round 2/2 fat_b0 infer as_built b1']
+    assert [r['model'] for r in records] == ['fat_b0', 'test_resnet']
+    assert all(r['rounds'] == 2 and len(r['round_samples_per_sec'].split(';')) == 2 for r in records)

@@ -13,12 +13,14 @@ import pandas as pd
 __all__ = ['Measurements', 'load_measurements', 'seed_stats', 'read_curves', 'BENCH_KEYS']
 
 # a benchmark environment: the rows of one file that share these make one column of the speed table
-BENCH_KEYS = ('mode', 'device_type', 'device', 'precision', 'layout', 'compiled', 'reparam', 'native_kernels',
-              'malloc', 'batch_size', 'threads', 'torch')
+BENCH_KEYS = ('mode', 'setting', 'device_type', 'device', 'precision', 'tf32', 'layout', 'compiled', 'reparam',
+              'native_kernels', 'malloc', 'batch_size', 'threads', 'rounds', 'torch')
 
 # report name -> `fat bench` CSV column (fat/bench.py FIELDS)
 _BENCH_COLUMNS = {
-    'model': 'model', 'mode': 'mode', 'img_size': 'img_size', 'throughput': 'samples_per_sec',
+    'model': 'model', 'mode': 'mode', 'setting': 'setting', 'img_size': 'img_size', 'throughput': 'samples_per_sec',
+    'throughput_mean': 'samples_per_sec_mean', 'spread_pct': 'spread_pct', 'rounds': 'rounds', 'tf32': 'tf32',
+    'iters': 'num_iters',
     'batch_size': 'batch_size', 'model_kwargs': 'model_kwargs', 'device_type': 'device', 'device': 'device_name',
     'precision': 'precision', 'channels_last': 'channels_last', 'compiled': 'compile', 'reparam': 'reparam',
     'native_kernels': 'native_kernels', 'malloc': 'malloc', 'threads': 'num_threads', 'torch': 'torch',

@@ -118,16 +118,25 @@ def _threads(value: Any) -> Optional[str]:
 
 
 def _env_label(env: Mapping[str, Any]) -> str:
-    """`AMD EPYC 7B13 (cpu), fp32, nhwc, reparameterized, native kernels, batch 16, 2 threads, torch 2.14.1`."""
+    """`setting as_built, AMD EPYC (cpu), fp32, nchw, batch 1, 1 thread, torch 2.14.1, timm's statistic (mean step),
+    3 rounds of 20 steps`."""
     device = f"{env['device']} ({env['device_type']})" if _present(env.get('device_type')) else env.get('device')
-    parts = [device, env.get('precision'), env.get('layout'),
+    rounds = int(float(env['rounds'])) if _present(env.get('rounds')) else 1
+    if _present(env.get('throughput_mean')):
+        statistic = "timm's statistic (mean step)" + (
+            f", {rounds} rounds of {int(float(env['iters']))} steps" if _present(env.get('iters')) else '')
+    else:
+        statistic = 'median step'
+    parts = [f"setting {env['setting']}" if _present(env.get('setting')) else None,
+             device, env.get('precision'), 'TF32' if _true(env.get('tf32')) else None, env.get('layout'),
              f"torch.compile {env['compiled']}" if _present(env.get('compiled')) else None,
-             'reparameterized' if _true(env.get('reparam')) else None,
+             {'peers': 'peers reparameterized'}.get(str(env.get('reparam')),
+                                                    'reparameterized' if _true(env.get('reparam')) else None),
              'native kernels' if _true(env.get('native_kernels')) else None,
              'tuned malloc' if env.get('malloc') == 'tuned' else None,
              f"batch {int(float(env['batch_size']))}" if _present(env.get('batch_size')) else None,
              _threads(env.get('threads')),
-             f"torch {env['torch']}" if _present(env.get('torch')) else None]
+             f"torch {env['torch']}" if _present(env.get('torch')) else None, statistic]
     return ', '.join(str(p) for p in parts if _present(p))
 
 
@@ -139,11 +148,27 @@ def _bench_envs(m: Measurements, mode: str) -> List[Tuple[str, pd.DataFrame]]:
             for _, group in rows.groupby([rows[k].astype(str) for k in keys], sort=True, dropna=False)]
 
 
-def _bench_value(group: pd.DataFrame, model: str, img_size: int) -> Optional[float]:
-    """Throughput of the model as published (official FASA, no other model argument) at `img_size`."""
+def _bench_row(group: pd.DataFrame, model: str, img_size: int) -> Optional[pd.Series]:
+    """The row of the model as published (official FASA, no other model argument) at `img_size`."""
     rows = group[(group['model'] == model) & (group['fasa'] == 'fasa')
                  & (pd.to_numeric(group['img_size'], errors='coerce') == img_size)]
-    return None if rows.empty else float(rows['throughput'].iloc[0])
+    return None if rows.empty else rows.iloc[0]
+
+
+def _bench_value(group: pd.DataFrame, model: str, img_size: int) -> Optional[float]:
+    """Throughput of the model: timm's statistic (mean step) where the row has it, else the median step's."""
+    row = _bench_row(group, model, img_size)
+    if row is None:
+        return None
+    return float(row['throughput_mean'] if _present(row.get('throughput_mean')) else row['throughput'])
+
+
+def _bench_cell(group: pd.DataFrame, model: str, img_size: int) -> str:
+    """The throughput and, measured over several rounds, the range across them in % of their median."""
+    value = _bench_value(group, model, img_size)
+    row = _bench_row(group, model, img_size)
+    spread = row.get('spread_pct') if row is not None else None
+    return _num(value, '.1f') + (f' ({float(spread):.0f} %)' if _present(spread) else '')
 
 
 # -- builders
@@ -236,7 +261,7 @@ def speed(name: str, spec: Mapping[str, Any], a: Analysis, m: Measurements) -> L
         cell = dict(model=a.label(model), img_size=_size(size))
         for env, _, group in measured:
             row[env] = _bench_value(group, model, size)
-            cell[env] = _num(row[env], '.1f')
+            cell[env] = _bench_cell(group, model, size)
         for env, key in published:
             claim = a.claimed(model, spec['task'], 'throughput', size, sources=[key])
             row[env], cell[env] = claim and claim.value, _claim(claim)
@@ -248,6 +273,9 @@ def speed(name: str, spec: Mapping[str, Any], a: Analysis, m: Measurements) -> L
     envs = {env: label for env, label, _ in measured}
     notes = [f"{env}: {label} (measured here, {', '.join(sorted(group['file'].unique()))})."
              for env, label, group in measured]
+    if any(_present(v) for _, _, group in measured for v in group['spread_pct']):
+        notes.append('(x %): the run-to-run spread of a figure measured in several rounds of one run (round-robin '
+                     "over the column's models): the range of timm's statistic over the rounds, in % of their median.")
     if not measured:
         notes.append(f'Measured here: no {mode} benchmark file in results/ (`fat bench` writes results/bench-*.csv).')
     for env, key in published:
