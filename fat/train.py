@@ -217,6 +217,12 @@ class Trainer:
                 self.ddp = DistributedDataParallel(
                     model, device_ids=[self.device.index] if self.device.type == 'cuda' else None,
                     broadcast_buffers=False)  # as the official code
+        if cfg['compile']:  # the training step only: evaluation, EMA and checkpoints use the model itself
+            from torch._dynamo import list_backends
+            if cfg['compile'] not in list_backends(exclude_tags=()):
+                raise ValueError(f"compile: unknown torch.compile backend {cfg['compile']!r}; valid: "
+                                 f"{', '.join(list_backends())}")
+            self.ddp = torch.compile(self.ddp, backend=cfg['compile'])
         self._seed(cfg['seed'] + env.rank)  # from here on, as the official code: each rank its own stream
 
         # linear lr scaling by the total batch, as the official code

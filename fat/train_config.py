@@ -73,6 +73,7 @@ DEFAULTS: Dict[str, Any] = {
     'deterministic': False,
     'threads': 0,  # torch intra-op threads; 0: torch's default
     'channels_last': False,
+    'compile': None,  # a torch.compile backend (e.g. inductor) for the training step; None: eager
     'device': 'auto',  # auto | cpu | cuda
     'sync_bn': True,  # under DDP on an accelerator (SyncBatchNorm has no CPU kernel)
     'eval_every': 1,  # epochs; the last epoch is always evaluated
@@ -105,12 +106,15 @@ _TYPES: Dict[str, tuple] = {
     'auto_augment': ((str,), True),
     'cutmix_minmax': ((list,), True),
     'output_dir': ((str,), True),
+    'compile': ((str,), True),
     'opt_eps': ((float,), True),
     'opt_betas': ((list,), True),
 }
 
 # keys that may change between a run's invocations without changing its results
-RUNTIME_KEYS = ('output_dir', 'data_dir', 'workers', 'checkpoint_steps', 'checkpoint_minutes', 'log_interval')
+# (`compile` changes float round-off only: a run may be resumed compiled or eager)
+RUNTIME_KEYS = ('output_dir', 'data_dir', 'workers', 'checkpoint_steps', 'checkpoint_minutes', 'log_interval',
+                'compile')
 
 # named bases: `resolve_config(overrides, PRESETS[name])`, `fat train --preset NAME`
 PRESETS: Dict[str, Dict[str, Any]] = {

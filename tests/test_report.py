@@ -95,9 +95,28 @@ def test_bench_files_fill_throughput_with_their_environment(tmp_path: Path):
         '40.0', DASH, '30.0', DASH)
     speed = tables['speed']
     assert speed.display.set_index('Model').loc['FAT-B0', 'M1 img/s'] == '40.0'
-    env = 'Test CPU (cpu), fp32, nhwc, reparameterized, batch 16, 2 threads, torch 2.14.1'
+    env = 'Test CPU (cpu), fp32, nhwc, reparameterized, batch 16, 2 threads, torch 2.14.1, median step'
     assert speed.meta['envs']['M1'] == env and any(n.startswith(f'M1: {env}') for n in speed.notes)
     assert 'M2 img/s' not in speed.display.columns  # the train row is not an inference environment
+
+
+def test_a_speed_run_fills_one_column_for_fat_and_peers_with_timms_statistic_and_spread(tmp_path: Path):
+    """`fat speed`'s rows: one column per setting, timm's statistic (mean step) shown with the range over rounds."""
+    run = dict(setting='as_built', channels_last=False, reparam=False, batch_size=1, num_threads=1, rounds=3,
+               num_iters=20)
+    _bench(tmp_path / 'bench-infer-fp32-nchw-pt2.14-cpu-test.csv', [
+        dict(run, model='fat_b0', samples_per_sec=5.5, samples_per_sec_mean=5.0, spread_pct=4.2),
+        dict(run, model='deit_tiny_patch16_224', samples_per_sec=9.0, samples_per_sec_mean=8.0, spread_pct=1.0),
+        dict(run, model='fat_b0', setting='best', compile='inductor', reparam='peers', channels_last=True,
+             samples_per_sec=7.0, samples_per_sec_mean=7.0, spread_pct=0.4)])
+    speed = _tables(tmp_path)['speed']
+    display = speed.display.set_index('Model')
+    assert list(display.loc[['FAT-B0', 'DeiT-Ti'], 'M1 img/s']) == ['5.0 (4 %)', '8.0 (1 %)']
+    assert list(display.loc[['FAT-B0', 'DeiT-Ti'], 'M2 img/s']) == ['7.0 (0 %)', DASH]
+    assert speed.meta['envs']['M1'] == ("setting as_built, Test CPU (cpu), fp32, nchw, batch 1, 1 thread, "
+                                        "torch 2.14.1, timm's statistic (mean step), 3 rounds of 20 steps")
+    assert 'peers reparameterized' in speed.meta['envs']['M2'] and 'torch.compile inductor' in speed.meta['envs']['M2']
+    assert any('range of timm' in n for n in speed.notes)
 
 
 def test_collected_bench_and_flops_grids_are_not_ablations(tmp_path: Path):

@@ -301,3 +301,16 @@ def test_a_loss_scale_that_never_recovers_is_divergence(tmp_path, monkeypatch):
     trainer.train_step(nan, y)
     with pytest.raises(train._Diverged, match='3 steps in a row'):
         trainer.train_step(nan, y)
+
+
+def test_compile_runs_the_training_step_compiled_and_refuses_an_unknown_backend(tmp_path, monkeypatch):
+    """`compile=BACKEND` wraps the training step in torch.compile (a runtime key: same cell, same checkpoints); the
+    'eager' backend traces without code generation, so the run's numbers are the eager run's."""
+    compiled = []
+    real = torch.compile
+    monkeypatch.setattr(torch, 'compile', lambda model, **kw: compiled.append(kw) or real(model, **kw))
+    runs = [main(dict(TINY, epochs=1, compile=c, output_dir=str(tmp_path / str(c)))) for c in (None, 'eager')]
+    assert compiled == [{'backend': 'eager'}]
+    assert [r['status'] for r in runs] == ['done', 'done'] and runs[0]['final_top1'] == runs[1]['final_top1']
+    result = main(dict(TINY, epochs=1, compile='nope_backend', output_dir=str(tmp_path / 'bad')))
+    assert result['status'] == 'failed' and "unknown torch.compile backend 'nope_backend'" in result['error']

@@ -14,7 +14,7 @@ from fat.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 PINS = REPO / 'tests' / 'data' / 'plans'
-GRIDS = ['demo', 'imagenet_fat', 'imagenet_fasa_ablation', 'speed']
+GRIDS = ['demo', 'imagenet_fat', 'imagenet_fasa_ablation']  # speed.yaml: a `fat speed` grid (tests/test_speed.py)
 
 
 @pytest.mark.parametrize('name', GRIDS)
