@@ -111,8 +111,8 @@ def test_a_speed_run_fills_one_column_for_fat_and_peers_with_timms_statistic_and
              samples_per_sec=7.0, samples_per_sec_mean=7.0, spread_pct=0.4)])
     speed = _tables(tmp_path)['speed']
     display = speed.display.set_index('Model')
-    assert list(display.loc[['FAT-B0', 'DeiT-Ti'], 'M1 img/s']) == ['5.0 (4 %)', '8.0 (1 %)']
-    assert list(display.loc[['FAT-B0', 'DeiT-Ti'], 'M2 img/s']) == ['7.0 (0 %)', DASH]
+    assert list(display.loc[['FAT-B0', 'DeiT-Ti'], 'M1 img/s']) == ['5.00 (4 %)', '8.00 (1 %)']
+    assert list(display.loc[['FAT-B0', 'DeiT-Ti'], 'M2 img/s']) == ['7.00 (0 %)', DASH]
     assert speed.meta['envs']['M1'] == ("setting as_built, Test CPU (cpu), fp32, nchw, batch 1, 1 thread, "
                                         "torch 2.14.1, timm's statistic (mean step), 3 rounds of 20 steps")
     assert 'peers reparameterized' in speed.meta['envs']['M2'] and 'torch.compile inductor' in speed.meta['envs']['M2']

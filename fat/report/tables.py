@@ -168,7 +168,8 @@ def _bench_cell(group: pd.DataFrame, model: str, img_size: int) -> str:
     value = _bench_value(group, model, img_size)
     row = _bench_row(group, model, img_size)
     spread = row.get('spread_pct') if row is not None else None
-    return _num(value, '.1f') + (f' ({float(spread):.0f} %)' if _present(spread) else '')
+    fmt = '.2f' if value is not None and value < 10 else '.1f'  # batch-1 CPU figures are a few img/s
+    return _num(value, fmt) + (f' ({float(spread):.0f} %)' if _present(spread) else '')
 
 
 # -- builders
