@@ -105,7 +105,8 @@ def test_a_speed_run_fills_one_column_for_fat_and_peers_with_timms_statistic_and
     run = dict(setting='as_built', channels_last=False, reparam=False, batch_size=1, num_threads=1, rounds=3,
                num_iters=20)
     _bench(tmp_path / 'bench-infer-fp32-nchw-pt2.14-cpu-test.csv', [
-        dict(run, model='fat_b0', samples_per_sec=5.5, samples_per_sec_mean=5.0, spread_pct=4.2),
+        dict(run, model='fat_b0', samples_per_sec=5.5, samples_per_sec_mean=5.0, spread_pct=4.2,
+             round_samples_per_sec='4.9;5.1;5.0'),
         dict(run, model='deit_tiny_patch16_224', samples_per_sec=9.0, samples_per_sec_mean=8.0, spread_pct=1.0),
         dict(run, model='fat_b0', setting='best', compile='inductor', reparam='peers', channels_last=True,
              samples_per_sec=7.0, samples_per_sec_mean=7.0, spread_pct=0.4)])
@@ -117,6 +118,7 @@ def test_a_speed_run_fills_one_column_for_fat_and_peers_with_timms_statistic_and
                                         "torch 2.14.1, timm's statistic (mean step), 3 rounds of 20 steps")
     assert 'peers reparameterized' in speed.meta['envs']['M2'] and 'torch.compile inductor' in speed.meta['envs']['M2']
     assert any('range of timm' in n for n in speed.notes)
+    assert speed.meta['ranges']['M1'] == {'fat_b0': (4.9, 5.1)}  # the figure draws it as a bar through the point
 
 
 def test_collected_bench_and_flops_grids_are_not_ablations(tmp_path: Path):

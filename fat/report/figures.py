@@ -253,6 +253,10 @@ def throughput_vs_accuracy(name: str, spec: Mapping[str, Any], a: Analysis, tabl
                     continue
                 look = a.models[r['model']]
                 xs.append(x)
+                low, high = speed.meta.get('ranges', {}).get(env, {}).get(r['model'], (x, x))
+                if high > low:  # the range over the rounds of the run
+                    ax.plot([low, high], [y, y], color=look['colour'], linewidth=1.2, alpha=0.6, zorder=2)
+                    xs += [low, high]
                 _marker(ax, x, y, look['colour'], look['marker'], filled=measured)
                 handles.setdefault(look['label'], _handle(look['label'], look['colour'], look['marker'], False))
             if xs:
@@ -266,7 +270,8 @@ def throughput_vs_accuracy(name: str, spec: Mapping[str, Any], a: Analysis, tabl
         _legend(fig, list(handles.values()), 'one panel per environment')
         fig.suptitle(spec['title'])
     return [(name, fig, ['Top-1: the published figure of each model. Throughput: one environment per panel, '
-                         'filled where measured here, hollow where published.'])]
+                         'filled where measured here, hollow where published; a horizontal bar through a measured '
+                         "point is the range of timm's statistic over the rounds of its run."])]
 
 
 BUILDERS: Dict[str, Callable[..., List[Tuple[str, Figure, List[str]]]]] = {

@@ -163,6 +163,17 @@ def _bench_value(group: pd.DataFrame, model: str, img_size: int) -> Optional[flo
     return float(row['throughput_mean'] if _present(row.get('throughput_mean')) else row['throughput'])
 
 
+def _bench_range(group: pd.DataFrame, model: str, img_size: int) -> Optional[Tuple[float, float]]:
+    """(lowest, highest) of timm's statistic over the rounds of a run, or None for one round."""
+    row = _bench_row(group, model, img_size)
+    values = str(row.get('round_throughputs')) if row is not None else ''
+    try:
+        rounds = [float(v) for v in values.split(';')]
+    except ValueError:
+        return None
+    return (min(rounds), max(rounds)) if len(rounds) > 1 else None
+
+
 def _bench_cell(group: pd.DataFrame, model: str, img_size: int) -> str:
     """The throughput and, measured over several rounds, the range across them in % of their median."""
     value = _bench_value(group, model, img_size)
@@ -256,6 +267,7 @@ def speed(name: str, spec: Mapping[str, Any], a: Analysis, m: Measurements) -> L
     published = [(f'P{j + 1}', key) for j, key in enumerate(spec.get('sources') or [])]
     cite = _Citations()
     rows, cells = [], []
+    ranges: Dict[str, Dict[str, Tuple[float, float]]] = {env: {} for env, _, _ in measured}
     for model in models:
         size = a.models[model]['img_size']
         row: Dict[str, Any] = dict(model=model, img_size=size)
@@ -263,6 +275,9 @@ def speed(name: str, spec: Mapping[str, Any], a: Analysis, m: Measurements) -> L
         for env, _, group in measured:
             row[env] = _bench_value(group, model, size)
             cell[env] = _bench_cell(group, model, size)
+            spread = _bench_range(group, model, size)
+            if spread is not None:
+                ranges[env][model] = spread
         for env, key in published:
             claim = a.claimed(model, spec['task'], 'throughput', size, sources=[key])
             row[env], cell[env] = claim and claim.value, _claim(claim)
@@ -290,7 +305,7 @@ def speed(name: str, spec: Mapping[str, Any], a: Analysis, m: Measurements) -> L
         notes.append(f'{env}: {envs[env]} (published [{cite.number(key)}]; other hardware than the M columns: '
                      'compare within a column, not across).')
     notes += _not_found(spec, a)
-    return [Table(name, spec['title'], data, display, notes, cite.keys, meta={'envs': envs})]
+    return [Table(name, spec['title'], data, display, notes, cite.keys, meta={'envs': envs, 'ranges': ranges})]
 
 
 def claims_table(name: str, spec: Mapping[str, Any], a: Analysis, m: Measurements) -> List[Table]:
