@@ -170,16 +170,16 @@ def test_time_steps_warms_up_then_times_each_step():
 
 
 def test_out_of_memory_backs_off_the_batch_size(monkeypatch):
-    measure = bench._measure
+    contender = bench._Contender
     tried = []
 
     def fake(model_name, mode, batch_size, *args):
         tried.append(batch_size)
         if batch_size > 4:
             raise torch.cuda.OutOfMemoryError('CUDA out of memory')
-        return measure(model_name, mode, batch_size, *args)
+        return contender(model_name, mode, batch_size, *args)
 
-    monkeypatch.setattr(bench, '_measure', fake)
+    monkeypatch.setattr(bench, '_Contender', fake)
     record = bench.run('fat_b0', img_size=32, batch_size=16, num_warmup=0, num_iters=1)
     assert tried == [16, 12, 8, 6, 4]  # timm's decay_batch_step
     assert record['batch_size'] == 4 and record['requested_batch_size'] == 16
