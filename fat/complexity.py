@@ -55,7 +55,6 @@ FASA preset at 224x224 under all three conventions (regenerate: ``fat flops --pi
 ``docs/variants.md`` is the generated FASA variant table (``fat flops --variant-table docs/variants.md``).
 """
 import argparse
-import difflib
 import json
 import warnings
 from collections import Counter
@@ -86,6 +85,7 @@ with warnings.catch_warnings():
         matmul_flop_jit,
     )
 
+from fat.checks import close_hint
 from fat.io import write_text_atomic
 from fat.models import FASA, FASA_PRESETS
 
@@ -295,8 +295,7 @@ def _build(model_name: str, img_size: int, **model_kwargs: Any) -> Tuple[nn.Modu
     if img_size <= 0:
         raise ValueError(f'image size must be positive, got {img_size}')
     if not timm.is_model(model_name):
-        close = difflib.get_close_matches(model_name, timm.list_models(), n=1)
-        raise ValueError(f"unknown model {model_name!r}" + (f" (did you mean '{close[0]}'?)" if close else ''))
+        raise ValueError(f'unknown model {model_name!r}{close_hint(model_name, timm.list_models())}')
     try:
         cfg = get_pretrained_cfg(model_name, allow_unregistered=False)
     except RuntimeError as e:  # an unknown pretrained tag

@@ -3,10 +3,10 @@ the validation of `resolve_config`. `fat.train` runs a config; this module only 
 that `fat sweep plan | status | collect | launch` validate a grid's train cells without importing torch.
 `fat.train` re-exports every name here.
 """
-import difflib
 import json
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+from fat.checks import check_choice, check_type, close_hint
 from fat.variants import resolve_fasa_stages
 
 __all__ = ['DEFAULTS', 'PRESETS', 'RUNTIME_KEYS', 'config_diff', 'resolve_config']
@@ -128,30 +128,12 @@ PRESETS: Dict[str, Dict[str, Any]] = {
 }
 
 
-def _type_name(types: tuple, optional: bool) -> str:
-    names = ' or '.join(t.__name__ for t in types)
-    return f'{names} or null' if optional else names
-
-
 def _check_value(key: str, value: Any) -> Any:
     """The value, with ints widened to float and tuples to lists; ValueError naming the key otherwise."""
     types, optional = _TYPES.get(key, ((type(DEFAULTS[key]),), False))
-    if value is None:
-        if optional:
-            return None
-        raise ValueError(f'config key {key!r} may not be null (expected {_type_name(types, optional)})')
-    if isinstance(value, tuple):
-        value = list(value)
-    if float in types and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    # bool is an int subclass: refuse it where a number is expected, and numbers where a bool is
-    if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-        raise ValueError(
-            f'config key {key!r} expects {_type_name(types, optional)}, got {type(value).__name__} {value!r}')
-    if key in _CHOICES and value not in _CHOICES[key]:
-        close = difflib.get_close_matches(value, _CHOICES[key], n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ''
-        raise ValueError(f"config key {key!r}: {value!r} is not one of {', '.join(_CHOICES[key])}{hint}")
+    value = check_type(f'config key {key!r}', value, types, optional)
+    if key in _CHOICES:
+        check_choice(f'{key!r}', value, _CHOICES[key])
     return value
 
 
@@ -165,12 +147,10 @@ def resolve_config(overrides: Mapping[str, Any], base: Optional[Mapping[str, Any
     for source in (base or {}, overrides):
         for key, value in source.items():
             if key not in DEFAULTS:
-                close = difflib.get_close_matches(key, DEFAULTS, n=3)
-                hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ''
-                raise ValueError(f'unknown config key {key!r}{hint}')
+                raise ValueError(f'unknown config key {key!r}{close_hint(key, list(DEFAULTS), n=3)}')
             cfg[key] = _check_value(key, value)
     resolve_fasa_stages(cfg['fasa'], 4)  # refuses an unknown preset or axis with its own one-line error
-    for key in ('batch_size', 'epochs', 'lr_base_size', 'eval_every'):
+    for key in ('batch_size', 'epochs', 'lr_base_size', 'eval_every', 'img_size'):
         if cfg[key] < 1:
             raise ValueError(f'config key {key!r} must be >= 1, got {cfg[key]}')
     for key in ('train_subset', 'val_subset', 'warmup_epochs', 'workers', 'threads', 'checkpoint_steps',

@@ -2,6 +2,7 @@
 import gzip
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,8 @@ from fat.cli import main as cli_main
 from fat.data import FASHION_MNIST_DIR, build_datasets, build_transforms
 from fat.distributed import DistEnv
 from fat.train import DEFAULTS, PRESETS, Trainer, _parse_override, main, resolve_config
+
+REPO = Path(__file__).resolve().parents[1]
 
 # a run small enough for the test suite: synthetic data, the proxy model, one thread, deterministic
 TINY = dict(PRESETS['smoke'], checkpoint_minutes=0)
@@ -90,6 +93,26 @@ def test_cli_config_file_is_validated_like_overrides(tmp_path, capsys):
     assert cli_main(['train', '--config', str(tmp_path / 'cfg.yaml')]) == 2
     err = capsys.readouterr().err
     assert err.count('\n') == 1 and "unknown config key 'warmup' (did you mean 'warmup_lr'" in err
+
+
+def test_cli_config_file_reads_yaml_1_2_as_grids_do(tmp_path, capsys):
+    # `lr: 1e-3` is a float (YAML 1.1 made it a string), `no` is not a boolean, duplicate keys are refused
+    (tmp_path / 'cfg.yaml').write_text('lr: 1e-3\namp: no\n')
+    assert cli_main(['train', '--config', str(tmp_path / 'cfg.yaml')]) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and "config key 'amp' expects bool, got str 'no'" in err  # lr passed its check
+    (tmp_path / 'dup.yaml').write_text('lr: 1e-3\nlr: 2e-3\n')
+    assert cli_main(['train', '--config', str(tmp_path / 'dup.yaml')]) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and "line 2, column 1: invalid YAML: duplicate key 'lr'" in err
+
+
+def test_fat_has_one_yaml_reader():
+    # every input goes through fat.yaml12 (YAML 1.2, strict); no module reads YAML its own way
+    readers = [str(p.relative_to(REPO)) for p in (REPO / 'fat').rglob('*.py')
+               if p.name != 'yaml12.py' and re.search(r'yaml\.(safe_)?load\b|yaml\.load_all|yaml\.(Safe)?Loader',
+                                                      p.read_text())]
+    assert readers == []
 
 
 def _imagenet_folder(root: Path, classes: int = 3, per_class: int = 4) -> Path:

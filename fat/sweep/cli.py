@@ -13,10 +13,11 @@ from typing import Callable, List, Optional, Sequence, Tuple
 from submitit.core.utils import FailedJobError, FailedSubmissionError
 from tqdm import tqdm
 
+from fat.checks import InputError
+
 from .cells import describe
 from .cluster import CLUSTERS, default_cluster
 from .launch import SUBMIT_STATES, LaunchReport, Sweep, launch, prepare
-from .spec import GridError
 from .state import CellState, Scheduler, cell_states, summary
 
 __all__ = ['register']
@@ -146,7 +147,7 @@ def _guarded(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Name
     def run(args: argparse.Namespace) -> int:
         try:
             return fn(args)
-        except GridError as e:
+        except InputError as e:
             for line in e.problems:
                 print(line, file=sys.stderr)
             return 2
