@@ -11,8 +11,9 @@ from fat.variants import resolve_fasa_stages
 
 __all__ = ['DEFAULTS', 'PRESETS', 'RUNTIME_KEYS', 'config_diff', 'resolve_config']
 
-# Every recipe value of the run, with the official ImageNet values (`../shared/spec/FAT.md` section 6.1) as
-# defaults. Learning rates are per 512 images of total batch (linear scaling, as the official code does).
+# Every recipe value of the run, with the official ImageNet values (qhfan/FAT `classification/config.py` and
+# `configs/*.yaml`; docs/sources.md) as defaults. Learning rates are per 512 images of total batch (linear
+# scaling, as the official code does).
 # The type of each key is the type of its default unless `_TYPES` says otherwise.
 DEFAULTS: Dict[str, Any] = {
     # model

@@ -27,7 +27,7 @@ TINY = dict(PRESETS['smoke'], checkpoint_minutes=0)
 
 
 def test_defaults_are_the_official_recipe():
-    # ../shared/spec/FAT.md section 6.1 (the official config.py, configs/*.yaml, data/build.py, main.py)
+    # the official recipe (qhfan/FAT classification/: config.py, configs/*.yaml, data/build.py, main.py)
     official = dict(
         epochs=300, warmup_epochs=20, lr=5e-4, warmup_lr=5e-7, min_lr=5e-6, lr_base_size=512, opt='adamw',
         opt_eps=1e-8, opt_betas=[0.9, 0.999], weight_decay=0.05, batch_size=128, clip_grad=5.0, amp=True,
