@@ -50,8 +50,8 @@ for FAT models, ``fasa_parts``: every FASA module's cost split into q, local (th
 kv, attention (SDPA), gating (the element-wise self-modulation and interaction) and mixer (W_o), summed over all
 blocks.
 
-The regression file `tests/data/complexity_pins.json` pins params and MACs of every registered ``fat_*`` model and
-FASA preset at 224x224 under all three conventions (regenerate: ``fat flops --pins tests/data/complexity_pins.json``);
+The regression file `results/complexity-pins.json` pins params and MACs of every registered ``fat_*`` model and
+FASA preset at 224x224 under all three conventions (regenerate: ``fat flops --pins results/complexity-pins.json``);
 ``docs/variants.md`` is the generated FASA variant table (``fat flops --variant-table docs/variants.md``).
 """
 import argparse
@@ -356,7 +356,7 @@ def pins(records: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
         models.setdefault(f"{r['model']}/{r['fasa']}", dict(params=r['params']))[r['convention']] = r['macs']
     return dict(
         about='params and MACs (batch 1, eval) of every fat_* model x FASA preset under each counting convention of '
-              'fat/complexity.py; regenerate with `fat flops --pins tests/data/complexity_pins.json`',
+              'fat/complexity.py; regenerate with `fat flops --pins results/complexity-pins.json`',
         img_size=records[0]['img_size'],
         environment=dict(torch=torch.__version__, timm=timm.__version__, fvcore=fvcore.__version__),
         models=models,

@@ -22,7 +22,7 @@ from fat.complexity import CONVENTIONS, count, measure, pins, variant_table
 from fat.models import FASA_PRESETS
 
 REPO = Path(__file__).resolve().parents[1]
-PINS = REPO / 'tests' / 'data' / 'complexity_pins.json'
+PINS = REPO / 'results' / 'complexity-pins.json'
 VARIANTS = REPO / 'docs' / 'variants.md'
 
 # FAT's published GMACs (`paper`; the 2.039 / 4.426 for B2 / B3 add up conv and linear after rounding each,

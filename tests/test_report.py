@@ -14,7 +14,7 @@ from fat.report.tables import DASH, Table, build_tables
 
 REPO = Path(__file__).resolve().parents[1]
 ANALYSIS = REPO / 'analysis'
-PINS = REPO / 'tests' / 'data' / 'complexity_pins.json'
+PINS = REPO / 'results' / 'complexity-pins.json'
 
 # qhfan/FAT classification/README.md and qhfan/RMT segmentation/README.md (docs/sources.md), as printed there
 SPEC_IMAGENET = {'FAT-B0': ('4.5', '0.7', '77.6'), 'FAT-B1': ('7.8', '1.2', '80.1'),
