@@ -402,8 +402,7 @@ def variant_table(records: Sequence[Dict[str, Any]]) -> str:
         '',
         'Each preset of `fat.models.fasa.FASA_PRESETS` (the same variant in every stage): what it ablates, its '
         'equation (L = DWConv(W_q x), G = attention of W_q x over W_kv D(x), s = sigmoid), its parameters and its '
-        'MACs (batch 1) under the counting conventions of `fat/complexity.py` (README, "Counting parameters and '
-        'FLOPs").',
+        'MACs (batch 1) under the counting conventions of `fat/complexity.py` ([counting.md](counting.md)).',
         '',
         _md_table(header, rows, [False, False, False] + [True] * 5),
         '',

@@ -115,7 +115,8 @@ RUNTIME_KEYS = ('output_dir', 'data_dir', 'workers', 'checkpoint_steps', 'checkp
 
 # named bases: `resolve_config(overrides, PRESETS[name])`, `fat train --preset NAME`
 PRESETS: Dict[str, Dict[str, Any]] = {
-    # CPU ablation screening (README "Training"): ~40k Fashion-MNIST images seen in ~1 minute on one thread.
+    # CPU ablation screening (docs/training.md, "The CPU proxy"): ~40k Fashion-MNIST images seen in ~1 minute on
+    # one thread.
     # A short run learns little under the official regularisation (Mixup/CutMix, RandAugment, erasing:
     # 73.0 % vs 79.6 % top-1 at this budget and lr 4e-3), so the proxy keeps label smoothing, flips and mild crops.
     'proxy': dict(
