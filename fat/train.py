@@ -42,10 +42,10 @@ from tqdm import tqdm
 import fat
 
 from . import models  # noqa: F401 (importing it registers the FAT models with timm)
+from .curves import Curves
 from .data import SeededSamples, build_datasets, build_transforms, eval_dataset
 from .distributed import DistEnv, device_rng_state, set_device_rng_state, wait_for_primary_exit
 from .distributed import setup as setup_distributed
-from .curves import Curves
 from .environment import cpu_name
 from .io import atomic_path, write_json_atomic, write_text_atomic
 from .train_config import _TYPES, DEFAULTS, PRESETS, RUNTIME_KEYS, config_diff, resolve_config
