@@ -31,10 +31,11 @@ def bars(states: List[CellState], grid: Dict[str, Any], width: int, height: int)
     """The block drawn on a terminal: a bar per running (or stalled) cell, then the grid's."""
     live = [st for st in states if st.state in _LIVE]
     room = max(1, height - 2)
-    labels = [describe(st.cell.axes) or st.cell.id for st in live[:room]]
+    live_shown = live[:room]
+    labels = [describe(st.cell.axes) or st.cell.id for st in live_shown]
     pad = min(max(map(len, labels), default=4), 28)
     lines = []
-    for st, label in zip(live, labels):
+    for st, label in zip(live_shown, labels, strict=True):
         p = st.progress or {}
         text = f'STALLED {st.detail}' if st.state == 'STALLED' else cell_text(p)
         lines.append(_bar(label[:pad].ljust(pad), min(1., p.get('step', 0) / (p.get('steps') or 1)), text, width))
