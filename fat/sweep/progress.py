@@ -8,8 +8,8 @@ REQUEUED cells only, one small file each, so `fat sweep status` stays fast and t
   duration, less the time since the file was written.
 - Expected finish of the grid: the running cells' ETAs, then the queued cells (PENDING; REQUEUED with their own
   remaining time) handed one by one to whichever running slot frees first, each taking the grid's observed time per
-  cell (the median of its DONE cells, from their last start to their result; before any is DONE, the running
-  cells' elapsed + ETA). As many slots as cells run now (at least one); NOT_LAUNCHED cells are not counted.
+  cell (the median over its DONE cells, an even sample of at most DURATION_SAMPLE, from their last start to their
+  result; before any is DONE, the running cells' elapsed + ETA). As many slots as cells run now (at least one); NOT_LAUNCHED cells are not counted.
 - STALLED: a RUNNING cell whose progress file (before its first one: its start) has not changed for
   max(`stalled_after`, STALL_STEPS x its seconds per step).
 """
@@ -30,6 +30,7 @@ __all__ = ['PROGRESS_FILE', 'STALLED_AFTER_S', 'STALL_STEPS', 'annotate', 'grid_
 PROGRESS_FILE = 'progress.json'  # fat.train.PROGRESS_FILE (not imported: that module imports torch)
 STALLED_AFTER_S = 300.  # default of `fat sweep status --stalled-after`
 STALL_STEPS = 10  # ... or this many of the cell's own steps, if longer
+DURATION_SAMPLE = 200  # DONE cells whose durations make the grid's time per cell
 
 
 def read_progress(cell_dir: Path) -> Optional[Dict[str, Any]]:
@@ -92,7 +93,9 @@ def grid_estimate(states: Sequence[CellState], now: float) -> Dict[str, Any]:
     queued = [st for st in states if st.state in ('PENDING', 'REQUEUED')]
     per_cell, source = None, None
     if queued or running:
-        done = [d for d in (duration(st) for st in states if st.state == 'DONE') if d is not None]
+        done = [st for st in states if st.state == 'DONE']
+        done = done[::max(1, len(done) // DURATION_SAMPLE)]  # an even sample: one stat per cell is the cost
+        done = [d for d in map(duration, done) if d is not None]
         whole = [st.progress['elapsed_s'] + st.progress['eta_s'] for st in running
                  if st.progress.get('eta_s') is not None and 'elapsed_s' in st.progress]
         if done:
