@@ -13,20 +13,27 @@ from typing import Any, Dict, Mapping, Optional
 
 from .io import atomic_path
 
-__all__ = ['Curves', 'truncate_events', 'read_scalars']
+__all__ = ['Curves', 'run_suffix', 'truncate_events', 'read_scalars']
 
 EVENTS_GLOB = 'events.out.tfevents.*'
 
 
-def truncate_events(log_dir: Path, last_step: int) -> int:
-    """Drop every event after `last_step` from the event files in `log_dir` (each file rewritten atomically, so a
-    kill leaves it cut or whole, and the next start cuts it again); the number of events dropped."""
+def run_suffix(out_dir: Path) -> str:
+    """The end of the names of a run's event files: from its run directory, so that a start cuts back only its own
+    run's files, whatever else shares the TensorBoard directory."""
+    return '.' + hashlib.sha1(str(Path(out_dir).resolve()).encode()).hexdigest()[:16]
+
+
+def truncate_events(log_dir: Path, last_step: int, suffix: str = '') -> int:
+    """Drop every event after `last_step` from the event files in `log_dir` whose names end with `suffix` (each
+    file rewritten atomically, so a kill leaves it cut or whole, and the next start cuts it again); the number of
+    events dropped."""
     from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
     from tensorboard.compat.proto import event_pb2
     from tensorboard.summary.writer.record_writer import RecordWriter
 
     dropped = 0
-    for path in sorted(Path(log_dir).glob(EVENTS_GLOB)):
+    for path in sorted(Path(log_dir).glob(EVENTS_GLOB + suffix)):
         records = list(RawEventFileLoader(str(path)).Load())  # a record torn by a kill is left out
         kept = [r for r in records if event_pb2.Event.FromString(r).step <= last_step]
         if len(kept) == len(records) and path.stat().st_size == sum(len(r) + 16 for r in records):
@@ -66,15 +73,16 @@ class Curves:
         if cfg['tensorboard']:
             from torch.utils.tensorboard import SummaryWriter
             log_dir.mkdir(parents=True, exist_ok=True)
-            truncate_events(log_dir, start_step)
-            self.tb = SummaryWriter(str(log_dir))
+            suffix = run_suffix(out_dir)
+            truncate_events(log_dir, start_step, suffix)
+            self.tb = SummaryWriter(str(log_dir), filename_suffix=suffix)
         if cfg['wandb']:
             try:
                 import wandb
             except ImportError:
                 raise ValueError("wandb=true needs Weights & Biases: pip install -e '.[wandb]'") from None
             # one W&B run per run directory, resumed under the same id; WANDB_MODE=offline works without network
-            run_id = hashlib.sha1(str(out_dir.resolve()).encode()).hexdigest()[:16]
+            run_id = run_suffix(out_dir)[1:]
             self.wandb = wandb.init(project=cfg['wandb_project'], name=log_dir.name, id=run_id, resume='allow',
                                     dir=str(out_dir), config=dict(cfg), reinit='create_new')
 

@@ -45,3 +45,10 @@ def test_wandb_offline_records_the_curves(tmp_path, monkeypatch):
     assert len(runs) == 1
     data = runs[0].read_bytes()  # W&B's own record format; the metric names are stored as text
     assert b'train/loss' in data and b'val/top1' in data
+
+
+def test_a_start_cuts_back_only_its_own_runs_event_files(tmp_path):
+    shared = str(tmp_path / 'tb')
+    for name in ('a', 'b'):  # b's (re)start must leave a's points alone
+        assert main(dict(TINY, output_dir=str(tmp_path / name), tensorboard_dir=shared))['status'] == 'done'
+    assert sorted(step for step, _ in read_scalars(tmp_path / 'tb')['train/loss']) == [1, 1, 2, 2, 3, 3, 4, 4]

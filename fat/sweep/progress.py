@@ -9,7 +9,8 @@ REQUEUED cells only, one small file each, so `fat sweep status` stays fast and t
 - Expected finish of the grid: the running cells' ETAs, then the queued cells (PENDING; REQUEUED with their own
   remaining time) handed one by one to whichever running slot frees first, each taking the grid's observed time per
   cell (the median over its DONE cells, an even sample of at most DURATION_SAMPLE, from their last start to their
-  result; before any is DONE, the running cells' elapsed + ETA). As many slots as cells run now (at least one); NOT_LAUNCHED cells are not counted.
+  result; before any is DONE, the running cells' elapsed + ETA). As many slots as cells run now (at least one);
+  NOT_LAUNCHED cells are not counted.
 - STALLED: a RUNNING cell whose progress file (before its first one: its start) has not changed for
   max(`stalled_after`, STALL_STEPS x its seconds per step).
 """
