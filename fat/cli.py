@@ -24,6 +24,7 @@ COMMANDS: Dict[str, Command] = {
     'sweep': Command('fat.sweep.cli', 'ablation grids (ablations/*.yaml) on Slurm: plan, launch, status, collect'),
     'report': Command('fat.report', 'regenerate the tables and figures (claims beside measurements) under results/'),
     'bench': Command('fat.bench', 'inference / training-step throughput and latency of timm models (CPU, CUDA)'),
+    'timm': Command('fat.timm_scripts', "run timm's own scripts (validate.py, benchmark.py, ...) on the FAT models"),
 }
 
 

@@ -28,7 +28,6 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
-import yaml
 from timm.data import Mixup
 from timm.layers import convert_sync_batchnorm
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
@@ -41,7 +40,10 @@ from tqdm import tqdm
 
 import fat
 
-from . import models  # noqa: F401 (importing it registers the FAT models with timm)
+from . import (
+    models,  # noqa: F401 (importing it registers the FAT models with timm)
+    yaml12,
+)
 from .curves import Curves
 from .data import SeededSamples, build_datasets, build_transforms, eval_dataset
 from .distributed import DistEnv, device_rng_state, set_device_rng_state, wait_for_primary_exit
@@ -695,28 +697,21 @@ def _run(cfg: Dict[str, Any], out_dir: Path, env: DistEnv) -> Dict[str, Any]:
 # the `fat train` command
 
 def _parse_override(text: str) -> Tuple[str, Any]:
-    """'key=value', the value read as YAML except where the key expects a string (so 'auto_augment=rand-m9')."""
+    """'key=value', the value read as YAML 1.2 except where the key expects a string (so 'auto_augment=rand-m9')."""
     key, sep, value = text.partition('=')
     if not sep or not key:
         raise ValueError(f'expected key=value, got {text!r}')
     if key not in DEFAULTS:
         resolve_config({key: None})  # raises the unknown-key error with its suggestions
-    parsed = yaml.safe_load(value) if value else None
+    parsed = yaml12.load(value, f'{key}=') if value else None
     types, _ = _TYPES.get(key, ((type(DEFAULTS[key]),), False))
-    if types == (str,) and parsed is not None:
-        return key, value
-    if types == (float,) and isinstance(parsed, str):
-        try:  # YAML reads 1e-3 as a string
-            return key, float(parsed)
-        except ValueError:
-            pass
-    return key, parsed
+    return key, value if types == (str,) and parsed is not None else parsed
 
 
 def _train_command(args: argparse.Namespace) -> int:
     base = dict(PRESETS[args.preset]) if args.preset else {}
     if args.config:
-        loaded = yaml.safe_load(Path(args.config).read_text()) or {}
+        loaded = yaml12.load_file(args.config) or {}
         if not isinstance(loaded, dict):
             raise ValueError(f'{args.config}: expected a mapping of config keys')
         base.update(loaded)

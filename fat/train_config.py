@@ -3,16 +3,17 @@ the validation of `resolve_config`. `fat.train` runs a config; this module only 
 that `fat sweep plan | status | collect | launch` validate a grid's train cells without importing torch.
 `fat.train` re-exports every name here.
 """
-import difflib
 import json
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+from fat.checks import check_choice, check_type, close_hint
 from fat.variants import resolve_fasa_stages
 
 __all__ = ['DEFAULTS', 'PRESETS', 'RUNTIME_KEYS', 'config_diff', 'resolve_config']
 
-# Every recipe value of the run, with the official ImageNet values (`../shared/spec/FAT.md` section 6.1) as
-# defaults. Learning rates are per 512 images of total batch (linear scaling, as the official code does).
+# Every recipe value of the run, with the official ImageNet values (qhfan/FAT `classification/config.py` and
+# `configs/*.yaml`; docs/sources.md) as defaults. Learning rates are per 512 images of total batch (linear
+# scaling, as the official code does).
 # The type of each key is the type of its default unless `_TYPES` says otherwise.
 DEFAULTS: Dict[str, Any] = {
     # model
@@ -121,7 +122,8 @@ RUNTIME_KEYS = ('output_dir', 'data_dir', 'workers', 'checkpoint_steps', 'checkp
 
 # named bases: `resolve_config(overrides, PRESETS[name])`, `fat train --preset NAME`
 PRESETS: Dict[str, Dict[str, Any]] = {
-    # CPU ablation screening (README "Training"): ~40k Fashion-MNIST images seen in ~1 minute on one thread.
+    # CPU ablation screening (docs/training.md, "The CPU proxy"): ~40k Fashion-MNIST images seen in ~1 minute on
+    # one thread.
     # A short run learns little under the official regularisation (Mixup/CutMix, RandAugment, erasing:
     # 73.0 % vs 79.6 % top-1 at this budget and lr 4e-3), so the proxy keeps label smoothing, flips and mild crops.
     'proxy': dict(
@@ -135,30 +137,12 @@ PRESETS: Dict[str, Dict[str, Any]] = {
 }
 
 
-def _type_name(types: tuple, optional: bool) -> str:
-    names = ' or '.join(t.__name__ for t in types)
-    return f'{names} or null' if optional else names
-
-
 def _check_value(key: str, value: Any) -> Any:
     """The value, with ints widened to float and tuples to lists; ValueError naming the key otherwise."""
     types, optional = _TYPES.get(key, ((type(DEFAULTS[key]),), False))
-    if value is None:
-        if optional:
-            return None
-        raise ValueError(f'config key {key!r} may not be null (expected {_type_name(types, optional)})')
-    if isinstance(value, tuple):
-        value = list(value)
-    if float in types and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    # bool is an int subclass: refuse it where a number is expected, and numbers where a bool is
-    if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-        raise ValueError(
-            f'config key {key!r} expects {_type_name(types, optional)}, got {type(value).__name__} {value!r}')
-    if key in _CHOICES and value not in _CHOICES[key]:
-        close = difflib.get_close_matches(value, _CHOICES[key], n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ''
-        raise ValueError(f"config key {key!r}: {value!r} is not one of {', '.join(_CHOICES[key])}{hint}")
+    value = check_type(f'config key {key!r}', value, types, optional)
+    if key in _CHOICES:
+        check_choice(f'{key!r}', value, _CHOICES[key])
     return value
 
 
@@ -172,12 +156,10 @@ def resolve_config(overrides: Mapping[str, Any], base: Optional[Mapping[str, Any
     for source in (base or {}, overrides):
         for key, value in source.items():
             if key not in DEFAULTS:
-                close = difflib.get_close_matches(key, DEFAULTS, n=3)
-                hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ''
-                raise ValueError(f'unknown config key {key!r}{hint}')
+                raise ValueError(f'unknown config key {key!r}{close_hint(key, list(DEFAULTS), n=3)}')
             cfg[key] = _check_value(key, value)
     resolve_fasa_stages(cfg['fasa'], 4)  # refuses an unknown preset or axis with its own one-line error
-    for key in ('batch_size', 'epochs', 'lr_base_size', 'eval_every'):
+    for key in ('batch_size', 'epochs', 'lr_base_size', 'eval_every', 'img_size'):
         if cfg[key] < 1:
             raise ValueError(f'config key {key!r} must be >= 1, got {cfg[key]}')
     for key in ('train_subset', 'val_subset', 'warmup_epochs', 'workers', 'threads', 'checkpoint_steps',

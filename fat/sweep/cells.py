@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
+from fat.checks import Problems
 from fat.io import write_json_atomic
 from fat.variants import resolve_fasa_stages
 
-from .spec import Grid, Problems
+from .spec import Grid
 from .tasks import Task
 
 __all__ = ['Cell', 'cell_id', 'expand', 'describe', 'run_name', 'append_record', 'read_records', 'read_result']

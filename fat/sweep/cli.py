@@ -13,11 +13,12 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from submitit.core.utils import FailedJobError, FailedSubmissionError
 from tqdm import tqdm
 
+from fat.checks import InputError
+
 from .cells import describe
 from .cluster import CLUSTERS, default_cluster
 from .launch import SUBMIT_STATES, LaunchReport, Sweep, launch, prepare
 from .progress import STALLED_AFTER_S, annotate, cell_text, grid_text
-from .spec import GridError
 from .state import ACTIVE, CellState, Scheduler, cell_states, summary
 from .watch import watch
 
@@ -170,7 +171,7 @@ def _guarded(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Name
     def run(args: argparse.Namespace) -> int:
         try:
             return fn(args)
-        except GridError as e:
+        except InputError as e:
             for line in e.problems:
                 print(line, file=sys.stderr)
             return 2
