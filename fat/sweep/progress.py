@@ -11,7 +11,7 @@ REQUEUED cells only, one small file each, so `fat sweep status` stays fast and t
   cell (the median over its DONE cells, an even sample of at most DURATION_SAMPLE, from their last start to their
   result; before any is DONE, the running cells' elapsed + ETA). As many slots as cells run now (at least one);
   NOT_LAUNCHED cells are not counted.
-- STALLED: a RUNNING cell whose progress file (before its first one: its start) has not changed for
+- STALLED: a RUNNING cell whose progress file (or, before its job wrote one, the job's start) has not changed for
   max(`stalled_after`, STALL_STEPS x its seconds per step).
 """
 import heapq
@@ -58,17 +58,19 @@ def _remaining(p: Dict[str, Any]) -> Optional[float]:
 def _cell_progress(st: CellState, now: float, stalled_after: float) -> Dict[str, Any]:
     p = read_progress(st.cell.dir)
     out: Dict[str, Any] = {'phase': 'starting'}
+    # a file older than the job's start is an earlier job's (before a requeue or relaunch): the run has yet to resume
+    current = p is not None and (st.started is None or p['time'] >= st.started)
     if p is not None:
         remaining = _remaining(p)
-        out = {'phase': p.get('phase'), 'epoch': min(p['epoch'] + 1, p['epochs']), 'epochs': p['epochs'],
-               'step': p['step'], 'steps': p['steps'], 'val_top1': p.get('val_top1'),
+        out = {'phase': p.get('phase') if current else 'starting', 'epoch': min(p['epoch'] + 1, p['epochs']),
+               'epochs': p['epochs'], 'step': p['step'], 'steps': p['steps'], 'val_top1': p.get('val_top1'),
                'images_per_s': p.get('images_per_s'), 'seconds_per_step': p.get('step_seconds'),
                'updated_s_ago': max(0., now - p['time']), 'eta_s': remaining}
-        if remaining is not None and st.state != 'REQUEUED':  # a requeued cell waits: its work is all ahead
+        if remaining is not None and current and st.state != 'REQUEUED':  # else its work is all ahead
             out['eta_s'] = max(0., remaining - (now - p['time']))
     if st.state == 'RUNNING' and st.started is not None:
         out['elapsed_s'] = max(0., now - st.started)
-        last = p['time'] if p is not None else st.started
+        last = p['time'] if current else st.started
         threshold = max(stalled_after, STALL_STEPS * ((p or {}).get('step_seconds') or 0.))
         if now - last > threshold:
             out['stalled_s'] = now - last

@@ -103,22 +103,24 @@ def _capture(grid_file: str, workdir: str, *extra: str) -> str:
 
 
 def test_a_cell_whose_progress_stopped_is_stalled_after_its_threshold(sweep, job):
-    slow, stuck = sweep.cells[:2]
+    slow, stuck, restarted = sweep.cells[:3]
     now = time.time()
     _running(slow, job, now - 900, time=now - 400, step_seconds=50.)  # 400 s without news, but steps take 50 s
     _running(stuck, job, now - 900, time=now - 400)
+    _running(restarted, job, now - 10, time=now - 400)  # the file is the job's before a requeue: resuming
     log = stuck.dir.parent / '.submitit' / job / f'{job}_0_log.err'
     log.parent.mkdir(parents=True)
     log.write_text('epoch 1/2 step 40/100 loss 2.3\nepoch 1/2 step 41/100 loss 2.2\n\n')
-    states = cell_states(sweep.cells[:2], Scheduler(None, slurm=False))
+    states = cell_states(sweep.cells[:3], Scheduler(None, slurm=False))
     grid = annotate(states, 300., now=now)
-    assert [st.state for st in states] == ['RUNNING', 'STALLED']  # thresholds: 10 x 50 s, and 300 s
+    assert [st.state for st in states] == ['RUNNING', 'STALLED', 'RUNNING']  # thresholds: 10 x 50 s, and 300 s
     assert states[1].detail == f'no progress for 06:40 (log: {log}; last line: epoch 1/2 step 41/100 loss 2.2)'
     assert states[1].progress['eta_s'] is None and grid['eta_s'] is None and grid['stalled'] == 1
+    assert states[2].progress['phase'] == 'starting' and states[2].progress['eta_s'] == pytest.approx(34)
     # --stalled-after raises the threshold
-    states = cell_states(sweep.cells[:2], Scheduler(None, slurm=False))
+    states = cell_states(sweep.cells[:3], Scheduler(None, slurm=False))
     annotate(states, 600., now=now)
-    assert [st.state for st in states] == ['RUNNING', 'RUNNING']
+    assert [st.state for st in states] == ['RUNNING', 'RUNNING', 'RUNNING']
 
 
 def test_each_cell_has_a_readable_tensorboard_run(sweep):
