@@ -48,10 +48,10 @@ def _print_states(states: List[CellState], as_json: bool, source: str, plan: boo
         lines.append(f'{st.cell.id}  {st.state:<12} {action}{describe(st.cell.axes)}'
                      + (f'  [{st.job_id}]' if st.job_id else '') + (f'  on {st.placement}' if st.hosts else '')
                      + (f'  {extra}' if extra else ''))
+    if grid is not None and any(st.state in ACTIVE for st in states):
+        lines.append(grid_text(grid))
     print('\n'.join(lines))
     print(f'{summary(states)} (state source: {source})')
-    if grid is not None:
-        print(grid_text(grid))
 
 
 def _sweep(args: argparse.Namespace) -> Sweep:

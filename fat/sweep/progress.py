@@ -115,12 +115,14 @@ def grid_estimate(states: Sequence[CellState], now: float) -> Dict[str, Any]:
     slots = [s if s is not None else per_cell for s in slots]
     if count['STALLED'] or None in slots or (queued and per_cell is None):
         return out  # a stalled cell, or nothing to go by: no honest estimate
+    if not (running or queued):
+        return out  # nothing left to wait for
     slots = slots or [0.]
     heapq.heapify(slots)
     for st in queued:
         own = (st.progress or {}).get('eta_s') if st.state == 'REQUEUED' else None
         heapq.heappush(slots, heapq.heappop(slots) + (own if own is not None else per_cell))
-    eta = max(slots) if (running or queued) else 0.
+    eta = max(slots)
     out.update(eta_s=eta, expected_finish=time.strftime('%Y-%m-%dT%H:%M:%S%z', time.localtime(now + eta)))
     return out
 

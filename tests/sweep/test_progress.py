@@ -91,8 +91,8 @@ def test_progress_eta_and_the_grids_expected_finish(sweep, job, capsys):
     assert cli_main(['sweep', 'status', grid_file, '--workdir', workdir]) == 0
     text = capsys.readouterr().out.splitlines()
     assert text[0].startswith(f'{running.id}  RUNNING') and 'epoch 1/2 step 40/100 32 img/s elapsed 00:3' in text[0]
-    assert 'ETA 00:3' in text[0] and text[-1].startswith('grid: 1/4 finished, 1 running, 1 pending, 1 not launched')
-    assert 'expected finish in 02:1' in text[-1]
+    assert 'ETA 00:3' in text[0] and text[-2].startswith('grid: 1/4 finished, 1 running, 1 pending, 1 not launched')
+    assert 'expected finish in 02:1' in text[-2] and text[-1].startswith('4 cells: 1 DONE, 1 RUNNING, 1 PENDING')
 
 
 def _capture(grid_file: str, workdir: str, *extra: str) -> str:
