@@ -30,7 +30,7 @@ def _bar(label: str, fraction: float, text: str, width: int) -> str:
 def bars(states: List[CellState], grid: Dict[str, Any], width: int, height: int) -> List[str]:
     """The block drawn on a terminal: a bar per running (or stalled) cell, then the grid's."""
     live = [st for st in states if st.state in _LIVE]
-    room = max(1, height - 2)
+    room = max(1, height - 3)  # the block, with the "more" and grid lines, fits the screen (no scrolling)
     live_shown = live[:room]
     labels = [describe(st.cell.axes) or st.cell.id for st in live_shown]
     pad = min(max(map(len, labels), default=4), 28)
