@@ -44,6 +44,7 @@ from . import (
     models,  # noqa: F401 (importing it registers the FAT models with timm)
     yaml12,
 )
+from .curves import Curves
 from .data import SeededSamples, build_datasets, build_transforms, eval_dataset
 from .distributed import DistEnv, device_rng_state, set_device_rng_state, wait_for_primary_exit
 from .distributed import setup as setup_distributed
@@ -59,6 +60,8 @@ _logger = logging.getLogger(__name__)
 # files of the run directory
 
 CONFIG_FILE, ENV_FILE, LOG_FILE, RESULT_FILE = 'config.json', 'environment.json', 'log.jsonl', 'result.json'
+# where the run is now (`fat sweep status` reads it: progress, ETA, stalls); rewritten at most every PROGRESS_S
+PROGRESS_FILE, PROGRESS_S = 'progress.json', 1.0
 LAST_CKPT, PREV_CKPT, BEST_CKPT = 'checkpoint-last.pt', 'checkpoint-prev.pt', 'checkpoint-best.pt'
 _CKPT_KEYS = ('config', 'epoch', 'step_in_epoch', 'global_step', 'model', 'optimizer', 'scheduler', 'ranks', 'history')
 
@@ -254,6 +257,9 @@ class Trainer:
                            overflow_streak=0)
         self.last_checkpoint_time = time.monotonic()
         self.resumed_from: Optional[Dict[str, int]] = None
+        self.curves = Curves(cfg, primary=False, start_step=0)  # writes nothing; run() opens the real ones
+        self.last_progress = 0.  # time.monotonic() of the last progress.json
+        self.speed: Dict[str, Optional[float]] = dict(step_seconds=None, images_per_s=None, eval_seconds=None)
 
     def _seed(self, seed: int):
         random.seed(seed)
@@ -284,6 +290,7 @@ class Trainer:
 
     def checkpoint(self):
         state = self.state_dict()  # every rank takes part (per-rank states are gathered)
+        self.curves.flush()  # the points up to this step are on disk before the checkpoint that resumes after them
         if self.env.primary:
             _save_checkpoint(state, self.out_dir)
         self.last_checkpoint_time = time.monotonic()
@@ -455,6 +462,13 @@ class Trainer:
                 self.meters['loss_sum'] += loss
                 self.meters['loss_steps'] += 1
             lr = self.optimizer.param_groups[0]['lr']
+            seconds = time.monotonic() - t0
+            self.speed.update(step_seconds=seconds / (step + 1 - start), images_per_s=images / seconds)
+            if (step + 1) % cfg['log_interval'] == 0:
+                self.curves.scalars(self.global_step, {
+                    'train/loss': loss if math.isfinite(loss) else None, 'train/lr': lr,
+                    'train/images_per_s': self.speed['images_per_s']})
+            self.progress('train')
             if bar is not None:
                 bar.set_postfix(loss=f'{loss:.4f}', lr=f'{lr:.2e}', refresh=False)
                 bar.update()
@@ -468,7 +482,7 @@ class Trainer:
             stop, requeue, due = self._agree(*self._stop_votes(), float(bool(due) and self.env.primary))
             if (due or stop) and step + 1 < self.steps_per_epoch:
                 self._add_time(t0, images)
-                t0, images = time.monotonic(), 0
+                t0, images, start = time.monotonic(), 0, step + 1
                 self.checkpoint()
                 if stop:
                     if bar is not None:
@@ -493,7 +507,8 @@ class Trainer:
         t0 = time.monotonic()
         k = min(5, self.num_classes)
         counts = [0., 0., 0., 0.]  # correct@1, correct@k, loss sum, images
-        for x, y in self.val_loader:
+        for batch, (x, y) in enumerate(self.val_loader):
+            self.progress('eval', eval_batch=batch, eval_batches=len(self.val_loader))
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             if self.cfg['channels_last']:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -508,6 +523,7 @@ class Trainer:
         seconds = time.monotonic() - t0
         self.totals['eval_seconds'] += seconds
         self.totals['eval_images'] += n
+        self.speed['eval_seconds'] = seconds
         return dict(top1=100 * top1 / n, top5=100 * top5 / n, loss=loss / n, images_per_s=n / seconds)
 
     def end_epoch(self):
@@ -534,9 +550,15 @@ class Trainer:
         self.history.append(record)
         self.epoch, self.step_in_epoch = self.epoch + 1, 0
         self.meters = dict(loss_sum=0., loss_steps=0, seconds=0.)
+        self.curves.scalars(record['step'], {
+            'epoch/train_loss': record['train_loss'], 'epoch/train_images_per_s': record['train_images_per_s'],
+            'val/top1': record.get('val_top1'), 'val/top5': record.get('val_top5'), 'val/loss': record.get('val_loss'),
+            'val/images_per_s': record.get('eval_images_per_s'), 'ema/top1': record.get('ema_top1'),
+            'ema/top5': record.get('ema_top5')})
         self.checkpoint()
         if self.env.primary:
             write_text_atomic(self.out_dir / LOG_FILE, ''.join(json.dumps(r) + '\n' for r in self.history))
+            self.progress('train', force=True)
             val = f" val top-1 {record['val_top1']:.2f} top-5 {record['val_top5']:.2f}" if 'val_top1' in record else ''
             _logger.info(
                 f"epoch {record['epoch']}/{cfg['epochs']} train loss {record['train_loss']:.4f}{val} "
@@ -550,8 +572,25 @@ class Trainer:
         dist.all_gather(gathered, mine)
         return all(torch.equal(g, mine) for g in gathered)
 
+    def progress(self, phase: str, force: bool = False, **extra: Any):
+        """Rewrite progress.json (rank 0, at most every PROGRESS_S): where the run is, how fast it goes, its last
+        top-1. `fat sweep status` computes ETAs from it and calls a run whose file stops changing STALLED."""
+        now = time.monotonic()
+        if not self.env.primary or (not force and now - self.last_progress < PROGRESS_S):
+            return
+        self.last_progress = now
+        top1 = next((r['val_top1'] for r in reversed(self.history) if 'val_top1' in r), None)
+        cfg = self.cfg
+        write_json_atomic(self.out_dir / PROGRESS_FILE, dict(
+            time=time.time(), pid=os.getpid(), phase=phase, epoch=self.epoch, epochs=cfg['epochs'],
+            step_in_epoch=self.step_in_epoch, steps_per_epoch=self.steps_per_epoch, step=self.global_step,
+            steps=cfg['epochs'] * self.steps_per_epoch, eval_every=cfg['eval_every'], val_top1=top1,
+            **self.speed, **extra))
+
     def run(self) -> Dict[str, Any]:
         self.install_signal_handlers()
+        self.curves = Curves(self.cfg, self.env.primary, self.global_step)
+        self.progress('train', force=True)
         try:
             while self.epoch < self.cfg['epochs']:
                 if self.step_in_epoch < self.steps_per_epoch:
@@ -569,6 +608,7 @@ class Trainer:
             return self.result('diverged', error=str(e), diverged_step=self.global_step)
         finally:
             self.restore_signal_handlers()
+            self.curves.close()
 
     def result(self, status: str, **extra: Any) -> Dict[str, Any]:
         evaluated = [r for r in self.history if 'val_top1' in r]

@@ -79,8 +79,13 @@ DEFAULTS: Dict[str, Any] = {
     'eval_every': 1,  # epochs; the last epoch is always evaluated
     'checkpoint_steps': 0,  # also checkpoint every this many steps inside an epoch; 0: at epoch ends only
     'checkpoint_minutes': 10.0,  # ... and at least this often; 0: off
-    'log_interval': 50,  # steps between plain log lines (when stderr is not a terminal)
+    'log_interval': 50,  # steps between plain log lines (when stderr is not a terminal) and training-curve points
     'output_dir': None,
+    # curves (docs/watching.md): TensorBoard event files, and Weights & Biases on request (pip install '.[wandb]')
+    'tensorboard': True,
+    'tensorboard_dir': None,  # None: output_dir; a sweep gives each cell <workdir>/<grid>/tb/<varied axes>
+    'wandb': False,
+    'wandb_project': 'fat-harness',
 }
 
 _CHOICES: Dict[str, tuple] = {
@@ -106,12 +111,14 @@ _TYPES: Dict[str, tuple] = {
     'auto_augment': ((str,), True),
     'cutmix_minmax': ((list,), True),
     'output_dir': ((str,), True),
+    'tensorboard_dir': ((str,), True),
     'opt_eps': ((float,), True),
     'opt_betas': ((list,), True),
 }
 
 # keys that may change between a run's invocations without changing its results
-RUNTIME_KEYS = ('output_dir', 'data_dir', 'workers', 'checkpoint_steps', 'checkpoint_minutes', 'log_interval')
+RUNTIME_KEYS = ('output_dir', 'data_dir', 'workers', 'checkpoint_steps', 'checkpoint_minutes', 'log_interval',
+                'tensorboard', 'tensorboard_dir', 'wandb', 'wandb_project')
 
 # named bases: `resolve_config(overrides, PRESETS[name])`, `fat train --preset NAME`
 PRESETS: Dict[str, Dict[str, Any]] = {
@@ -122,7 +129,7 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     'proxy': dict(
         model='fat_proxy', dataset='fashion_mnist', img_size=48, train_subset=20000, epochs=2, warmup_epochs=0.25,
         lr=8e-3, warmup_lr=8e-6, min_lr=8e-5, mixup=0., cutmix=0., auto_augment=None, reprob=0., scale=[0.5, 1.],
-        workers=0, threads=1, deterministic=True, channels_last=True),
+        workers=0, threads=1, deterministic=True, channels_last=True, log_interval=10),
     # seconds-long runs on synthetic data, for tests
     'smoke': dict(
         model='fat_proxy', dataset='synthetic', img_size=48, in_chans=1, train_subset=64, val_subset=32,

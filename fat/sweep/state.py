@@ -17,9 +17,11 @@ from submitit.core.utils import JobPaths
 from .cells import Cell, read_records, read_result
 from .cluster import QueueEntry, hostname, local_job_alive, sacct, squeue
 
-__all__ = ['STATES', 'CellState', 'Scheduler', 'cell_states', 'summary', 'error_line']
+__all__ = ['STATES', 'ACTIVE', 'CellState', 'Scheduler', 'cell_states', 'summary', 'error_line', 'last_line']
 
-STATES = ('DONE', 'DIVERGED', 'FAILED', 'RUNNING', 'REQUEUED', 'PENDING', 'NOT_LAUNCHED')
+# STALLED: a RUNNING cell that `fat sweep status` finds making no progress (fat.sweep.progress); only it says so
+STATES = ('DONE', 'DIVERGED', 'FAILED', 'RUNNING', 'STALLED', 'REQUEUED', 'PENDING', 'NOT_LAUNCHED')
+ACTIVE = ('RUNNING', 'STALLED', 'REQUEUED', 'PENDING')  # queued or running: `fat sweep wait` waits for them
 _ALIVE = {
     'PENDING': 'PENDING', 'CONFIGURING': 'PENDING', 'REQUEUED': 'REQUEUED', 'REQUEUE_HOLD': 'REQUEUED',
     'REQUEUE_FED': 'REQUEUED', 'RUNNING': 'RUNNING', 'COMPLETING': 'RUNNING', 'SUSPENDED': 'RUNNING',
@@ -44,11 +46,14 @@ class CellState:
     cluster: Optional[str] = None
     hosts: List[str] = field(default_factory=list)  # the nodes of the job that last started the cell
     world_size: Optional[int] = None  # its processes (ranks)
+    started: Optional[float] = None  # when it last started (time.time())
+    progress: Optional[Dict[str, Any]] = None  # RUNNING, STALLED, REQUEUED: fat.sweep.progress fills it in
 
     def as_dict(self) -> Dict[str, Any]:
-        return {'id': self.cell.id, 'state': self.state, 'axes': self.cell.axes, 'job_id': self.job_id,
-                'detail': self.detail, 'log': self.log, 'dir': str(self.cell.dir), 'hosts': self.hosts,
-                'world_size': self.world_size}
+        doc = {'id': self.cell.id, 'state': self.state, 'axes': self.cell.axes, 'job_id': self.job_id,
+               'detail': self.detail, 'log': self.log, 'dir': str(self.cell.dir), 'hosts': self.hosts,
+               'world_size': self.world_size}
+        return dict(doc, progress=self.progress) if self.progress is not None else doc
 
     @property
     def placement(self) -> str:
@@ -90,18 +95,31 @@ class Scheduler:
         return 'squeue' + (' + sacct' if self.accounting else '')
 
 
+def _tail_lines(log: Path) -> Optional[List[str]]:
+    """The non-empty lines of the last _TAIL_BYTES of a log; None without a log."""
+    try:
+        with open(log, 'rb') as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - _TAIL_BYTES))
+            return [ln.strip() for ln in f.read().decode(errors='replace').splitlines() if ln.strip()]
+    except OSError:
+        return None
+
+
+def last_line(log: Path) -> Optional[str]:
+    """The last non-empty line of a log; None without one."""
+    lines = _tail_lines(log)
+    return lines[-1] if lines else None
+
+
 def error_line(log: Path) -> Optional[str]:
     """The line of a job log that says why the job ended; None without a log.
 
     In order of preference: Slurm's own verdict on the job (`*** JOB 12 ... CANCELLED ...`, time limit,
     preemption), the last Python exception line, the last line that mentions an error, the last line.
     """
-    try:
-        with open(log, 'rb') as f:
-            f.seek(0, 2)
-            f.seek(max(0, f.tell() - _TAIL_BYTES))
-            lines = [ln.strip() for ln in f.read().decode(errors='replace').splitlines() if ln.strip()]
-    except OSError:
+    lines = _tail_lines(log)
+    if lines is None:
         return None
     for pattern in (_SLURM_VERDICT_RE, _EXCEPTION_RE, _ERROR_RE):
         found = [ln for ln in lines if pattern.search(ln)]
@@ -142,6 +160,7 @@ def _placement(st: CellState, records: Sequence[Dict[str, Any]]) -> CellState:
     if started:
         st.hosts = list(started[-1].get('hosts') or [started[-1].get('host')])
         st.world_size = started[-1].get('world_size')
+        st.started = started[-1].get('time')
     if st.result and isinstance(st.result.get('world_size'), int):
         st.world_size = st.result['world_size']
     return st

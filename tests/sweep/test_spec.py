@@ -159,8 +159,9 @@ def test_baseline_takes_any_varied_value_and_changes_no_cell(write_grid, tmp_pat
                     tmp_path / 'runs')
     assert based.grid.baseline == {'fasa': 'local_only', 'lr': 0.004, 'epochs': 2.0}  # include, zip; numbers by value
     assert plain.grid.baseline == {}
-    assert [(c.id, c.config) for c in based.cells] == [(c.id, {**c.config, 'output_dir': c.config['output_dir'].replace(
-        '/plain/', '/based/')}) for c in plain.cells]
+    moved = ('output_dir', 'tensorboard_dir')  # the cells' paths, under the grid's name
+    assert [(c.id, c.config) for c in based.cells] == [
+        (c.id, {**c.config, **{k: c.config[k].replace('/plain/', '/based/') for k in moved}}) for c in plain.cells]
 
 
 def test_expansion_product_zip_seeds_include_exclude(write_grid, tmp_path):
