@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from fat.curves import read_scalars
 from fat.train import PRESETS, main
+from fat.train.curves import read_scalars
 
 TINY = dict(PRESETS['smoke'], checkpoint_minutes=0, epochs=1, log_interval=1)
 

@@ -14,11 +14,12 @@ from timm.data.random_erasing import RandomErasing
 from timm.utils import NativeScaler
 from torchvision import transforms as T
 
-from fat import train
 from fat.cli import main as cli_main
 from fat.data import FASHION_MNIST_DIR, build_datasets, build_transforms
 from fat.distributed import DistEnv
-from fat.train import DEFAULTS, PRESETS, Trainer, _parse_override, main, resolve_config
+from fat.train import DEFAULTS, PRESETS, Trainer, main, resolve_config
+from fat.train import trainer as train_loop
+from fat.train.cli import _parse_override
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -322,11 +323,11 @@ def test_the_loss_scaler_skips_a_non_finite_step_and_training_goes_on(tmp_path):
 
 
 def test_a_loss_scale_that_never_recovers_is_divergence(tmp_path, monkeypatch):
-    monkeypatch.setattr(train, 'MAX_SKIPPED_IN_A_ROW', 2)
+    monkeypatch.setattr(train_loop, 'MAX_SKIPPED_IN_A_ROW', 2)
     trainer = _scaled_trainer(tmp_path)
     x, y = next(iter(trainer._train_loader()))
     nan = torch.full_like(x, float('nan'))
     trainer.train_step(nan, y)
     trainer.train_step(nan, y)
-    with pytest.raises(train._Diverged, match='3 steps in a row'):
+    with pytest.raises(train_loop._Diverged, match='3 steps in a row'):
         trainer.train_step(nan, y)

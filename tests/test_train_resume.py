@@ -15,7 +15,7 @@ from typing import List, Optional
 import pytest
 import torch
 
-from fat.curves import read_scalars
+from fat.train.curves import read_scalars
 
 # the smoke preset with every source of randomness in play: Mixup/CutMix (numpy), RandAugment and erasing
 # (per-sample seeds), drop path (torch), EMA; a checkpoint after every step so that kills land anywhere, and a

@@ -13,7 +13,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Tuple
 
 from fat.checks import Problems
 from fat.io import write_json_atomic
@@ -22,7 +22,7 @@ from fat.variants import resolve_fasa_stages
 from .spec import Grid
 from .tasks import Task
 
-__all__ = ['Cell', 'cell_id', 'expand', 'describe', 'run_name', 'append_record', 'read_records', 'read_result']
+__all__ = ['Cell', 'cell_id', 'expand', 'describe', 'run_name', 'append_record', 'read_records']
 
 ID_LENGTH = 12  # hex digits (48 bits): a collision stays improbable (< 1e-3) up to ~700,000 cells
 TB_DIR = 'tb'  # <workdir>/<grid>/tb/<run name>/: the cells' TensorBoard event files (`tensorboard --logdir`)
@@ -209,20 +209,3 @@ def read_records(cell_dir: Path) -> List[Dict[str, Any]]:
         except json.JSONDecodeError:
             continue
     return records
-
-
-def read_result(cell_dir: Path) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
-    """(result, error): the parsed result.json, or None and why it is missing or corrupt (None: not written)."""
-    try:
-        text = (cell_dir / 'result.json').read_text()
-    except FileNotFoundError:
-        return None, None
-    except OSError as e:
-        return None, f'result.json unreadable: {e}'
-    try:
-        result = json.loads(text)
-    except json.JSONDecodeError as e:
-        return None, f'result.json corrupt: {e}'
-    if not isinstance(result, dict) or result.get('status') not in ('done', 'diverged', 'failed'):
-        return None, 'result.json corrupt: no status done|diverged|failed'
-    return result, None

@@ -1,7 +1,7 @@
 """`fat sweep plan | launch | status | wait | collect GRID [key=value ...]`.
 
 Every verb starts fast: nothing on their paths imports torch or timm (the grid is validated against the torch-free
-`fat.variants` and `fat.train_config`; timm is imported only for a grid that names a timm peer model), and pandas
+`fat.variants` and `fat.train.config`; timm is imported only for a grid that names a timm peer model), and pandas
 only for collect."""
 import argparse
 import json
@@ -14,12 +14,13 @@ from submitit.core.utils import FailedJobError, FailedSubmissionError
 from tqdm import tqdm
 
 from fat.checks import InputError
+from fat.rundir import ACTIVE, State
 
 from .cells import describe
 from .cluster import CLUSTERS, default_cluster
 from .launch import SUBMIT_STATES, LaunchReport, Sweep, launch, prepare
 from .progress import STALLED_AFTER_S, annotate, cell_text, grid_text
-from .state import ACTIVE, CellState, Scheduler, cell_states, summary
+from .state import CellState, Scheduler, cell_states, summary
 from .watch import watch
 
 __all__ = ['register']
@@ -42,8 +43,8 @@ def _print_states(states: List[CellState], as_json: bool, source: str, plan: boo
     lines = []
     for st in states:
         action = ('submit ' if st.state in SUBMIT_STATES else 'skip   ') if plan else ''
-        extra = st.detail + (f' (log: {st.log})' if st.state == 'FAILED' and st.log else '')
-        if st.progress is not None and st.state != 'STALLED':
+        extra = st.detail + (f' (log: {st.log})' if st.state == State.FAILED and st.log else '')
+        if st.progress is not None and st.state != State.STALLED:
             extra = ' '.join(filter(None, (cell_text(st.progress), extra)))
         lines.append(f'{st.cell.id}  {st.state:<12} {action}{describe(st.cell.axes)}'
                      + (f'  [{st.job_id}]' if st.job_id else '') + (f'  on {st.placement}' if st.hosts else '')
@@ -115,7 +116,7 @@ def _wait(args: argparse.Namespace) -> int:
             time.sleep(args.poll)
             states = sweep.states()
     print(summary(states))
-    return 0 if all(st.state == 'DONE' for st in states) else 1
+    return 0 if all(st.state == State.DONE for st in states) else 1
 
 
 def _collect(args: argparse.Namespace) -> int:

@@ -13,8 +13,9 @@ from typing import Any, Dict, List, Optional, Sequence
 import submitit
 
 import fat
+from fat.rundir import Status, read_result
 
-from .cells import append_record, read_result
+from .cells import append_record
 from .cluster import hostname
 from .tasks import TASKS
 
@@ -81,7 +82,7 @@ class CellJob(submitit.helpers.Checkpointable):
     @staticmethod
     def _run_cell(cell_dir: Path, rank: int) -> Dict[str, Any]:
         result, _ = read_result(cell_dir)
-        if result is not None and result['status'] != 'failed':  # a failed run resumes from its checkpoint
+        if result is not None and result['status'] != Status.FAILED:  # a failed run resumes from its checkpoint
             return result
         cell = json.loads((cell_dir / 'cell.json').read_text())
         if rank == 0:

@@ -19,8 +19,9 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 from submitit.helpers import RsyncSnapshot
 
 from fat.checks import InputError, Problems
+from fat.rundir import RESULT, State, read_result
 
-from .cells import Cell, append_record, expand, read_result
+from .cells import Cell, append_record, expand
 from .cluster import (
     CLUSTERS,
     DEFAULT_MAX_ARRAY_SIZE,
@@ -41,7 +42,7 @@ from .tasks import TASKS, Task
 
 __all__ = ['Sweep', 'prepare', 'launch', 'launch_lock', 'LaunchReport', 'SUBMIT_STATES', 'cluster_refusals']
 
-SUBMIT_STATES = ('NOT_LAUNCHED', 'FAILED')
+SUBMIT_STATES = (State.NOT_LAUNCHED, State.FAILED)
 LOCK_TIMEOUT_S = 600.
 
 
@@ -161,7 +162,7 @@ def _snapshot(sweep: Sweep) -> contextlib.AbstractContextManager:
 
 def _set_aside(cell: Cell) -> None:
     """A corrupt result.json would stop the rerun from starting: keep it, under another name."""
-    path = cell.dir / 'result.json'
+    path = cell.dir / RESULT
     _, corrupt = read_result(cell.dir)
     if corrupt and path.exists():
         os.replace(path, cell.dir / f'result.corrupt-{time.strftime("%Y%m%d-%H%M%S")}.json')

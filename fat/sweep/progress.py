@@ -23,12 +23,13 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from tqdm import tqdm
 
+from fat.rundir import PROGRESS, RESULT, State
+
 from .state import CellState, last_line
 
-__all__ = ['PROGRESS_FILE', 'STALLED_AFTER_S', 'STALL_STEPS', 'annotate', 'grid_estimate', 'cell_text', 'grid_text',
+__all__ = ['STALLED_AFTER_S', 'STALL_STEPS', 'annotate', 'grid_estimate', 'cell_text', 'grid_text',
            'duration']
 
-PROGRESS_FILE = 'progress.json'  # fat.train.PROGRESS_FILE (not imported: that module imports torch)
 STALLED_AFTER_S = 300.  # default of `fat sweep status --stalled-after`
 STALL_STEPS = 10  # ... or this many of the cell's own steps, if longer
 DURATION_SAMPLE = 200  # DONE cells whose durations make the grid's time per cell
@@ -36,7 +37,7 @@ DURATION_SAMPLE = 200  # DONE cells whose durations make the grid's time per cel
 
 def read_progress(cell_dir: Path) -> Optional[Dict[str, Any]]:
     try:
-        doc = json.loads((cell_dir / PROGRESS_FILE).read_text())
+        doc = json.loads((cell_dir / PROGRESS).read_text())
     except (OSError, ValueError):
         return None  # not written yet (the run is starting), or not a training cell
     return doc if isinstance(doc, dict) else None
@@ -66,9 +67,9 @@ def _cell_progress(st: CellState, now: float, stalled_after: float) -> Dict[str,
                'epochs': p['epochs'], 'step': p['step'], 'steps': p['steps'], 'val_top1': p.get('val_top1'),
                'images_per_s': p.get('images_per_s'), 'seconds_per_step': p.get('step_seconds'),
                'updated_s_ago': max(0., now - p['time']), 'eta_s': remaining}
-        if remaining is not None and current and st.state != 'REQUEUED':  # else its work is all ahead
+        if remaining is not None and current and st.state != State.REQUEUED:  # else its work is all ahead
             out['eta_s'] = max(0., remaining - (now - p['time']))
-    if st.state == 'RUNNING' and st.started is not None:
+    if st.state == State.RUNNING and st.started is not None:
         out['elapsed_s'] = max(0., now - st.started)
         last = p['time'] if current else st.started
         threshold = max(stalled_after, STALL_STEPS * ((p or {}).get('step_seconds') or 0.))
@@ -81,7 +82,7 @@ def _cell_progress(st: CellState, now: float, stalled_after: float) -> Dict[str,
 def duration(st: CellState) -> Optional[float]:
     """Seconds from a DONE cell's last start to its result.json."""
     try:
-        end = (st.cell.dir / 'result.json').stat().st_mtime
+        end = (st.cell.dir / RESULT).stat().st_mtime
     except OSError:
         return None
     return end - st.started if st.started is not None and end > st.started else None
@@ -89,14 +90,14 @@ def duration(st: CellState) -> Optional[float]:
 
 def grid_estimate(states: Sequence[CellState], now: float) -> Dict[str, Any]:
     """Counts, the grid's observed seconds per cell and its expected finish (see the module docstring)."""
-    count = {s: sum(st.state == s for st in states) for s in ('RUNNING', 'STALLED', 'REQUEUED', 'PENDING',
-                                                               'NOT_LAUNCHED')}
+    count = {s: sum(st.state == s for st in states)
+             for s in (State.RUNNING, State.STALLED, State.REQUEUED, State.PENDING, State.NOT_LAUNCHED)}
     finished = len(states) - sum(count.values())
-    running = [st for st in states if st.state == 'RUNNING']
-    queued = [st for st in states if st.state in ('PENDING', 'REQUEUED')]
+    running = [st for st in states if st.state == State.RUNNING]
+    queued = [st for st in states if st.state in (State.PENDING, State.REQUEUED)]
     per_cell, source = None, None
     if queued or running:
-        done = [st for st in states if st.state == 'DONE']
+        done = [st for st in states if st.state == State.DONE]
         done = done[::max(1, len(done) // DURATION_SAMPLE)]  # an even sample: one stat per cell is the cost
         done = [d for d in map(duration, done) if d is not None]
         whole = [st.progress['elapsed_s'] + st.progress['eta_s'] for st in running
@@ -113,14 +114,14 @@ def grid_estimate(states: Sequence[CellState], now: float) -> Dict[str, Any]:
                            'expected_finish': None}
     slots = [st.progress.get('eta_s') for st in running]
     slots = [s if s is not None else per_cell for s in slots]
-    if count['STALLED'] or None in slots or (queued and per_cell is None):
+    if count[State.STALLED] or None in slots or (queued and per_cell is None):
         return out  # a stalled cell, or nothing to go by: no honest estimate
     if not (running or queued):
         return out  # nothing left to wait for
     slots = slots or [0.]
     heapq.heapify(slots)
     for st in queued:
-        own = (st.progress or {}).get('eta_s') if st.state == 'REQUEUED' else None
+        own = (st.progress or {}).get('eta_s') if st.state == State.REQUEUED else None
         heapq.heappush(slots, heapq.heappop(slots) + (own if own is not None else per_cell))
     eta = max(slots)
     out.update(eta_s=eta, expected_finish=time.strftime('%Y-%m-%dT%H:%M:%S%z', time.localtime(now + eta)))
@@ -133,11 +134,11 @@ def annotate(states: List[CellState], stalled_after: float = STALLED_AFTER_S,
     and return the grid's estimate."""
     now = time.time() if now is None else now
     for st in states:
-        if st.state not in ('RUNNING', 'REQUEUED'):
+        if st.state not in (State.RUNNING, State.REQUEUED):
             continue
         st.progress = _cell_progress(st, now, stalled_after)
         if 'stalled_s' in st.progress:
-            st.state = 'STALLED'
+            st.state = State.STALLED
             line = last_line(Path(st.log)) if st.log else None
             st.detail = f"no progress for {tqdm.format_interval(st.progress['stalled_s'])}" + (
                 f' (log: {st.log}; last line: {line})' if st.log else '')

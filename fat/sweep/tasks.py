@@ -9,12 +9,12 @@ import functools
 import inspect
 import json
 import traceback
-from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
-from fat import train_config
 from fat.checks import check_choice, check_type, close_hint
-from fat.io import write_json_atomic
+from fat.environment import record
+from fat.rundir import Status, write_result
+from fat.train import config as train_config
 from fat.variants import FAT_ARGS, FAT_STAGE_ARGS, MODEL_NAMES, resolve_fasa_stages
 
 __all__ = ['TASKS', 'Task', 'check_model', 'check_model_args', 'check_sizes', 'model_kwargs']
@@ -111,7 +111,7 @@ class Task:
 
 
 class TrainTask(Task):
-    """A training run: `fat.train.resolve_config` (from the torch-free `fat.train_config`) and `fat.train.main`,
+    """A training run: `fat.train.resolve_config` (from the torch-free `fat.train.config`) and `fat.train.main`,
     which resumes from `output_dir`."""
     name = 'train'
 
@@ -188,15 +188,13 @@ def _recorded(cfg: Mapping[str, Any], measure: Callable[[Mapping[str, Any]], Dic
     """Run a flops/bench measurement and write its result.json, `failed` with the error if it raises (as the
     trainer does), so that a job running several cells goes on to the next."""
     import torch
-
-    from fat.train import environment
     try:
-        result = {'status': 'done', **measure(cfg)}
+        result = {'status': Status.DONE, **measure(cfg)}
     except Exception as e:  # recorded, not raised: the cell's state says it
         traceback.print_exc()
-        result = {'status': 'failed', 'error': f'{type(e).__name__}: {e}'}
-    result['environment'] = environment(torch.device('cuda' if torch.cuda.is_available() else 'cpu'), 1)
-    write_json_atomic(Path(cfg['output_dir']) / 'result.json', result)
+        result = {'status': Status.FAILED, 'error': f'{type(e).__name__}: {e}'}
+    result['environment'] = record('cuda' if torch.cuda.is_available() else 'cpu', 1)
+    write_result(cfg['output_dir'], result)
     return result
 
 

@@ -12,13 +12,15 @@ from typing import Any, Callable, Dict, List, Optional, TextIO
 
 from tqdm import tqdm
 
+from fat.rundir import ACTIVE, State
+
 from .cells import describe
 from .progress import annotate, cell_text, grid_text
-from .state import ACTIVE, CellState, summary
+from .state import CellState, summary
 
 __all__ = ['watch', 'bars']
 
-_LIVE = ('RUNNING', 'STALLED')
+_LIVE = (State.RUNNING, State.STALLED)
 
 
 def _bar(label: str, fraction: float, text: str, width: int) -> str:
@@ -37,7 +39,7 @@ def bars(states: List[CellState], grid: Dict[str, Any], width: int, height: int)
     lines = []
     for st, label in zip(live_shown, labels, strict=True):
         p = st.progress or {}
-        text = f'STALLED {st.detail}' if st.state == 'STALLED' else cell_text(p)
+        text = f'STALLED {st.detail}' if st.state == State.STALLED else cell_text(p)
         lines.append(_bar(label[:pad].ljust(pad), min(1., p.get('step', 0) / (p.get('steps') or 1)), text, width))
     if len(live) > room:
         lines.append(f'... and {len(live) - room} more running')
@@ -63,7 +65,7 @@ def watch(states_now: Callable[[], List[CellState]], poll: float, stalled_after:
         else:
             stamp = time.strftime('%H:%M:%S')
             now = {st.cell.id: f'{st.cell.id}  {st.state:<8} {describe(st.cell.axes)}  '
-                               + (st.detail if st.state == 'STALLED' else cell_text(st.progress or {}))
+                               + (st.detail if st.state == State.STALLED else cell_text(st.progress or {}))
                    for st in states if st.state in _LIVE}
             now['grid'] = grid_text(grid)
             for key, line in now.items():
@@ -75,4 +77,4 @@ def watch(states_now: Callable[[], List[CellState]], poll: float, stalled_after:
             break
         time.sleep(poll)
     out.write(summary(states) + '\n')
-    return 0 if all(st.state == 'DONE' for st in states) else 1
+    return 0 if all(st.state == State.DONE for st in states) else 1

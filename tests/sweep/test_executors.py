@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 import sweep_helpers as h
 
-from fat.sweep.cells import Cell, read_records, read_result
+from fat.rundir import read_result
+from fat.sweep.cells import Cell, read_records
 from fat.sweep.cluster import render_sbatch
 from fat.sweep.collect import collect
 from fat.sweep.launch import Sweep, launch, prepare

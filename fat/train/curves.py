@@ -11,7 +11,7 @@ import hashlib
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
-from .io import atomic_path
+from fat.io import atomic_path
 
 __all__ = ['Curves', 'run_suffix', 'truncate_events', 'read_scalars']
 

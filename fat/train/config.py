@@ -1,7 +1,6 @@
 """The config of a training run, without torch: the official recipe's keys and defaults, named presets, and
-the validation of `resolve_config`. `fat.train` runs a config; this module only describes and checks one, so
+the validation of `resolve_config`. `fat.train.run` runs a config; this module only describes and checks one, so
 that `fat sweep plan | status | collect | launch` validate a grid's train cells without importing torch.
-`fat.train` re-exports every name here.
 """
 import json
 from typing import Any, Dict, List, Mapping, Optional, Sequence

@@ -1,26 +1,17 @@
-"""Training: the official FAT recipe built from timm's parts, with bit-exact resume, DDP and honest results.
-
-Interface: `resolve_config(overrides, base)` validates a run's config, `main(cfg)` runs or resumes it in
-`cfg['output_dir']` and returns the result it writes to `<output_dir>/result.json`; `PRESETS` holds named bases.
-"""
-import argparse
-import hashlib
+"""The Trainer: one run's model, data, optimizer and loop, with checkpoints, stop signals and progress."""
 import json
 import logging
 import math
 import os
-import platform
 import random
 import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Dict, List, Mapping, Optional, Set, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 import numpy as np
 import timm
@@ -33,120 +24,27 @@ from timm.layers import convert_sync_batchnorm
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import CosineLRScheduler
-from timm.utils import ModelEmaV3, NativeScaler, dispatch_clip_grad, distribute_bn, setup_default_logging
+from timm.utils import ModelEmaV3, NativeScaler, dispatch_clip_grad, distribute_bn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset, TensorDataset
 from tqdm import tqdm
 
-import fat
+from fat import models  # noqa: F401 (importing it registers the FAT models with timm)
+from fat.data import SeededSamples, build_datasets, build_transforms, eval_dataset
+from fat.distributed import DistEnv, wait_for_primary_exit
+from fat.io import atomic_path, write_json_atomic, write_text_atomic
+from fat.rundir import BEST_CHECKPOINT, LAST_CHECKPOINT, LOG, PROGRESS, Status
 
-from . import (
-    models,  # noqa: F401 (importing it registers the FAT models with timm)
-    yaml12,
-)
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import config_diff
 from .curves import Curves
-from .data import SeededSamples, build_datasets, build_transforms, eval_dataset
-from .distributed import DistEnv, device_rng_state, set_device_rng_state, wait_for_primary_exit
-from .distributed import setup as setup_distributed
-from .environment import cpu_name
-from .io import atomic_path, write_json_atomic, write_text_atomic
-from .train_config import _TYPES, DEFAULTS, PRESETS, RUNTIME_KEYS, config_diff, resolve_config
 
-__all__ = ['DEFAULTS', 'PRESETS', 'RUNTIME_KEYS', 'Trainer', 'config_diff', 'main', 'resolve_config']
+__all__ = ['Trainer', 'MAX_SKIPPED_IN_A_ROW', 'PROGRESS_S']
 
 _logger = logging.getLogger(__name__)
 
-# ---------------------------------------------------------------------------------------------------------------
-# files of the run directory
-
-CONFIG_FILE, ENV_FILE, LOG_FILE, RESULT_FILE = 'config.json', 'environment.json', 'log.jsonl', 'result.json'
-# where the run is now (`fat sweep status` reads it: progress, ETA, stalls); rewritten at most every PROGRESS_S
-PROGRESS_FILE, PROGRESS_S = 'progress.json', 1.0
-LAST_CKPT, PREV_CKPT, BEST_CKPT = 'checkpoint-last.pt', 'checkpoint-prev.pt', 'checkpoint-best.pt'
-_CKPT_KEYS = ('config', 'epoch', 'step_in_epoch', 'global_step', 'model', 'optimizer', 'scheduler', 'ranks', 'history')
-
-
-def _write_json_atomic(path: Path, obj: Any):
-    write_json_atomic(path, obj, durable=True, indent=2)
-
-
-def _save_checkpoint(state: Dict[str, Any], out_dir: Path):
-    """checkpoint-last.pt, written atomically; the one it replaces becomes -prev (a hard link first, so that at every
-    moment both files exist and a kill can never leave the run without its newest complete checkpoint)."""
-    last = out_dir / LAST_CKPT
-    with atomic_path(last, durable=True) as tmp:
-        torch.save(state, tmp)
-        if last.exists():
-            with atomic_path(out_dir / PREV_CKPT) as prev:
-                os.link(last, prev)
-
-
-def _load_checkpoint(out_dir: Path) -> Optional[Dict[str, Any]]:
-    """The newest readable checkpoint (last, else prev), warning about each unreadable one; None if there is none."""
-    for name in (LAST_CKPT, PREV_CKPT):
-        path = out_dir / name
-        if not path.exists():
-            continue
-        try:
-            state = torch.load(path, map_location='cpu', weights_only=False)
-            missing = [k for k in _CKPT_KEYS if k not in state]
-            if missing:
-                raise ValueError(f'missing {missing}')
-            return state
-        except Exception as e:  # a truncated or corrupt file can fail in many ways
-            _logger.warning(f'checkpoint {path} is unreadable ({type(e).__name__}: {e}); trying the previous one')
-    if (out_dir / LAST_CKPT).exists() or (out_dir / PREV_CKPT).exists():
-        _logger.warning(f'no readable checkpoint in {out_dir}: starting the run from the beginning')
-    return None
-
-
-def _git_state() -> Dict[str, Any]:
-    repo = Path(__file__).resolve().parents[1]
-    try:
-        sha = subprocess.run(
-            ['git', '-C', str(repo), 'rev-parse', 'HEAD'], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = bool(subprocess.run(
-            # no optional locks: a status must not rewrite the index under a concurrent git command
-            ['git', '-C', str(repo), '--no-optional-locks', 'status', '--porcelain', '--untracked-files=no'],
-            capture_output=True, text=True, check=True).stdout.strip())
-    except (OSError, subprocess.CalledProcessError):
-        return dict(sha=None, dirty=None)
-    return dict(sha=sha, dirty=dirty)
-
-
-def environment(device: torch.device, world_size: int) -> Dict[str, Any]:
-    """Where and with what a run (re)started: code version, packages, hardware, command line."""
-    import torchvision
-    return dict(
-        time=time.strftime('%Y-%m-%dT%H:%M:%S%z'),
-        git=_git_state(),
-        versions=dict(
-            python=platform.python_version(), fat=fat.__version__, torch=torch.__version__,
-            torchvision=torchvision.__version__, timm=timm.__version__, numpy=np.__version__,
-            cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version() if torch.cuda.is_available() else None),
-        hardware=dict(
-            hostname=socket.gethostname(), platform=platform.platform(), cpu=cpu_name(), cpu_count=os.cpu_count(),
-            torch_threads=torch.get_num_threads(), device=str(device),
-            gpus=[torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]),
-        world_size=world_size,
-        command=[sys.executable] + sys.argv,
-        slurm_job_id=os.environ.get('SLURM_JOB_ID'),
-    )
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# the run
-
-def _rng_state(device: torch.device) -> Dict[str, Any]:
-    return dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state(),
-                cuda=device_rng_state(device))
-
-
-def _set_rng_state(state: Mapping[str, Any], device: torch.device):
-    random.setstate(state['python'])
-    np.random.set_state(state['numpy'])
-    torch.set_rng_state(state['torch'])
-    set_device_rng_state(state['cuda'], device)
+# where the run is now (`fat sweep status` reads it: progress, ETA, stalls) is rewritten at most every PROGRESS_S
+PROGRESS_S = 1.0
 
 
 def _ignore_stop_signals(_worker_id: int):
@@ -270,7 +168,7 @@ class Trainer:
 
     def _rank_state(self) -> Dict[str, Any]:
         # what differs between ranks: the random states and, without SyncBatchNorm, the BN running statistics
-        state = dict(rng=_rng_state(self.device), buffers={k: v.cpu() for k, v in self.model.named_buffers()})
+        state = dict(rng=rng_state(self.device), buffers={k: v.cpu() for k, v in self.model.named_buffers()})
         if self.ema is not None:
             state['ema_buffers'] = {k: v.cpu() for k, v in self.ema.named_buffers()}
         return state
@@ -292,11 +190,11 @@ class Trainer:
         state = self.state_dict()  # every rank takes part (per-rank states are gathered)
         self.curves.flush()  # the points up to this step are on disk before the checkpoint that resumes after them
         if self.env.primary:
-            _save_checkpoint(state, self.out_dir)
+            save_checkpoint(state, self.out_dir)
         self.last_checkpoint_time = time.monotonic()
 
     def resume(self) -> bool:
-        state = _load_checkpoint(self.out_dir)
+        state = load_checkpoint(self.out_dir)
         if state is None:
             return False
         changed = config_diff(state['config'], self.cfg)
@@ -322,13 +220,14 @@ class Trainer:
         self.meters, self.history = state['meters'], state['history']
         self.totals.update(state['totals'])
         mine = state['ranks'][self.env.rank]
-        _set_rng_state(mine['rng'], self.device)
+        set_rng_state(mine['rng'], self.device)
         with torch.no_grad():
             for module, key in ((self.model, 'buffers'), (self.ema, 'ema_buffers')):
                 for name, buf in module.named_buffers() if module is not None else ():
                     buf.copy_(mine[key][name])
         self.resumed_from = dict(epoch=self.epoch, step_in_epoch=self.step_in_epoch, global_step=self.global_step)
-        _logger.info(f'resumed from {self.out_dir / LAST_CKPT}: epoch {self.epoch + 1}, step {self.step_in_epoch}')
+        _logger.info(
+            f'resumed from {self.out_dir / LAST_CHECKPOINT}: epoch {self.epoch + 1}, step {self.step_in_epoch}')
         return True
 
     # -- signals -------------------------------------------------------------------------------------------
@@ -544,7 +443,7 @@ class Trainer:
                 record.update(ema_top1=ema['top1'], ema_top5=ema['top5'])
             best = max((r['val_top1'] for r in self.history if 'val_top1' in r), default=-1.)
             if metrics['top1'] > best and self.env.primary:
-                with atomic_path(self.out_dir / BEST_CKPT, durable=True) as tmp:
+                with atomic_path(self.out_dir / BEST_CHECKPOINT, durable=True) as tmp:
                     torch.save(dict(model=self.model.state_dict(), epoch=self.epoch + 1, top1=metrics['top1'],
                                     top5=metrics['top5'], config=cfg), tmp)
         self.history.append(record)
@@ -557,7 +456,7 @@ class Trainer:
             'ema/top5': record.get('ema_top5')})
         self.checkpoint()
         if self.env.primary:
-            write_text_atomic(self.out_dir / LOG_FILE, ''.join(json.dumps(r) + '\n' for r in self.history))
+            write_text_atomic(self.out_dir / LOG, ''.join(json.dumps(r) + '\n' for r in self.history))
             self.progress('train', force=True)
             val = f" val top-1 {record['val_top1']:.2f} top-5 {record['val_top5']:.2f}" if 'val_top1' in record else ''
             _logger.info(
@@ -581,7 +480,7 @@ class Trainer:
         self.last_progress = now
         top1 = next((r['val_top1'] for r in reversed(self.history) if 'val_top1' in r), None)
         cfg = self.cfg
-        write_json_atomic(self.out_dir / PROGRESS_FILE, dict(
+        write_json_atomic(self.out_dir / PROGRESS, dict(
             time=time.time(), pid=os.getpid(), phase=phase, epoch=self.epoch, epochs=cfg['epochs'],
             step_in_epoch=self.step_in_epoch, steps_per_epoch=self.steps_per_epoch, step=self.global_step,
             steps=cfg['epochs'] * self.steps_per_epoch, eval_every=cfg['eval_every'], val_top1=top1,
@@ -603,9 +502,9 @@ class Trainer:
                 distribute_bn(self.model, self.env.world_size, reduce=True)
                 if not self.ranks_agree():
                     raise RuntimeError('the ranks ended with different weights')
-            return self.result('done')
+            return self.result(Status.DONE)
         except _Diverged as e:
-            return self.result('diverged', error=str(e), diverged_step=self.global_step)
+            return self.result(Status.DIVERGED, error=str(e), diverged_step=self.global_step)
         finally:
             self.restore_signal_handlers()
             self.curves.close()
@@ -628,120 +527,3 @@ class Trainer:
         if self.ema is not None:
             result.update(final_ema_top1=final.get('ema_top1'), final_ema_top5=final.get('ema_top5'))
         return dict(result, **extra)
-
-
-def main(cfg: Mapping[str, Any]) -> Dict[str, Any]:
-    """Run, or resume, the training run `cfg` in `cfg['output_dir']`; returns the result written to result.json.
-
-    A directory holding a finished run (status done or diverged) returns its result without training; a failed
-    or interrupted one resumes from its last readable checkpoint. Exceptions are recorded as status `failed`.
-    """
-    cfg = resolve_config(cfg)
-    if not cfg['output_dir']:
-        raise ValueError("config key 'output_dir' is required")
-    out_dir = Path(cfg['output_dir'])
-    if (out_dir / CONFIG_FILE).exists():
-        changed = config_diff(json.loads((out_dir / CONFIG_FILE).read_text()), cfg)
-        if changed:
-            raise ValueError(
-                f"{out_dir} holds a run with a different config ({', '.join(changed)}); use a new output_dir")
-    if (out_dir / RESULT_FILE).exists():
-        result = json.loads((out_dir / RESULT_FILE).read_text())
-        if result.get('status') in ('done', 'diverged'):
-            return result
-    if cfg['deterministic']:
-        os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')  # before CUDA starts
-    env = setup_distributed(cfg['device'])
-    if not logging.root.handlers:
-        setup_default_logging(logging.INFO if env.primary else logging.WARNING)
-    # the run sets these process-wide; give them back to an in-process caller (a sweep's debug executor, tests)
-    settings = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
-    try:
-        return _run(cfg, out_dir, env)
-    finally:
-        torch.set_num_threads(settings[0])
-        torch.use_deterministic_algorithms(settings[1])
-        torch.backends.cudnn.benchmark = settings[2]
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def _run(cfg: Dict[str, Any], out_dir: Path, env: DistEnv) -> Dict[str, Any]:
-    if env.primary:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / RESULT_FILE).unlink(missing_ok=True)  # a failed run's: this attempt writes its own
-        _write_json_atomic(out_dir / CONFIG_FILE, cfg)
-    if env.world_size > 1:
-        dist.barrier()
-    trainer = None
-    try:
-        trainer = Trainer(cfg, env)
-        trainer.resume()
-        if env.primary:
-            path = out_dir / ENV_FILE
-            starts = json.loads(path.read_text()) if path.exists() else []
-            starts.append(dict(environment(env.device, env.world_size), resumed_from=trainer.resumed_from))
-            _write_json_atomic(path, starts)
-        result = trainer.run()
-    except Exception as e:
-        error = f'{type(e).__name__}: {e}'
-        if not isinstance(e, (ValueError, FileNotFoundError)):  # a bad config or missing data: the error says it all
-            _logger.exception(f'run {out_dir} failed')
-        result = trainer.result('failed', error=error) if trainer else dict(status='failed', error=error)
-    if env.primary:
-        _write_json_atomic(out_dir / RESULT_FILE, result)
-    return result
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# the `fat train` command
-
-def _parse_override(text: str) -> Tuple[str, Any]:
-    """'key=value', the value read as YAML 1.2 except where the key expects a string (so 'auto_augment=rand-m9')."""
-    key, sep, value = text.partition('=')
-    if not sep or not key:
-        raise ValueError(f'expected key=value, got {text!r}')
-    if key not in DEFAULTS:
-        resolve_config({key: None})  # raises the unknown-key error with its suggestions
-    parsed = yaml12.load(value, f'{key}=') if value else None
-    types, _ = _TYPES.get(key, ((type(DEFAULTS[key]),), False))
-    return key, value if types == (str,) and parsed is not None else parsed
-
-
-def _train_command(args: argparse.Namespace) -> int:
-    base = dict(PRESETS[args.preset]) if args.preset else {}
-    if args.config:
-        loaded = yaml12.load_file(args.config) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f'{args.config}: expected a mapping of config keys')
-        base.update(loaded)
-    overrides = dict(_parse_override(text) for text in args.overrides)
-    if args.output_dir:
-        overrides['output_dir'] = args.output_dir
-    cfg = resolve_config(overrides, base)
-    if not cfg['output_dir']:
-        # the same command line maps to the same directory, so running it again resumes
-        digest = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:8]
-        cfg['output_dir'] = str(Path('runs') / f"{cfg['model']}-{cfg['dataset']}-{digest}")
-    result = main(cfg)
-    if result['status'] == 'failed':
-        print(f"fat train: error: {result['error']}", file=sys.stderr)
-    else:
-        print(json.dumps(result, sort_keys=True))
-    return 0 if result['status'] == 'done' else 1
-
-
-def register(subparsers: argparse._SubParsersAction):
-    """Add `fat train` to the `fat` command."""
-    keys = '\n'.join(f'  {k} = {json.dumps(v)}' for k, v in DEFAULTS.items())
-    p = subparsers.add_parser(
-        'train',
-        description='Train, or resume, one run in --output-dir. Its config: the defaults below (the official\n'
-                    'ImageNet recipe), updated by --preset, then --config, then key=value arguments.',
-        epilog=f"presets: {', '.join(PRESETS)}\n\nconfig keys and defaults:\n{keys}",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--config', metavar='FILE', help='YAML file of config keys')
-    p.add_argument('--preset', choices=list(PRESETS), help='a named base config')
-    p.add_argument('--output-dir', metavar='DIR', help='run directory (default: runs/<model>-<dataset>-<hash>)')
-    p.add_argument('overrides', nargs='*', metavar='key=value', help='config overrides (values in YAML)')
-    p.set_defaults(func=_train_command)
