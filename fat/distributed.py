@@ -17,7 +17,7 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 
-__all__ = ['DistEnv', 'setup', 'cuda_index', 'gpus_allocated', 'device_rng_state',
+__all__ = ['Placement', 'setup', 'cuda_index', 'gpus_allocated', 'device_rng_state',
            'set_device_rng_state', 'wait_for_primary_exit']
 
 _logger = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ PRIMARY_EXIT_TIMEOUT_S = 600
 
 
 @dataclass
-class DistEnv:
+class Placement:
     """This process's place in the job."""
     rank: int = 0
     world_size: int = 1
@@ -97,7 +97,7 @@ def _device(requested: str, local_rank: int, local_world_size: int) -> torch.dev
     return torch.device('cuda', cuda_index(local_rank, local_world_size, torch.cuda.device_count()))
 
 
-def setup(requested_device: str) -> DistEnv:
+def setup(requested_device: str) -> Placement:
     """Rank, device and process group (NCCL on CUDA, gloo on CPU) of this process, from torchrun's variables."""
     world_size = int(os.environ.get('WORLD_SIZE', 1))
     rank, local_rank = int(os.environ.get('RANK', 0)), int(os.environ.get('LOCAL_RANK', 0))
@@ -111,10 +111,10 @@ def setup(requested_device: str) -> DistEnv:
     control = None
     if world_size > 1 and device.type == 'cuda':
         control = dist.new_group(backend='gloo', timeout=timedelta(seconds=PRIMARY_EXIT_TIMEOUT_S))
-    return DistEnv(rank, world_size, local_rank, device, local_world_size, control)
+    return Placement(rank, world_size, local_rank, device, local_world_size, control)
 
 
-def wait_for_primary_exit(env: DistEnv) -> None:
+def wait_for_primary_exit(place: Placement) -> None:
     """On a rank other than 0, block until rank 0's process has ended (or PRIMARY_EXIT_TIMEOUT_S has passed).
 
     Rank 0 requeues a preempted job (`scontrol requeue`) and then exits; Slurm ends the other tasks itself. A rank
@@ -122,10 +122,10 @@ def wait_for_primary_exit(env: DistEnv) -> None:
     requeued: the job would end, never to resume. So the others wait in a collective that rank 0 never joins, and
     which fails when rank 0's connections close.
     """
-    if env.primary or env.world_size == 1:
+    if place.primary or place.world_size == 1:
         return
     try:
-        work = dist.barrier(group=env.control_group, async_op=True)
+        work = dist.barrier(group=place.control_group, async_op=True)
         work.wait(timeout=timedelta(seconds=PRIMARY_EXIT_TIMEOUT_S))
     except Exception as e:  # rank 0 gone: gloo reports the closed connection (its type varies with the version)
         _logger.debug(f'rank 0 has left: {type(e).__name__}: {e}')

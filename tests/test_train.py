@@ -16,7 +16,7 @@ from torchvision import transforms as T
 
 from fat.cli import main as cli_main
 from fat.data import FASHION_MNIST_DIR, build_datasets, build_transforms
-from fat.distributed import DistEnv
+from fat.distributed import Placement
 from fat.train import DEFAULTS, PRESETS, Trainer, main, resolve_config
 from fat.train import trainer as train_loop
 from fat.train.cli import _parse_override
@@ -129,7 +129,7 @@ def _imagenet_folder(root: Path, classes: int = 3, per_class: int = 4) -> Path:
 
 def test_trainer_builds_the_official_recipe(tmp_path):
     cfg = resolve_config(dict(data_dir=str(_imagenet_folder(tmp_path)), batch_size=4, workers=0, output_dir='-'))
-    trainer = Trainer(cfg, DistEnv())
+    trainer = Trainer(cfg, Placement())
     scale = 4 / 512  # linear scaling by the total batch
     # AdamW; no weight decay on 1-D parameters and biases (the official optimizer.py)
     opt = trainer.optimizer
@@ -243,9 +243,9 @@ def test_run_directory_and_idempotent_rerun(tmp_path):
     assert result['params'] == 435_946  # fat_proxy with 1 channel and 10 classes
     cfg = json.loads((out / 'config.json').read_text())
     assert cfg == resolve_config(dict(TINY, output_dir=str(out)))
-    env = json.loads((out / 'environment.json').read_text())
-    assert len(env) == 1 and {'git', 'versions', 'hardware', 'command'} <= set(env[0])
-    assert set(env[0]['git']) == {'sha', 'dirty'} and env[0]['versions']['torch'] == torch.__version__
+    starts = json.loads((out / 'environment.json').read_text())
+    assert len(starts) == 1 and {'git', 'versions', 'hardware', 'command'} <= set(starts[0])
+    assert set(starts[0]['git']) == {'sha', 'dirty'} and starts[0]['versions']['torch'] == torch.__version__
     log = [json.loads(line) for line in (out / 'log.jsonl').read_text().splitlines()]
     assert [r['epoch'] for r in log] == [1, 2]
     assert {'lr', 'train_loss', 'val_top1', 'val_top5', 'train_images_per_s', 'train_seconds'} <= set(log[0])
@@ -296,14 +296,14 @@ def test_a_checkpoint_without_loss_scaler_state_resumes_with_one(tmp_path):
     cfg = dict(TINY, epochs=1, output_dir=str(tmp_path / 'run'))
     main(cfg)
     assert torch.load(tmp_path / 'run' / 'checkpoint-last.pt', weights_only=False)['scaler'] is None
-    trainer = Trainer(resolve_config(cfg), DistEnv())
+    trainer = Trainer(resolve_config(cfg), Placement())
     trainer.scaler = NativeScaler(device='cpu')
     assert trainer.resume() and trainer.epoch == 1
     assert trainer.scaler.state_dict()['scale'] == 2. ** 16  # the scale starts from GradScaler's default
 
 
 def _scaled_trainer(tmp_path: Path) -> Trainer:
-    trainer = Trainer(resolve_config(dict(TINY, output_dir=str(tmp_path / 'run'))), DistEnv())
+    trainer = Trainer(resolve_config(dict(TINY, output_dir=str(tmp_path / 'run'))), Placement())
     trainer.scaler = NativeScaler(device='cpu')  # fp16 AMP's loss scaler (no GPU here)
     return trainer
 

@@ -48,22 +48,22 @@ def export_job_env() -> None:
     job = _job_environment()
     if job is None or job.num_tasks <= 1:
         return
-    dist_env = submitit.helpers.TorchDistributedEnvironment()  # reads MASTER_PORT when set
+    task = submitit.helpers.TorchDistributedEnvironment()  # reads MASTER_PORT when set
     stale = {k: os.environ[k] for k in _RANK_VARS if k in os.environ}
     if stale:
         _logger.warning(f'replacing {stale} (set before the job started its tasks) with this task\'s own values')
     os.environ.update(
-        RANK=str(dist_env.rank), WORLD_SIZE=str(dist_env.world_size), LOCAL_RANK=str(dist_env.local_rank),
-        LOCAL_WORLD_SIZE=str(dist_env.local_world_size))
-    os.environ.setdefault('MASTER_ADDR', dist_env.master_addr)
-    os.environ.setdefault('MASTER_PORT', str(dist_env.master_port))
+        RANK=str(task.rank), WORLD_SIZE=str(task.world_size), LOCAL_RANK=str(task.local_rank),
+        LOCAL_WORLD_SIZE=str(task.local_world_size))
+    os.environ.setdefault('MASTER_ADDR', task.master_addr)
+    os.environ.setdefault('MASTER_PORT', str(task.master_port))
 
 
 def _job_id() -> str:
-    env = submitit.JobEnvironment()
-    if env.array_job_id:
-        return f'{env.array_job_id}_{env.array_task_id}'
-    return env.job_id
+    job = submitit.JobEnvironment()
+    if job.array_job_id:
+        return f'{job.array_job_id}_{job.array_task_id}'
+    return job.job_id
 
 
 class CellJob(submitit.helpers.Checkpointable):
@@ -88,10 +88,10 @@ class CellJob(submitit.helpers.Checkpointable):
         if rank == 0:
             # `code`: where `fat` was imported from (a launch with --snapshot runs a copy); `hosts`, `world_size`:
             # the job's nodes and tasks (`fat sweep status` and collect show them); `gpus`: the GPUs it was given
-            env = submitit.JobEnvironment()
+            job = submitit.JobEnvironment()
             append_record(cell_dir, {'event': 'started', 'job_id': _job_id(), 'host': hostname(),
                                      'pid': os.getpid(), 'code': str(Path(fat.__file__).resolve().parents[1]),
-                                     'hosts': list(env.hostnames), 'world_size': env.num_tasks,
+                                     'hosts': list(job.hostnames), 'world_size': job.num_tasks,
                                      'gpus': os.environ.get('CUDA_VISIBLE_DEVICES')})
         elif cell['task'] != 'train':  # counting and benchmarking are single-process
             return {}

@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 from timm.utils import setup_default_logging
 
-from fat.distributed import DistEnv
+from fat.distributed import Placement
 from fat.distributed import setup as setup_distributed
 from fat.environment import record as environment_record
 from fat.io import write_json_atomic
@@ -44,13 +44,13 @@ def main(cfg: Mapping[str, Any]) -> Dict[str, Any]:
         return result
     if cfg['deterministic']:
         os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')  # before CUDA starts
-    env = setup_distributed(cfg['device'])
+    place = setup_distributed(cfg['device'])
     if not logging.root.handlers:
-        setup_default_logging(logging.INFO if env.primary else logging.WARNING)
+        setup_default_logging(logging.INFO if place.primary else logging.WARNING)
     # the run sets these process-wide; give them back to an in-process caller (a sweep's debug executor, tests)
     settings = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
     try:
-        return _run(cfg, out_dir, env)
+        return _run(cfg, out_dir, place)
     finally:
         torch.set_num_threads(settings[0])
         torch.use_deterministic_algorithms(settings[1])
@@ -59,19 +59,19 @@ def main(cfg: Mapping[str, Any]) -> Dict[str, Any]:
             dist.destroy_process_group()
 
 
-def _run(cfg: Dict[str, Any], out_dir: Path, env: DistEnv) -> Dict[str, Any]:
-    if env.primary:
+def _run(cfg: Dict[str, Any], out_dir: Path, place: Placement) -> Dict[str, Any]:
+    if place.primary:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / RESULT).unlink(missing_ok=True)  # a failed run's: this attempt writes its own
         write_json_atomic(out_dir / CONFIG, cfg, durable=True, indent=2)
-    if env.world_size > 1:
+    if place.world_size > 1:
         dist.barrier()
     trainer = None
     try:
-        trainer = Trainer(cfg, env)
+        trainer = Trainer(cfg, place)
         trainer.resume()
-        if env.primary:
-            start = environment_record(env.device, env.world_size)
+        if place.primary:
+            start = environment_record(place.device, place.world_size)
             append_environment(out_dir, dict(start, resumed_from=trainer.resumed_from))
         result = trainer.run()
     except Exception as e:
@@ -79,6 +79,6 @@ def _run(cfg: Dict[str, Any], out_dir: Path, env: DistEnv) -> Dict[str, Any]:
         if not isinstance(e, (ValueError, FileNotFoundError)):  # a bad config or missing data: the error says it all
             _logger.exception(f'run {out_dir} failed')
         result = trainer.result(Status.FAILED, error=error) if trainer else dict(status=Status.FAILED, error=error)
-    if env.primary:
+    if place.primary:
         write_result(out_dir, result)
     return result

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from fat import models  # noqa: F401 (importing it registers the FAT models with timm)
 from fat.data import SeededSamples, build_datasets, build_transforms, eval_dataset
-from fat.distributed import DistEnv, wait_for_primary_exit
+from fat.distributed import Placement, wait_for_primary_exit
 from fat.io import atomic_path, write_json_atomic, write_text_atomic
 from fat.rundir import BEST_CHECKPOINT, LAST_CHECKPOINT, LOG, PROGRESS, Status
 
@@ -68,8 +68,8 @@ class _Diverged(Exception):
 class Trainer:
     """One run: built from a resolved config, resumed from its directory, trained to its result."""
 
-    def __init__(self, cfg: Dict[str, Any], env: DistEnv):
-        self.cfg, self.env, self.device = cfg, env, env.device
+    def __init__(self, cfg: Dict[str, Any], place: Placement):
+        self.cfg, self.place, self.device = cfg, place, place.device
         self.out_dir = Path(cfg['output_dir'])
         self.stop_signals: Set[int] = set()  # received since the run started
         self._previous_handlers: Dict[int, Any] = {}
@@ -89,11 +89,11 @@ class Trainer:
         self.train_set = SeededSamples(train, train_tf, cfg['seed'])
         val_set = eval_dataset(val, eval_tf)
         self.val_loader = DataLoader(
-            Subset(val_set, range(env.rank, len(val_set), env.world_size)), batch_size=cfg['batch_size'],
+            Subset(val_set, range(place.rank, len(val_set), place.world_size)), batch_size=cfg['batch_size'],
             num_workers=0 if isinstance(val_set, TensorDataset) else cfg['workers'],
             pin_memory=self.device.type == 'cuda')
         self.sampler = DistributedSampler(
-            self.train_set, num_replicas=env.world_size, rank=env.rank, shuffle=True, seed=cfg['seed'])
+            self.train_set, num_replicas=place.world_size, rank=place.rank, shuffle=True, seed=cfg['seed'])
         self.steps_per_epoch = len(self.sampler) // cfg['batch_size']
         if self.steps_per_epoch < 1:
             raise ValueError(
@@ -109,21 +109,21 @@ class Trainer:
         model.to(self.device)
         if cfg['channels_last']:
             model.to(memory_format=torch.channels_last)
-        if env.world_size > 1 and cfg['sync_bn'] and self.device.type != 'cpu':
+        if place.world_size > 1 and cfg['sync_bn'] and self.device.type != 'cpu':
             model = convert_sync_batchnorm(model)
         self.model = model
         self.ema = ModelEmaV3(model, decay=cfg['ema_decay'], use_warmup=cfg['ema_warmup']) if cfg['ema'] else None
         self.ddp = model
-        if env.world_size > 1:
+        if place.world_size > 1:
             with warnings.catch_warnings():  # its replacement cannot yet skip the sync at init either
                 warnings.filterwarnings('ignore', message='`broadcast_buffers` is deprecated')
                 self.ddp = DistributedDataParallel(
                     model, device_ids=[self.device.index] if self.device.type == 'cuda' else None,
                     broadcast_buffers=False)  # as the official code
-        self._seed(cfg['seed'] + env.rank)  # from here on, as the official code: each rank its own stream
+        self._seed(cfg['seed'] + place.rank)  # from here on, as the official code: each rank its own stream
 
         # linear lr scaling by the total batch, as the official code
-        scale = cfg['batch_size'] * env.world_size / cfg['lr_base_size']
+        scale = cfg['batch_size'] * place.world_size / cfg['lr_base_size']
         self.optimizer = create_optimizer_v2(model, **optimizer_kwargs(SimpleNamespace(
             opt=cfg['opt'], lr=cfg['lr'] * scale, weight_decay=cfg['weight_decay'], momentum=cfg['momentum'],
             opt_eps=cfg['opt_eps'], opt_betas=cfg['opt_betas'])))
@@ -174,8 +174,8 @@ class Trainer:
         return state
 
     def state_dict(self) -> Dict[str, Any]:
-        if self.env.world_size > 1:
-            ranks: List[Any] = [None] * self.env.world_size
+        if self.place.world_size > 1:
+            ranks: List[Any] = [None] * self.place.world_size
             dist.all_gather_object(ranks, self._rank_state())
         else:
             ranks = [self._rank_state()]
@@ -183,13 +183,13 @@ class Trainer:
             config=self.cfg, epoch=self.epoch, step_in_epoch=self.step_in_epoch, global_step=self.global_step,
             model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
             scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict() if self.scaler else None,
-            ema=self.ema.state_dict() if self.ema else None, ranks=ranks, world_size=self.env.world_size,
+            ema=self.ema.state_dict() if self.ema else None, ranks=ranks, world_size=self.place.world_size,
             meters=dict(self.meters), history=list(self.history), totals=dict(self.totals))
 
     def checkpoint(self):
         state = self.state_dict()  # every rank takes part (per-rank states are gathered)
         self.curves.flush()  # the points up to this step are on disk before the checkpoint that resumes after them
-        if self.env.primary:
+        if self.place.primary:
             save_checkpoint(state, self.out_dir)
         self.last_checkpoint_time = time.monotonic()
 
@@ -201,11 +201,11 @@ class Trainer:
         if changed:
             raise ValueError(
                 f"{self.out_dir} holds a run with a different config ({', '.join(changed)}); use a new output_dir")
-        if state['world_size'] != self.env.world_size:
+        if state['world_size'] != self.place.world_size:
             # the total batch sets the learning rate and the steps per epoch, which the restored scheduler holds
             raise ValueError(
                 f"{self.out_dir} was checkpointed by {state['world_size']} processes and this run has "
-                f"{self.env.world_size}: resume it with {state['world_size']} (nodes x tasks per node), or start "
+                f"{self.place.world_size}: resume it with {state['world_size']} (nodes x tasks per node), or start "
                 f"over in a new output_dir")
         self.model.load_state_dict(state['model'])
         self.optimizer.load_state_dict(state['optimizer'])
@@ -219,7 +219,7 @@ class Trainer:
         self.epoch, self.step_in_epoch, self.global_step = state['epoch'], state['step_in_epoch'], state['global_step']
         self.meters, self.history = state['meters'], state['history']
         self.totals.update(state['totals'])
-        mine = state['ranks'][self.env.rank]
+        mine = state['ranks'][self.place.rank]
         set_rng_state(mine['rng'], self.device)
         with torch.no_grad():
             for module, key in ((self.model, 'buffers'), (self.ema, 'ema_buffers')):
@@ -266,12 +266,12 @@ class Trainer:
         signum = signal.SIGUSR2 if requeue else signal.SIGTERM
         previous = self._previous_handlers.get(signum)
         self.restore_signal_handlers()
-        if self.env.world_size > 1:
+        if self.place.world_size > 1:
             dist.barrier()  # rank 0 has written the checkpoint
         _logger.info(f'{signal.Signals(signum).name}: checkpoint written at step {self.global_step}; stopping')
-        if not self.env.primary:
+        if not self.place.primary:
             # leave last: under srun's KillOnBadExit the exit of any rank kills rank 0, mid-requeue
-            wait_for_primary_exit(self.env)
+            wait_for_primary_exit(self.place)
         elif requeue and callable(previous):
             previous(signum, None)
         raise SystemExit(128 + signum)
@@ -291,7 +291,7 @@ class Trainer:
 
     def _agree(self, *values: float) -> List[float]:
         """Sum of each value over the ranks (one all_reduce)."""
-        if self.env.world_size == 1:
+        if self.place.world_size == 1:
             return list(values)
         t = torch.tensor(values, dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
@@ -306,7 +306,7 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
             loss = self.criterion(self.ddp(x), y)
         loss_sum, = self._agree(loss.item())
-        mean_loss = loss_sum / self.env.world_size
+        mean_loss = loss_sum / self.place.world_size
         if not math.isfinite(mean_loss):
             self._nonfinite_loss(mean_loss)
         else:
@@ -337,7 +337,7 @@ class Trainer:
         self.totals['skipped_steps'] += 1
         if streak > MAX_SKIPPED_IN_A_ROW:
             raise _Diverged(f'loss is {loss} {where}, {streak} steps in a row: the loss scale did not recover')
-        if self.env.primary:
+        if self.place.primary:
             _logger.warning(f'loss is {loss} {where}: the loss scaler skips this step')
 
     def train_epoch(self):
@@ -345,7 +345,7 @@ class Trainer:
         self.ddp.train()
         loader = iter(self._train_loader())
         bar = tqdm(total=self.steps_per_epoch, initial=start, desc=f"epoch {self.epoch + 1}/{cfg['epochs']}",
-                   leave=False, dynamic_ncols=True) if self.env.primary and sys.stderr.isatty() else None
+                   leave=False, dynamic_ncols=True) if self.place.primary and sys.stderr.isatty() else None
         t0, images = time.monotonic(), 0
         for step in range(start, self.steps_per_epoch):
             # with workers=0 the batch is made here: its per-sample seeding must not touch the training RNG
@@ -356,7 +356,7 @@ class Trainer:
             torch.set_rng_state(rng['torch'])
             loss = self.train_step(x, y)
             self.step_in_epoch = step + 1
-            images += len(x) * self.env.world_size
+            images += len(x) * self.place.world_size
             if math.isfinite(loss):  # a step the loss scaler skipped has no loss to average
                 self.meters['loss_sum'] += loss
                 self.meters['loss_steps'] += 1
@@ -371,14 +371,14 @@ class Trainer:
             if bar is not None:
                 bar.set_postfix(loss=f'{loss:.4f}', lr=f'{lr:.2e}', refresh=False)
                 bar.update()
-            elif self.env.primary and (step + 1) % cfg['log_interval'] == 0:
+            elif self.place.primary and (step + 1) % cfg['log_interval'] == 0:
                 _logger.info(
                     f"epoch {self.epoch + 1}/{cfg['epochs']} step {step + 1}/{self.steps_per_epoch} "
                     f"loss {loss:.4f} lr {lr:.3e} {images / (time.monotonic() - t0):.0f} img/s")
             due = (cfg['checkpoint_steps'] and (step + 1) % cfg['checkpoint_steps'] == 0) or (
                 cfg['checkpoint_minutes'] and time.monotonic() - self.last_checkpoint_time > 60 * cfg[
                     'checkpoint_minutes'])
-            stop, requeue, due = self._agree(*self._stop_votes(), float(bool(due) and self.env.primary))
+            stop, requeue, due = self._agree(*self._stop_votes(), float(bool(due) and self.place.primary))
             if (due or stop) and step + 1 < self.steps_per_epoch:
                 self._add_time(t0, images)
                 t0, images, start = time.monotonic(), 0, step + 1
@@ -400,8 +400,8 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> Dict[str, float]:
         """Top-1 / top-5 (%) and mean cross-entropy over the whole eval set, exact under DDP."""
-        if self.env.world_size > 1:
-            distribute_bn(model, self.env.world_size, reduce=True)
+        if self.place.world_size > 1:
+            distribute_bn(model, self.place.world_size, reduce=True)
         model.eval()
         t0 = time.monotonic()
         k = min(5, self.num_classes)
@@ -431,7 +431,7 @@ class Trainer:
         record = dict(
             epoch=self.epoch + 1, step=self.global_step, lr=self.optimizer.param_groups[0]['lr'],
             train_loss=self.meters['loss_sum'] / max(1, self.meters['loss_steps']),
-            train_images_per_s=self.steps_per_epoch * cfg['batch_size'] * self.env.world_size / max(
+            train_images_per_s=self.steps_per_epoch * cfg['batch_size'] * self.place.world_size / max(
                 1e-9, self.meters['seconds']),
             train_seconds=self.meters['seconds'])
         if (self.epoch + 1) % cfg['eval_every'] == 0 or self.epoch + 1 == cfg['epochs']:
@@ -442,7 +442,7 @@ class Trainer:
                 ema = self.evaluate(self.ema.module)
                 record.update(ema_top1=ema['top1'], ema_top5=ema['top5'])
             best = max((r['val_top1'] for r in self.history if 'val_top1' in r), default=-1.)
-            if metrics['top1'] > best and self.env.primary:
+            if metrics['top1'] > best and self.place.primary:
                 with atomic_path(self.out_dir / BEST_CHECKPOINT, durable=True) as tmp:
                     torch.save(dict(model=self.model.state_dict(), epoch=self.epoch + 1, top1=metrics['top1'],
                                     top5=metrics['top5'], config=cfg), tmp)
@@ -455,7 +455,7 @@ class Trainer:
             'val/images_per_s': record.get('eval_images_per_s'), 'ema/top1': record.get('ema_top1'),
             'ema/top5': record.get('ema_top5')})
         self.checkpoint()
-        if self.env.primary:
+        if self.place.primary:
             write_text_atomic(self.out_dir / LOG, ''.join(json.dumps(r) + '\n' for r in self.history))
             self.progress('train', force=True)
             val = f" val top-1 {record['val_top1']:.2f} top-5 {record['val_top5']:.2f}" if 'val_top1' in record else ''
@@ -467,7 +467,7 @@ class Trainer:
         """Whether every rank ends with the same weights and buffers (a float64 checksum of each)."""
         sums = [t.double().sum().item() for t in self.model.state_dict().values() if t.is_floating_point()]
         mine = torch.tensor(sums, dtype=torch.float64, device=self.device)
-        gathered = [torch.empty_like(mine) for _ in range(self.env.world_size)]
+        gathered = [torch.empty_like(mine) for _ in range(self.place.world_size)]
         dist.all_gather(gathered, mine)
         return all(torch.equal(g, mine) for g in gathered)
 
@@ -475,7 +475,7 @@ class Trainer:
         """Rewrite progress.json (rank 0, at most every PROGRESS_S): where the run is, how fast it goes, its last
         top-1. `fat sweep status` computes ETAs from it and calls a run whose file stops changing STALLED."""
         now = time.monotonic()
-        if not self.env.primary or (not force and now - self.last_progress < PROGRESS_S):
+        if not self.place.primary or (not force and now - self.last_progress < PROGRESS_S):
             return
         self.last_progress = now
         top1 = next((r['val_top1'] for r in reversed(self.history) if 'val_top1' in r), None)
@@ -488,7 +488,7 @@ class Trainer:
 
     def run(self) -> Dict[str, Any]:
         self.install_signal_handlers()
-        self.curves = Curves(self.cfg, self.env.primary, self.global_step)
+        self.curves = Curves(self.cfg, self.place.primary, self.global_step)
         self.progress('train', force=True)
         try:
             while self.epoch < self.cfg['epochs']:
@@ -498,8 +498,8 @@ class Trainer:
                 stop, requeue = self._agree(*self._stop_votes())
                 if stop and self.epoch < self.cfg['epochs']:  # the last epoch done: finish, writing the result
                     self._stop(requeue > 0)
-            if self.env.world_size > 1:
-                distribute_bn(self.model, self.env.world_size, reduce=True)
+            if self.place.world_size > 1:
+                distribute_bn(self.model, self.place.world_size, reduce=True)
                 if not self.ranks_agree():
                     raise RuntimeError('the ranks ended with different weights')
             return self.result(Status.DONE)
@@ -522,7 +522,7 @@ class Trainer:
             train_time_s=totals['train_seconds'],
             train_images_per_s=totals['train_images'] / totals['train_seconds'] if totals['train_seconds'] else None,
             eval_images_per_s=totals['eval_images'] / totals['eval_seconds'] if totals['eval_seconds'] else None,
-            world_size=self.env.world_size, device=str(self.device), amp=self.amp,
+            world_size=self.place.world_size, device=str(self.device), amp=self.amp,
             skipped_steps=totals['skipped_steps'])
         if self.ema is not None:
             result.update(final_ema_top1=final.get('ema_top1'), final_ema_top5=final.get('ema_top5'))
