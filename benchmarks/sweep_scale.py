@@ -3,8 +3,8 @@
 launch of 5,000 cells split into arrays under MaxArraySize=1001. Targets (2-core CPU): each <= 5 s, >= 5 arrays.
 
 The work directory is made up on disk, no training: 10 FASA variants x 10 learning rates x 10 weight decays x
-10 seeds of the `smoke` preset, the cells in every state a real grid shows (done with metrics and the trainer's
-environment.json, failed with a log, diverged, corrupt result.json, launched with their job gone, running with the
+10 seeds of the `smoke` preset (with model keywords, which plan checks), the cells in every state a real grid shows
+(done with metrics and the trainer's environment.json, failed with a log, diverged, corrupt result.json, launched with their job gone, running with the
 trainer's progress.json, pending, not launched). The running and pending cells belong to a live stand-in for a
 `local` job (a sleeping process), so status reads their progress and estimates the grid's finish.
 Each verb is timed twice: in-process (the verb's own work, `fat` already imported) and as the command a user
@@ -47,6 +47,7 @@ def grid_file(root: Path, name: str, seeds: int) -> Path:
     path = root / f'{name}.yaml'
     path.write_text(yaml.safe_dump({
         'name': name, 'preset': 'smoke',
+        'base': {'model_args': {'window_sizes': [8, 4, 2, 1]}},  # every cell's model keywords checked at plan
         'axes': {'fasa': FASA, 'lr': [round(1e-3 * (i + 1), 4) for i in range(10)],
                  'weight_decay': [round(0.01 * (i + 1), 3) for i in range(10)]},
         'seeds': list(range(seeds)), 'slurm': {'profile': str(Path(__file__).parents[1] / 'slurm' / 'local.yaml')},
