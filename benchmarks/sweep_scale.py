@@ -2,11 +2,12 @@
 """Scale of `fat sweep`: plan, status and collect over a synthetic 10,000-cell work directory, and a dry-run
 launch of 5,000 cells split into arrays under MaxArraySize=1001. Targets (2-core CPU): each <= 5 s, >= 5 arrays.
 
-The work directory is made up on disk, no training: 10 FASA variants x 10 learning rates x 10 weight decays x
-10 seeds of the `smoke` preset (with model keywords, which plan checks), the cells in every state a real grid shows
-(done with metrics and the trainer's environment.json, failed with a log, diverged, corrupt result.json, launched with their job gone, running with the
-trainer's progress.json, pending, not launched). The running and pending cells belong to a live stand-in for a
-`local` job (a sleeping process), so status reads their progress and estimates the grid's finish.
+The work directory is made up on disk, no training: 10 FASA variants x 10 learning rates x 10 weight decays x 10
+seeds of the `smoke` preset (with model keywords, which plan checks), the cells in every state a real grid shows
+(done with metrics and the trainer's environment.json, failed with a log, diverged, corrupt result.json, launched
+with their job gone, running with the trainer's progress.json, pending, not launched). The running and pending
+cells belong to a live stand-in for a `local` job (a sleeping process), so status reads their progress and
+estimates the grid's finish.
 Each verb is timed twice: in-process (the verb's own work, `fat` already imported) and as the command a user
 types (`fat sweep ...` in a new process, wall clock from start to exit: Python start-up and every import
 included; the median of --repeat runs); the target applies to the command. collect is timed with its params/MACs
