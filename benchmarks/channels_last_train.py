@@ -16,7 +16,7 @@ from typing import List, Optional, Tuple
 import torch
 
 import fat  # noqa: F401  (registers the models)
-from fat.distributed import DistEnv
+from fat.distributed import Placement
 from fat.train import PRESETS, Trainer, resolve_config
 
 
@@ -25,7 +25,7 @@ def losses(channels_last: bool, steps: int, batch_size: int, model: str, ulp: bo
     cfg = resolve_config(dict(PRESETS['proxy'], model=model, dataset='synthetic', in_chans=1, num_classes=10,
                               train_subset=steps * batch_size, val_subset=batch_size, batch_size=batch_size,
                               epochs=1, channels_last=channels_last, output_dir='-'))
-    trainer = Trainer(cfg, DistEnv())
+    trainer = Trainer(cfg, Placement())
     if ulp:
         with torch.no_grad():
             for p in trainer.model.parameters():

@@ -2,9 +2,12 @@
 """Scale of `fat sweep`: plan, status and collect over a synthetic 10,000-cell work directory, and a dry-run
 launch of 5,000 cells split into arrays under MaxArraySize=1001. Targets (2-core CPU): each <= 5 s, >= 5 arrays.
 
-The work directory is made up on disk, no training: 10 FASA variants x 10 learning rates x 10 weight decays x
-10 seeds of the `smoke` preset, the cells in every state a real grid shows (done with metrics and the trainer's
-environment.json, failed with a log, diverged, corrupt result.json, launched with their job gone, not launched).
+The work directory is made up on disk, no training: 10 FASA variants x 10 learning rates x 10 weight decays x 10
+seeds of the `smoke` preset (with model keywords, which plan checks), the cells in every state a real grid shows
+(done with metrics and the trainer's environment.json, failed with a log, diverged, corrupt result.json, launched
+with their job gone, running with the trainer's progress.json, pending, not launched). The running and pending
+cells belong to a live stand-in for a `local` job (a sleeping process), so status reads their progress and
+estimates the grid's finish.
 Each verb is timed twice: in-process (the verb's own work, `fat` already imported) and as the command a user
 types (`fat sweep ...` in a new process, wall clock from start to exit: Python start-up and every import
 included; the median of --repeat runs); the target applies to the command. collect is timed with its params/MACs
@@ -29,8 +32,10 @@ import yaml
 
 from fat.io import write_json_atomic
 from fat.sweep.cells import append_record
+from fat.sweep.cluster import hostname
 from fat.sweep.collect import collect
 from fat.sweep.launch import launch, prepare
+from fat.sweep.progress import annotate, grid_text
 from fat.sweep.state import Scheduler, cell_states, summary
 
 FASA = ['fasa', 'fasa_bidirectional', 'no_interaction', 'avgpool_downsample', 'static_conv', 'global_only',
@@ -43,6 +48,7 @@ def grid_file(root: Path, name: str, seeds: int) -> Path:
     path = root / f'{name}.yaml'
     path.write_text(yaml.safe_dump({
         'name': name, 'preset': 'smoke',
+        'base': {'model_args': {'window_sizes': [8, 4, 2, 1]}},  # every cell's model keywords checked at plan
         'axes': {'fasa': FASA, 'lr': [round(1e-3 * (i + 1), 4) for i in range(10)],
                  'weight_decay': [round(0.01 * (i + 1), 3) for i in range(10)]},
         'seeds': list(range(seeds)), 'slurm': {'profile': str(Path(__file__).parents[1] / 'slurm' / 'local.yaml')},
@@ -50,8 +56,9 @@ def grid_file(root: Path, name: str, seeds: int) -> Path:
     return path
 
 
-def populate(path: Path, workdir: Path) -> Dict[str, int]:
-    """Write every cell directory of the grid, in a realistic mix of states."""
+def populate(path: Path, workdir: Path, local_job: str) -> Dict[str, int]:
+    """Write every cell directory of the grid, in a realistic mix of states (`local_job`: the pid of a live
+    stand-in for a local job, which runs the running cells and holds the pending ones)."""
     sweep = prepare(path, [], workdir)
     rng = random.Random(0)
     env = [{'versions': {'torch': '2.14.1'}, 'hardware': {'device': 'cpu', 'cpu': 'AMD EPYC', 'hostname': 'node1'},
@@ -59,15 +66,21 @@ def populate(path: Path, workdir: Path) -> Dict[str, int]:
     log_dir = sweep.root / '.submitit' / '%j'
     kinds: Dict[str, int] = {}
     for i, cell in enumerate(sweep.cells):
-        kind = rng.choices(['done', 'failed', 'diverged', 'corrupt', 'gone', 'fresh'], [70, 10, 5, 5, 5, 5])[0]
+        kind = rng.choices(['done', 'failed', 'diverged', 'corrupt', 'gone', 'running', 'pending', 'fresh'],
+                           [70, 5, 5, 5, 5, 3, 2, 5])[0]
         kinds[kind] = kinds.get(kind, 0) + 1
         if kind == 'fresh':
             continue
         cell.write(sweep.grid)
         job_id = f'{1000 + i // 1000}_{i % 1000}'
-        append_record(cell.dir, {'event': 'submitted', 'job_id': job_id, 'cluster': 'slurm', 'host': 'node1',
+        local = kind in ('running', 'pending')
+        append_record(cell.dir, {'event': 'submitted', 'job_id': local_job if local else job_id,
+                                 'cluster': 'local' if local else 'slurm', 'host': hostname(),
                                  'log_dir': str(log_dir)})
-        append_record(cell.dir, {'event': 'started', 'job_id': job_id, 'host': 'node1', 'pid': 1})
+        if kind == 'pending':
+            continue
+        append_record(cell.dir, {'event': 'started', 'job_id': local_job if local else job_id, 'host': hostname(),
+                                 'pid': 1})
         if kind == 'done':
             top1 = rng.uniform(10, 90)
             write_json_atomic(cell.dir / 'result.json', {
@@ -83,6 +96,12 @@ def populate(path: Path, workdir: Path) -> Dict[str, int]:
             write_json_atomic(cell.dir / 'result.json', {'status': 'diverged', 'error': 'loss is nan'})
         elif kind == 'corrupt':
             (cell.dir / 'result.json').write_text('{"status": "do')
+        elif kind == 'running':
+            step = rng.randrange(1, 8)
+            write_json_atomic(cell.dir / 'progress.json', {
+                'time': time.time(), 'phase': 'train', 'epoch': step // 4, 'epochs': 2, 'step_in_epoch': step % 4,
+                'steps_per_epoch': 4, 'step': step, 'steps': 8, 'step_seconds': 0.05, 'images_per_s': 320.,
+                'eval_seconds': 0.1, 'eval_every': 1, 'val_top1': rng.uniform(10, 90) if step >= 4 else None})
     return kinds
 
 
@@ -125,14 +144,18 @@ def main() -> int:
     big, half = grid_file(root, 'scale10k', 10), grid_file(root, 'scale5k', 5)
     workdir = root / 'runs'
     rows = []
+    # what the process table shows for a `local` job: a live process with `submitit` on its command line
+    job = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(3600)', 'submitit-stand-in'])
     try:
-        t, kinds = timed(lambda: populate(big, workdir))
+        t, kinds = timed(lambda: populate(big, workdir, str(job.pid)))
         print(f'synthetic work directory: {sum(kinds.values())} cells {kinds} written in {t:.1f} s')
 
         t_prep, sweep = timed(lambda: prepare(big, [], workdir))
         rows.append(('expand + validate 10,000 cells (part of every verb)', t_prep, None))
         t, states = timed(lambda: cell_states(sweep.cells, Scheduler.snapshot()))
-        print(f'status: {summary(states)}')
+        t_progress, grid = timed(lambda: annotate(states))
+        t += t_progress
+        print(f'status: {summary(states)}\n{grid_text(grid)} (progress and estimate: {t_progress:.2f} s)')
         rows.append(('status 10,000 cells', t_prep + t, cli(['sweep', 'status', str(big), '--workdir', str(workdir)])))
         t, report = timed(lambda: launch(sweep, 'slurm', dry_run=True, array_size_limit=1001))
         rows.append(('plan 10,000 cells', t_prep + t, cli(['sweep', 'plan', str(big), '--workdir', str(workdir),
@@ -155,6 +178,8 @@ def main() -> int:
                           '--cluster', 'slurm', '--max-array-size', '1001'])))
         assert len(sizes) >= 5, sizes
     finally:
+        job.kill()
+        job.wait()
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
 

@@ -19,12 +19,13 @@ class Command(NamedTuple):
 
 COMMANDS: Dict[str, Command] = {
     'models': Command('fat.models.cli', 'list the registered FAT models and their parameter counts'),
-    'train': Command('fat.train', 'train a model: the official FAT recipe, resumable, DDP under torchrun or Slurm'),
+    'train': Command('fat.train.cli', 'train a model: the official FAT recipe, resumable, DDP under torchrun or Slurm'),
     'flops': Command('fat.complexity', 'params and MACs/FLOPs under named counting conventions'),
     'sweep': Command('fat.sweep.cli', 'ablation grids (ablations/*.yaml) on Slurm: plan, launch, status, collect'),
     'report': Command('fat.report', 'regenerate the tables and figures (claims beside measurements) under results/'),
     'bench': Command('fat.bench', 'inference / training-step throughput and latency of timm models (CPU, CUDA)'),
     'speed': Command('fat.speed', 'the speed comparison of a grid file: FAT and peers timed round-robin in one run'),
+    'timm': Command('fat.timm_scripts', "run timm's own scripts (validate.py, benchmark.py, ...) on the FAT models"),
 }
 
 

@@ -50,12 +50,11 @@ for FAT models, ``fasa_parts``: every FASA module's cost split into q, local (th
 kv, attention (SDPA), gating (the element-wise self-modulation and interaction) and mixer (W_o), summed over all
 blocks.
 
-The regression file `tests/data/complexity_pins.json` pins params and MACs of every registered ``fat_*`` model and
-FASA preset at 224x224 under all three conventions (regenerate: ``fat flops --pins tests/data/complexity_pins.json``);
+The regression file `results/complexity-pins.json` pins params and MACs of every registered ``fat_*`` model and
+FASA preset at 224x224 under all three conventions (regenerate: ``fat flops --pins results/complexity-pins.json``);
 ``docs/variants.md`` is the generated FASA variant table (``fat flops --variant-table docs/variants.md``).
 """
 import argparse
-import difflib
 import json
 import warnings
 from collections import Counter
@@ -85,6 +84,7 @@ with warnings.catch_warnings():
         matmul_flop_jit,
     )
 
+from fat.checks import close_hint
 from fat.io import write_text_atomic
 from fat.models import FASA, FASA_PRESETS
 from fat.models.fuse import reparameterize_peer
@@ -295,8 +295,7 @@ def _build(model_name: str, img_size: int, **model_kwargs: Any) -> Tuple[nn.Modu
     if img_size <= 0:
         raise ValueError(f'image size must be positive, got {img_size}')
     if not timm.is_model(model_name):
-        close = difflib.get_close_matches(model_name, timm.list_models(), n=1)
-        raise ValueError(f"unknown model {model_name!r}" + (f" (did you mean '{close[0]}'?)" if close else ''))
+        raise ValueError(f'unknown model {model_name!r}{close_hint(model_name, timm.list_models())}')
     try:
         cfg = get_pretrained_cfg(model_name, allow_unregistered=False)
     except RuntimeError as e:  # an unknown pretrained tag
@@ -357,7 +356,7 @@ def pins(records: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
         models.setdefault(f"{r['model']}/{r['fasa']}", dict(params=r['params']))[r['convention']] = r['macs']
     return dict(
         about='params and MACs (batch 1, eval) of every fat_* model x FASA preset under each counting convention of '
-              'fat/complexity.py; regenerate with `fat flops --pins tests/data/complexity_pins.json`',
+              'fat/complexity.py; regenerate with `fat flops --pins results/complexity-pins.json`',
         img_size=records[0]['img_size'],
         environment=dict(torch=torch.__version__, timm=timm.__version__, fvcore=fvcore.__version__),
         models=models,
@@ -403,8 +402,7 @@ def variant_table(records: Sequence[Dict[str, Any]]) -> str:
         '',
         'Each preset of `fat.models.fasa.FASA_PRESETS` (the same variant in every stage): what it ablates, its '
         'equation (L = DWConv(W_q x), G = attention of W_q x over W_kv D(x), s = sigmoid), its parameters and its '
-        'MACs (batch 1) under the counting conventions of `fat/complexity.py` (README, "Counting parameters and '
-        'FLOPs").',
+        'MACs (batch 1) under the counting conventions of `fat/complexity.py` ([counting.md](counting.md)).',
         '',
         _md_table(header, rows, [False, False, False] + [True] * 5),
         '',

@@ -38,8 +38,17 @@ def _posterize(img: Image.Image, bits_to_keep: int, **kwargs: Any) -> Image.Imag
     return _timm_auto_augment.posterize(img, bits_to_keep, **kwargs)
 
 
-for _name in ('Posterize', 'PosterizeIncreasing', 'PosterizeOriginal'):
-    _timm_auto_augment.NAME_TO_OP[_name] = _posterize
+_POSTERIZE_OPS = ('Posterize', 'PosterizeIncreasing', 'PosterizeOriginal')
+
+
+def _safe_posterize(transform: T.Compose) -> T.Compose:
+    """`transform` with its auto-augment posterize ops using `_posterize`: set on these ops only, so that timm's
+    own table (and so any other user of timm in the process) is left as it is."""
+    for t in transform.transforms:
+        for op in getattr(t, 'ops', ()):  # RandAugment, AutoAugment, AugMix
+            if getattr(op, 'name', None) in _POSTERIZE_OPS:
+                op.aug_fn = _posterize
+    return transform
 
 
 class ImageTensorDataset(Dataset):
@@ -184,6 +193,7 @@ def build_transforms(cfg: Mapping[str, Any], in_chans: int, data_channels: int) 
         size, is_training=True, scale=tuple(cfg['scale']), hflip=cfg['hflip'], color_jitter=cfg['color_jitter'],
         auto_augment=cfg['auto_augment'], interpolation=cfg['interpolation'], mean=mean, std=std,
         re_prob=cfg['reprob'], re_mode=cfg['remode'], re_count=cfg['recount'])
+    train = _safe_posterize(train)
     if size <= 32:
         train.transforms[0] = T.RandomCrop(size, padding=4)
         evaluate = T.Compose([T.CenterCrop(size), T.ToTensor(), T.Normalize(mean, std)])

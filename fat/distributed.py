@@ -1,7 +1,8 @@
 """Where a training process runs: its rank in the job, its device, its process group, its device's random state.
 
-Two launchers are understood: torchrun (RANK, WORLD_SIZE, LOCAL_RANK set per worker) and a multi-task submitit job
-(one task per GPU: Slurm's SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID, or submitit's local executor). Every
+The process reads torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR / MASTER_PORT):
+torchrun sets them per worker, and the sweep's job wrapper (`fat.sweep.job`) sets them in each task of a multi-task
+submitit job from the task's own Slurm variables; this module knows nothing of submitit. Every
 inconsistency between what the job was given and what this process can use is an error that names the fix, never a
 quiet fallback: tasks that each train alone all write the same run directory, and a GPU job that falls back to the
 CPU trains for days at a hundredth of the speed.
@@ -13,11 +14,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Optional
 
-import submitit
 import torch
 import torch.distributed as dist
 
-__all__ = ['DistEnv', 'setup', 'export_job_env', 'cuda_index', 'gpus_allocated', 'device_rng_state',
+__all__ = ['Placement', 'setup', 'cuda_index', 'gpus_allocated', 'device_rng_state',
            'set_device_rng_state', 'wait_for_primary_exit']
 
 _logger = logging.getLogger(__name__)
@@ -25,11 +25,9 @@ _logger = logging.getLogger(__name__)
 # how long ranks other than 0 wait for rank 0 to requeue the job and exit, after a preemption's checkpoint
 PRIMARY_EXIT_TIMEOUT_S = 600
 
-_RANK_VARS = ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'LOCAL_WORLD_SIZE')
-
 
 @dataclass
-class DistEnv:
+class Placement:
     """This process's place in the job."""
     rank: int = 0
     world_size: int = 1
@@ -43,40 +41,6 @@ class DistEnv:
     @property
     def primary(self) -> bool:
         return self.rank == 0
-
-
-def _job_environment() -> Optional[submitit.JobEnvironment]:
-    """submitit's view of the job this process is a task of; None outside a submitit job."""
-    if not os.environ.get('SUBMITIT_EXECUTOR'):
-        return None
-    try:
-        return submitit.JobEnvironment()
-    except RuntimeError:  # SUBMITIT_EXECUTOR names no executor of this submitit
-        return None
-
-
-def export_job_env() -> None:
-    """In a multi-task submitit job, export what torchrun would: RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE from
-    the task's own variables, and MASTER_ADDR / MASTER_PORT where the site has not set them.
-
-    A site's `setup:` line runs once per job, before srun starts the tasks, so a rank variable it exported holds one
-    value for every task: the task's own values replace it. MASTER_ADDR / MASTER_PORT from such a line are the site's
-    choice (an interface, a free port range) and are kept. Under torchrun (TORCHELASTIC_RUN_ID) nothing is changed.
-    """
-    if os.environ.get('TORCHELASTIC_RUN_ID'):
-        return
-    job = _job_environment()
-    if job is None or job.num_tasks <= 1:
-        return
-    dist_env = submitit.helpers.TorchDistributedEnvironment()  # reads MASTER_PORT when set
-    stale = {k: os.environ[k] for k in _RANK_VARS if k in os.environ}
-    if stale:
-        _logger.warning(f'replacing {stale} (set before the job started its tasks) with this task\'s own values')
-    os.environ.update(
-        RANK=str(dist_env.rank), WORLD_SIZE=str(dist_env.world_size), LOCAL_RANK=str(dist_env.local_rank),
-        LOCAL_WORLD_SIZE=str(dist_env.local_world_size))
-    os.environ.setdefault('MASTER_ADDR', dist_env.master_addr)
-    os.environ.setdefault('MASTER_PORT', str(dist_env.master_port))
 
 
 def gpus_allocated() -> Optional[str]:
@@ -133,16 +97,11 @@ def _device(requested: str, local_rank: int, local_world_size: int) -> torch.dev
     return torch.device('cuda', cuda_index(local_rank, local_world_size, torch.cuda.device_count()))
 
 
-def setup(requested_device: str) -> DistEnv:
-    """Rank, device and process group (NCCL on CUDA, gloo on CPU) of this process, from torchrun's variables or a
-    multi-task submitit job's."""
-    export_job_env()
+def setup(requested_device: str) -> Placement:
+    """Rank, device and process group (NCCL on CUDA, gloo on CPU) of this process, from torchrun's variables."""
     world_size = int(os.environ.get('WORLD_SIZE', 1))
     rank, local_rank = int(os.environ.get('RANK', 0)), int(os.environ.get('LOCAL_RANK', 0))
     local_world_size = int(os.environ.get('LOCAL_WORLD_SIZE', world_size))
-    job = _job_environment()
-    if job is not None and job.num_tasks != world_size and not os.environ.get('TORCHELASTIC_RUN_ID'):
-        raise ValueError(f'this job has {job.num_tasks} tasks but WORLD_SIZE is {world_size}')
     device = _device(requested_device, local_rank, local_world_size)
     if device.type == 'cuda':
         torch.cuda.set_device(device)
@@ -152,10 +111,10 @@ def setup(requested_device: str) -> DistEnv:
     control = None
     if world_size > 1 and device.type == 'cuda':
         control = dist.new_group(backend='gloo', timeout=timedelta(seconds=PRIMARY_EXIT_TIMEOUT_S))
-    return DistEnv(rank, world_size, local_rank, device, local_world_size, control)
+    return Placement(rank, world_size, local_rank, device, local_world_size, control)
 
 
-def wait_for_primary_exit(env: DistEnv) -> None:
+def wait_for_primary_exit(place: Placement) -> None:
     """On a rank other than 0, block until rank 0's process has ended (or PRIMARY_EXIT_TIMEOUT_S has passed).
 
     Rank 0 requeues a preempted job (`scontrol requeue`) and then exits; Slurm ends the other tasks itself. A rank
@@ -163,10 +122,10 @@ def wait_for_primary_exit(env: DistEnv) -> None:
     requeued: the job would end, never to resume. So the others wait in a collective that rank 0 never joins, and
     which fails when rank 0's connections close.
     """
-    if env.primary or env.world_size == 1:
+    if place.primary or place.world_size == 1:
         return
     try:
-        work = dist.barrier(group=env.control_group, async_op=True)
+        work = dist.barrier(group=place.control_group, async_op=True)
         work.wait(timeout=timedelta(seconds=PRIMARY_EXIT_TIMEOUT_S))
     except Exception as e:  # rank 0 gone: gloo reports the closed connection (its type varies with the version)
         _logger.debug(f'rank 0 has left: {type(e).__name__}: {e}')

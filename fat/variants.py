@@ -4,17 +4,25 @@
 start without importing torch or timm (seconds). The FASA module that builds a variant is `fat.models.fasa`, whose
 docstring gives the equations of the axes below; `fat.models` re-exports these names.
 """
-import difflib
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Sequence, Tuple, Union
 
+from fat.checks import close_hint
+
 __all__ = [
-    'AXES', 'FasaCfg', 'FasaSpec', 'FASA_PRESETS', 'MODEL_NAMES', 'list_fasa_presets', 'presets_help',
+    'AXES', 'FAT_ARGS', 'FAT_STAGE_ARGS', 'FasaCfg', 'FasaSpec', 'FASA_PRESETS', 'MODEL_NAMES', 'list_fasa_presets',
+    'presets_help',
     'resolve_fasa', 'resolve_fasa_stages',
 ]
 
 # the models `fat.models` registers with timm (tests/test_timm_contract.py checks that the two agree)
 MODEL_NAMES: Tuple[str, ...] = ('fat_b0', 'fat_b1', 'fat_b2', 'fat_b3', 'fat_proxy')
+# the keyword arguments of `fat.models.FAT` (tests/test_timm_contract.py pins them to its signature): a grid's
+# `model_args` is checked against them at plan, without torch. Per-stage ones take one value per stage.
+FAT_STAGE_ARGS: Tuple[str, ...] = (
+    'embed_dims', 'depths', 'kernel_sizes', 'num_heads', 'window_sizes', 'mlp_kernel_sizes', 'mlp_ratios')
+FAT_ARGS: Tuple[str, ...] = (
+    'in_chans', 'num_classes', 'global_pool') + FAT_STAGE_ARGS + ('fasa', 'drop_rate', 'drop_path_rate')
 
 AXES: Dict[str, Tuple[str, ...]] = {
     'local': ('self_modulated', 'static', 'none'),
@@ -25,9 +33,7 @@ AXES: Dict[str, Tuple[str, ...]] = {
 
 
 def _choice_error(what: str, value: Any, choices: Sequence[str]) -> ValueError:
-    close = difflib.get_close_matches(str(value), choices, n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ''
-    return ValueError(f"FASA: unknown {what} {value!r}; valid: {', '.join(choices)}{hint}")
+    return ValueError(f"FASA: unknown {what} {value!r}; valid: {', '.join(choices)}{close_hint(value, choices)}")
 
 
 @dataclass(frozen=True)

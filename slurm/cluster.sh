@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The single-node Slurm test cluster on localhost (Debian 12 / Ubuntu packages; Slurm 22.05 on bookworm), the
-# cluster that `slurm/local.yaml` describes and the sweep tests run on. Based on ../shared/tools/slurm_local.sh.
+# cluster that `slurm/local.yaml` describes and the sweep tests run on.
 # Needs root and apt (no systemd needed: the daemons are started by hand).
 #
 #   bash slurm/cluster.sh          # = up: install (if needed), configure, start, smoke-test

@@ -3,7 +3,7 @@
 # and two slurmd nodes, node1 and node2, each in its own network + UTS + mount namespace on a private bridge.
 # The bridge's subnet (10.78.0.0/24 by default) is routed only on that bridge and inside the node namespaces; no
 # systemd, nothing under /etc/slurm or /etc/munge is touched, so it runs beside slurm/cluster.sh's cluster.
-# Needs root (namespaces, bridge, mounts) and, the first time, apt. Based on ../shared/tools/slurm_multinode.sh.
+# Needs root (namespaces, bridge, mounts) and, the first time, apt.
 #
 #   bash slurm/two_nodes.sh up            # install (if needed), configure, start; ~2-5 s when installed
 #   bash slurm/two_nodes.sh down          # stop everything it started, remove namespaces and bridge
@@ -15,7 +15,7 @@
 # Env knobs: FAT_TWO_NODES_DIR (state, logs, config), FAT_TWO_NODES_NET (first three octets, default 10.78.0),
 # FAT_TWO_NODES_PORT (slurmctld port; slurmd +1, slurmdbd +2; default 7817), SLURM_DB_PASS (as cluster.sh).
 #
-# Worked around (see ../shared/notes/environment.md): slurmd is started with nsenter, not `ip netns exec` (which
+# Worked around: slurmd is started with nsenter, not `ip netns exec` (which
 # remounts /sys and hides the cgroup mount); each namespace sees a private hosts file bind-mounted over /etc/hosts
 # (the job's tasks inherit it: MASTER_ADDR=node1 resolves); `%n` spool directories are made here; cred_expire=10
 # and short scheduler intervals let a requeued job start again in seconds rather than minutes.

@@ -1,5 +1,6 @@
-"""Shared fixtures. The official parity fixture is located through FAT_REFERENCE_DIR (default
-../shared/reference beside the repository); where it is absent its tests skip, except under CI=true."""
+"""Shared fixtures. The official parity fixture (an official FAT-B0 state_dict and its outputs) is found through
+FAT_REFERENCE_DIR (default: `shared/reference` beside the repository, where the project's CI keeps it); where it
+is absent its tests skip, except under CI=true."""
 import os
 from pathlib import Path
 

@@ -22,7 +22,7 @@ from fat.complexity import CONVENTIONS, count, measure, pins, variant_table
 from fat.models import FASA_PRESETS
 
 REPO = Path(__file__).resolve().parents[1]
-PINS = REPO / 'tests' / 'data' / 'complexity_pins.json'
+PINS = REPO / 'results' / 'complexity-pins.json'
 VARIANTS = REPO / 'docs' / 'variants.md'
 
 # FAT's published GMACs (`paper`; the 2.039 / 4.426 for B2 / B3 add up conv and linear after rounding each,
@@ -314,15 +314,16 @@ def _op_table(text: str) -> List[str]:
     return lines[start:end]
 
 
-def test_op_table_is_the_same_in_the_readme():
-    assert _op_table(complexity.__doc__) == _op_table((REPO / 'README.md').read_text())
+def test_op_table_is_the_same_in_the_docs():
+    assert _op_table(complexity.__doc__) == _op_table((REPO / 'docs' / 'counting.md').read_text())
 
 
-def test_readme_shows_the_command_output(capsys, monkeypatch):
+def test_docs_show_the_command_output(capsys, monkeypatch):
     monkeypatch.setattr(complexity, 'measure', _cached_measure)
     models = ['fat_b0', 'fat_b1', 'fat_b2', 'fat_b3']
     assert main(['flops', *models]) == 0
-    assert f"$ fat flops {' '.join(models)}\n{capsys.readouterr().out}```" in (REPO / 'README.md').read_text()
+    shown = f"$ fat flops {' '.join(models)}\n{capsys.readouterr().out}```"
+    assert shown in (REPO / 'docs' / 'counting.md').read_text()
 
 
 def test_cli_json(capsys, monkeypatch):

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from fat import distributed
-from fat.distributed import cuda_index, export_job_env, gpus_allocated
+from fat.distributed import cuda_index, gpus_allocated
+from fat.sweep.job import export_job_env
 
 SMOKE = ['--preset', 'smoke', 'train_subset=96', 'epochs=2', 'checkpoint_minutes=0']
 _DIST_VARS = ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'LOCAL_WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT',
@@ -79,10 +80,13 @@ def test_torchrun_variables_are_left_alone(no_dist_env):
 
 
 def test_two_submitit_tasks_train_as_one_ddp_run_with_the_site_master_port(tmp_path):
-    """Defect: the site's MASTER_PORT made submitit's export raise, which was swallowed: each task trained alone."""
+    """Defect: the site's MASTER_PORT made submitit's export raise, which was swallowed: each task trained alone.
+    Each task does what the sweep's job wrapper does: export its ranks, then train."""
     out = tmp_path / 'run'
     site = dict(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(_free_port()))
-    cmd = [sys.executable, '-m', 'fat.cli', 'train', '--output-dir', str(out), *SMOKE]
+    task = ('import sys; from fat.sweep.job import export_job_env; from fat.cli import main; export_job_env(); '
+            'sys.exit(main(sys.argv[1:]))')
+    cmd = [sys.executable, '-c', task, 'train', '--output-dir', str(out), *SMOKE]
     with open(tmp_path / 'log', 'w') as log:
         procs = [subprocess.Popen(cmd, env=_clean_env(**_slurm_task(r, 2, **site)), stdout=log,
                                   stderr=subprocess.STDOUT) for r in range(2)]

@@ -14,9 +14,9 @@ from fat.report.tables import DASH, Table, build_tables
 
 REPO = Path(__file__).resolve().parents[1]
 ANALYSIS = REPO / 'analysis'
-PINS = REPO / 'tests' / 'data' / 'complexity_pins.json'
+PINS = REPO / 'results' / 'complexity-pins.json'
 
-# ../shared/spec/FAT.md section 7.1 (README) and 7.5 (qhfan/RMT segmentation README), as printed there
+# qhfan/FAT classification/README.md and qhfan/RMT segmentation/README.md (docs/sources.md), as printed there
 SPEC_IMAGENET = {'FAT-B0': ('4.5', '0.7', '77.6'), 'FAT-B1': ('7.8', '1.2', '80.1'),
                  'FAT-B2': ('13.5', '2.0', '81.9'), 'FAT-B3': ('29', '4.4', '83.6')}
 SPEC_ADE20K = [('FAT-B0', 'Semantic FPN', '8.4', '25.0', '41.5', DASH),
@@ -57,7 +57,7 @@ def test_claims_are_the_spec_numbers(tmp_path: Path):
 def test_not_found_is_never_a_number(tmp_path: Path):
     a = load_analysis(ANALYSIS)
     fat_claims = a.claims[a.claims['model'].str.startswith('fat_')]
-    assert fat_claims['throughput'].isna().all()  # spec 7.1: FAT's throughput NOT FOUND
+    assert fat_claims['throughput'].isna().all()  # FAT's throughput: not found (docs/sources.md)
     tables = _tables(tmp_path)
     imagenet = tables['imagenet'].display.set_index('Model')
     measured = ['img/s (measured)', 'Top-1 (%) measured', 'Δ top-1']

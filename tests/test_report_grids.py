@@ -16,7 +16,7 @@ from fat.report.tables import DASH, Table, build_tables
 
 REPO = Path(__file__).resolve().parents[1]
 ANALYSIS = REPO / 'analysis'
-PINS = REPO / 'tests' / 'data' / 'complexity_pins.json'
+PINS = REPO / 'results' / 'complexity-pins.json'
 ENV = 'torch 2.14.1, cpu (Test CPU), 1 process, git abc1234, host h'
 
 

@@ -1,5 +1,6 @@
 """The timm model contract (as timm's own tests/test_models.py states it) for every registered fat_* model,
 and for every FASA preset on fat_b0. Input sizes follow timm's targets for each check."""
+import inspect
 import math
 
 import pytest
@@ -37,6 +38,13 @@ def test_models_are_registered():
     # no official weights exist: every default cfg is tagged .untrained
     assert timm.list_models('fat_*', include_tags=True) == [f'{m}.untrained' for m in MODELS]
     assert timm.list_pretrained('fat_*') == []
+
+
+def test_plan_time_keyword_list_is_the_constructors():
+    # `fat sweep plan` checks a grid's model_args against fat.variants.FAT_ARGS without torch
+    from fat.models.fat import FAT
+    from fat.variants import FAT_ARGS
+    assert list(inspect.signature(FAT.__init__).parameters)[1:] == list(FAT_ARGS)
 
 
 def test_import_registers_with_grayscale_and_class_count():

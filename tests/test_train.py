@@ -2,29 +2,33 @@
 import gzip
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from timm.data.auto_augment import AugmentOp, RandAugment
+from timm.data.auto_augment import NAME_TO_OP, RandAugment, posterize
 from timm.data.random_erasing import RandomErasing
 from timm.utils import NativeScaler
 from torchvision import transforms as T
 
-from fat import train
 from fat.cli import main as cli_main
 from fat.data import FASHION_MNIST_DIR, build_datasets, build_transforms
-from fat.distributed import DistEnv
-from fat.train import DEFAULTS, PRESETS, Trainer, _parse_override, main, resolve_config
+from fat.distributed import Placement
+from fat.train import DEFAULTS, PRESETS, Trainer, main, resolve_config
+from fat.train import trainer as train_loop
+from fat.train.cli import _parse_override
+
+REPO = Path(__file__).resolve().parents[1]
 
 # a run small enough for the test suite: synthetic data, the proxy model, one thread, deterministic
 TINY = dict(PRESETS['smoke'], checkpoint_minutes=0)
 
 
 def test_defaults_are_the_official_recipe():
-    # ../shared/spec/FAT.md section 6.1 (the official config.py, configs/*.yaml, data/build.py, main.py)
+    # the official recipe (qhfan/FAT classification/: config.py, configs/*.yaml, data/build.py, main.py)
     official = dict(
         epochs=300, warmup_epochs=20, lr=5e-4, warmup_lr=5e-7, min_lr=5e-6, lr_base_size=512, opt='adamw',
         opt_eps=1e-8, opt_betas=[0.9, 0.999], weight_decay=0.05, batch_size=128, clip_grad=5.0, amp=True,
@@ -92,6 +96,26 @@ def test_cli_config_file_is_validated_like_overrides(tmp_path, capsys):
     assert err.count('\n') == 1 and "unknown config key 'warmup' (did you mean 'warmup_lr'" in err
 
 
+def test_cli_config_file_reads_yaml_1_2_as_grids_do(tmp_path, capsys):
+    # `lr: 1e-3` is a float (YAML 1.1 made it a string), `no` is not a boolean, duplicate keys are refused
+    (tmp_path / 'cfg.yaml').write_text('lr: 1e-3\namp: no\n')
+    assert cli_main(['train', '--config', str(tmp_path / 'cfg.yaml')]) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and "config key 'amp' expects bool, got str 'no'" in err  # lr passed its check
+    (tmp_path / 'dup.yaml').write_text('lr: 1e-3\nlr: 2e-3\n')
+    assert cli_main(['train', '--config', str(tmp_path / 'dup.yaml')]) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and "line 2, column 1: invalid YAML: duplicate key 'lr'" in err
+
+
+def test_fat_has_one_yaml_reader():
+    # every input goes through fat.yaml12 (YAML 1.2, strict); no module reads YAML its own way
+    readers = [str(p.relative_to(REPO)) for p in (REPO / 'fat').rglob('*.py')
+               if p.name != 'yaml12.py' and re.search(r'yaml\.(safe_)?load\b|yaml\.load_all|yaml\.(Safe)?Loader',
+                                                      p.read_text())]
+    assert readers == []
+
+
 def _imagenet_folder(root: Path, classes: int = 3, per_class: int = 4) -> Path:
     rng = np.random.default_rng(0)
     for split in ('train', 'val'):
@@ -105,7 +129,7 @@ def _imagenet_folder(root: Path, classes: int = 3, per_class: int = 4) -> Path:
 
 def test_trainer_builds_the_official_recipe(tmp_path):
     cfg = resolve_config(dict(data_dir=str(_imagenet_folder(tmp_path)), batch_size=4, workers=0, output_dir='-'))
-    trainer = Trainer(cfg, DistEnv())
+    trainer = Trainer(cfg, Placement())
     scale = 4 / 512  # linear scaling by the total batch
     # AdamW; no weight decay on 1-D parameters and biases (the official optimizer.py)
     opt = trainer.optimizer
@@ -164,10 +188,16 @@ def test_grayscale_data_one_channel_or_replicated():
 
 
 def test_randaugment_posterize_to_zero_bits_gives_a_black_image():
-    # magnitude 10 (m9 plus its noise) asks for 0 bits, which current Pillow refuses
+    # magnitude 10 (m9 plus its noise) asks for 0 bits, which current Pillow refuses: our transform's op answers
+    # with a black image, and timm's own table is left unpatched for other users of timm
+    train, _ = build_transforms(resolve_config({}), 3, 3)
+    rand = next(t for t in train.transforms if isinstance(t, RandAugment))
+    op = next(op for op in rand.ops if op.name == 'PosterizeIncreasing')
+    op.prob, op.magnitude = 1., 10
     img = Image.fromarray(np.full((8, 8, 3), 200, dtype=np.uint8))
-    out = AugmentOp('PosterizeIncreasing', prob=1., magnitude=10)(img)
+    out = op(img)
     assert out.size == img.size and np.asarray(out).max() == 0
+    assert NAME_TO_OP['PosterizeIncreasing'] is posterize
 
 
 @pytest.mark.skipif(not Path(FASHION_MNIST_DIR).is_dir(), reason=f'Fashion-MNIST not installed at {FASHION_MNIST_DIR}')
@@ -213,9 +243,9 @@ def test_run_directory_and_idempotent_rerun(tmp_path):
     assert result['params'] == 435_946  # fat_proxy with 1 channel and 10 classes
     cfg = json.loads((out / 'config.json').read_text())
     assert cfg == resolve_config(dict(TINY, output_dir=str(out)))
-    env = json.loads((out / 'environment.json').read_text())
-    assert len(env) == 1 and {'git', 'versions', 'hardware', 'command'} <= set(env[0])
-    assert set(env[0]['git']) == {'sha', 'dirty'} and env[0]['versions']['torch'] == torch.__version__
+    starts = json.loads((out / 'environment.json').read_text())
+    assert len(starts) == 1 and {'git', 'versions', 'hardware', 'command'} <= set(starts[0])
+    assert set(starts[0]['git']) == {'sha', 'dirty'} and starts[0]['versions']['torch'] == torch.__version__
     log = [json.loads(line) for line in (out / 'log.jsonl').read_text().splitlines()]
     assert [r['epoch'] for r in log] == [1, 2]
     assert {'lr', 'train_loss', 'val_top1', 'val_top5', 'train_images_per_s', 'train_seconds'} <= set(log[0])
@@ -266,14 +296,14 @@ def test_a_checkpoint_without_loss_scaler_state_resumes_with_one(tmp_path):
     cfg = dict(TINY, epochs=1, output_dir=str(tmp_path / 'run'))
     main(cfg)
     assert torch.load(tmp_path / 'run' / 'checkpoint-last.pt', weights_only=False)['scaler'] is None
-    trainer = Trainer(resolve_config(cfg), DistEnv())
+    trainer = Trainer(resolve_config(cfg), Placement())
     trainer.scaler = NativeScaler(device='cpu')
     assert trainer.resume() and trainer.epoch == 1
     assert trainer.scaler.state_dict()['scale'] == 2. ** 16  # the scale starts from GradScaler's default
 
 
 def _scaled_trainer(tmp_path: Path) -> Trainer:
-    trainer = Trainer(resolve_config(dict(TINY, output_dir=str(tmp_path / 'run'))), DistEnv())
+    trainer = Trainer(resolve_config(dict(TINY, output_dir=str(tmp_path / 'run'))), Placement())
     trainer.scaler = NativeScaler(device='cpu')  # fp16 AMP's loss scaler (no GPU here)
     return trainer
 
@@ -293,13 +323,13 @@ def test_the_loss_scaler_skips_a_non_finite_step_and_training_goes_on(tmp_path):
 
 
 def test_a_loss_scale_that_never_recovers_is_divergence(tmp_path, monkeypatch):
-    monkeypatch.setattr(train, 'MAX_SKIPPED_IN_A_ROW', 2)
+    monkeypatch.setattr(train_loop, 'MAX_SKIPPED_IN_A_ROW', 2)
     trainer = _scaled_trainer(tmp_path)
     x, y = next(iter(trainer._train_loader()))
     nan = torch.full_like(x, float('nan'))
     trainer.train_step(nan, y)
     trainer.train_step(nan, y)
-    with pytest.raises(train._Diverged, match='3 steps in a row'):
+    with pytest.raises(train_loop._Diverged, match='3 steps in a row'):
         trainer.train_step(nan, y)
 
 
@@ -309,7 +339,10 @@ def test_compile_runs_the_training_step_compiled_and_refuses_an_unknown_backend(
     compiled = []
     real = torch.compile
     monkeypatch.setattr(torch, 'compile', lambda model, **kw: compiled.append(kw) or real(model, **kw))
-    runs = [main(dict(TINY, epochs=1, compile=c, output_dir=str(tmp_path / str(c)))) for c in (None, 'eager')]
+    try:
+        runs = [main(dict(TINY, epochs=1, compile=c, output_dir=str(tmp_path / str(c)))) for c in (None, 'eager')]
+    finally:
+        torch._dynamo.reset()  # no compiled FAT code left for later tests (an inductor compile of fused FAT then fails)
     assert compiled == [{'backend': 'eager'}]
     assert [r['status'] for r in runs] == ['done', 'done'] and runs[0]['final_top1'] == runs[1]['final_top1']
     result = main(dict(TINY, epochs=1, compile='nope_backend', output_dir=str(tmp_path / 'bad')))

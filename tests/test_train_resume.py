@@ -1,5 +1,6 @@
 """Bit-exact resume: real `fat train` processes killed at random steps (SIGKILL, SIGTERM, SIGUSR2), a corrupt
-checkpoint, and DDP with two CPU processes, each compared with an uninterrupted run of the same command."""
+checkpoint, and DDP with two CPU processes, each compared with an uninterrupted run of the same command, their
+TensorBoard curves included (each step exactly once)."""
 import json
 import os
 import random
@@ -14,13 +15,18 @@ from typing import List, Optional
 import pytest
 import torch
 
+from fat.train.curves import read_scalars
+
 # the smoke preset with every source of randomness in play: Mixup/CutMix (numpy), RandAugment and erasing
-# (per-sample seeds), drop path (torch), EMA; a checkpoint after every step so that kills land anywhere
-RUN = ['--preset', 'smoke', 'train_subset=192', 'epochs=3', 'drop_path=0.1', 'ema=true', 'checkpoint_steps=1']
+# (per-sample seeds), drop path (torch), EMA; a checkpoint after every step so that kills land anywhere, and a
+# curve point after every step too
+RUN = ['--preset', 'smoke', 'train_subset=192', 'epochs=3', 'drop_path=0.1', 'ema=true', 'checkpoint_steps=1',
+       'log_interval=1']
 METRICS = ('status', 'epochs', 'steps', 'final_top1', 'final_top5', 'best_top1', 'best_top5', 'best_epoch',
            'final_ema_top1', 'final_ema_top5')
 DDP_RUN = ['epochs=2']  # shorter: two processes share the two cores
 LOGGED = ('epoch', 'step', 'lr', 'train_loss', 'val_top1', 'val_top5', 'val_loss', 'ema_top1', 'ema_top5')
+TIMINGS = ('train/images_per_s', 'epoch/train_images_per_s', 'val/images_per_s')  # curves that differ run to run
 
 
 def _start(out: Path, ranks: int = 1, ddp_run: Optional[bool] = None) -> List[subprocess.Popen]:
@@ -51,8 +57,20 @@ def _metrics(out: Path) -> dict:
     return dict(result={k: result.get(k) for k in METRICS}, log=[{k: r.get(k) for k in LOGGED} for r in log])
 
 
+def _curves(out: Path) -> dict:
+    """The run's TensorBoard scalars, but timings, after checking that each step is there exactly once."""
+    scalars = read_scalars(out)
+    for tag, points in scalars.items():
+        steps = [step for step, _ in points]
+        assert steps == sorted(set(steps)), f'{tag}: steps repeated or out of order: {steps}'
+    return {tag: points for tag, points in scalars.items() if tag not in TIMINGS}
+
+
 def _assert_same_run(a: Path, b: Path):
     assert _metrics(a) == _metrics(b)
+    curves = _curves(a)
+    assert [s for s, _ in curves['train/loss']] == list(range(1, _metrics(b)['result']['steps'] + 1))
+    assert curves == _curves(b)  # no point lost or repeated by the kills, every value as uninterrupted
     sa, sb = (torch.load(p / 'checkpoint-last.pt', weights_only=False) for p in (a, b))
     for key in ('model', 'ema'):
         for name, tensor in sa[key].items():

@@ -468,8 +468,8 @@ def fat_b3(pretrained: bool = False, **kwargs: Any) -> FAT:
     return _create_fat('fat_b3', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
-# A reduced FAT for CPU ablation screening on Fashion-MNIST (README "Training"). At 48x48 the stage maps are
-# 12, 6, 3 and 2 pixels: with the official window sizes every stage's attention sees a 2x2 K/V grid and
+# A reduced FAT for CPU ablation screening on Fashion-MNIST (docs/training.md, "The CPU proxy"). At 48x48 the
+# stage maps are 12, 6, 3 and 2 pixels: with the official window sizes every stage's attention sees a 2x2 K/V grid and
 # stages 1-3 keep 3, 2 and 1 fine-grained downsampling steps, as in the official model.
 default_cfgs.update(generate_default_cfgs({
     'fat_proxy.untrained': _cfg(input_size=(1, 48, 48), pool_size=(2, 2), num_classes=10),

@@ -18,7 +18,7 @@ from .measured import Measurements, load_measurements
 
 __all__ = ['build_report', 'register', 'load_analysis', 'load_measurements', 'Analysis', 'Measurements']
 
-DEFAULT_PINS = Path('tests/data/complexity_pins.json')  # written by `fat flops --pins`
+DEFAULT_PINS = Path('results/complexity-pins.json')  # params/MACs of every fat_* model x preset, `fat flops --pins`
 _OUTPUTS = ('.md', '.tex', '.csv', '.png', '.pdf')
 
 

@@ -8,7 +8,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import pandas as pd
 import seaborn as sns
-import yaml
+
+from fat import yaml12
 
 __all__ = ['Analysis', 'Claim', 'load_analysis', 'CLAIM_FIELDS']
 
@@ -26,13 +27,6 @@ class Claim:
     value: Union[int, float]
     sources: Tuple[str, ...]
     convention: Optional[str] = None
-
-
-def _load_yaml(path: Path) -> Any:
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ValueError(f'{path}: not valid YAML: {e}') from None
 
 
 def _mapping(value: Any, where: str) -> Dict[str, Any]:
@@ -54,10 +48,10 @@ class Analysis:
             raise FileNotFoundError(
                 f'no analysis definitions at {self.root} (expected {self.root / "claims"}/*.yaml); run from the '
                 'repository root or pass --analysis')
-        self.conventions = _mapping(_load_yaml(self.root / 'conventions.yaml'), 'conventions.yaml')
-        appearance = _mapping(_load_yaml(self.root / 'models.yaml'), 'models.yaml')
-        self.tables = _mapping(_load_yaml(self.root / 'tables.yaml'), 'tables.yaml')
-        self.figures = _mapping(_load_yaml(self.root / 'figures.yaml'), 'figures.yaml')
+        self.conventions = _mapping(yaml12.load_file(self.root / 'conventions.yaml'), 'conventions.yaml')
+        appearance = _mapping(yaml12.load_file(self.root / 'models.yaml'), 'models.yaml')
+        self.tables = _mapping(yaml12.load_file(self.root / 'tables.yaml'), 'tables.yaml')
+        self.figures = _mapping(yaml12.load_file(self.root / 'figures.yaml'), 'figures.yaml')
         self.sources: Dict[str, Dict[str, Any]] = {}
         self.not_found: Dict[str, str] = {}
         rows: List[Dict[str, Any]] = []
@@ -71,7 +65,7 @@ class Analysis:
     # -- loading and validation
 
     def _load_claims(self, path: Path) -> List[Dict[str, Any]]:
-        data = _mapping(_load_yaml(path), path.name)
+        data = _mapping(yaml12.load_file(path), path.name)
         where = f'claims/{path.name}'
         for key in data:
             if key not in ('sources', 'claims', 'not_found'):

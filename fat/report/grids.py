@@ -17,6 +17,8 @@ from typing import Any, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
 
 import pandas as pd
 
+from fat.rundir import State
+
 from . import stats
 from .analysis import Analysis
 from .measured import Measurements, read_curves
@@ -90,7 +92,7 @@ def _sig(value: Any, digits: int = 6) -> Any:
 
 def _cells_text(group: pd.DataFrame) -> str:
     counts = group['status'].value_counts() if 'status' in group else pd.Series(dtype=int)
-    return ', '.join(f'{n} {s}' for s, n in sorted(counts.items(), key=lambda kv: (kv[0] != 'DONE', kv[0])))
+    return ', '.join(f'{n} {s}' for s, n in sorted(counts.items(), key=lambda kv: (kv[0] != State.DONE, kv[0])))
 
 
 def _seed_list(seeds: Sequence[int], n: int) -> List[int]:
@@ -120,18 +122,18 @@ def _runs(point: pd.DataFrame, metric: str, has_seed: bool, problems: List[str],
 def _checked(frame: pd.DataFrame, metric: str, problems: List[str]) -> pd.DataFrame:
     """The frame with `status` and `metric` columns guaranteed; what the data lacks goes to `problems`."""
     if 'status' not in frame.columns:
-        frame = frame.assign(status='DONE')
+        frame = frame.assign(status=State.DONE)
         problems.append('no `status` column: every row is taken as a finished run')
     if 'seed' not in frame.columns:
         problems.append("no `seed` column: runs cannot be paired; every comparison uses Welch's test")
-    done = frame[frame['status'] == 'DONE']
+    done = frame[frame['status'] == State.DONE]
     if metric not in frame.columns:
         problems.append(f'no `{metric}` column: nothing to compare')
         frame = frame.assign(**{metric: math.nan})
     elif len(missing := done[done[metric].isna()]):
         problems.append(f'{len(missing)} DONE cell(s) without a `{metric}` value (NaN), left out: '
                         f"{', '.join(str(c) for c in missing.get('cell', missing.index))}")
-    not_done = frame[frame['status'] != 'DONE']
+    not_done = frame[frame['status'] != State.DONE]
     if len(not_done):
         problems.append(f'{len(not_done)} cell(s) not DONE, left out (the cells column says which state)')
     if 'environment' in frame.columns:
@@ -153,7 +155,7 @@ def _points(frame: pd.DataFrame, axes: Sequence[str], metric: str, has_seed: boo
     for key in dict.fromkeys(keys):
         rows = frame[frame['_point'] == key]
         where = ', '.join(f'{ax}={v}' for ax, v in zip(axes, key, strict=True)) or 'the grid'
-        ok = rows[(rows['status'] == 'DONE') & rows[metric].notna()]
+        ok = rows[(rows['status'] == State.DONE) & rows[metric].notna()]
         point = _Point(key, rows, _runs(ok, metric, has_seed, problems, where))
         point.summary = stats.describe(list(point.runs.values()))
         points[key] = point
@@ -346,7 +348,7 @@ def _grid_table(name: str, spec: Mapping[str, Any], collection: str, frame: pd.D
     env = collection[len(grid) + 1:] if collection.startswith(f'{grid}-') else ''
     described = own.get('describe')
     subtitle = f'Grid `{grid}`' + (f' in `{env}`' if env else '') + (f': {described}' if described else '') + '.'
-    curves, curve_notes = read_curves(frame[frame['status'] == 'DONE'])
+    curves, curve_notes = read_curves(frame[frame['status'] == State.DONE])
     meta = dict(axes=axes, baseline=base, problems=len(problems), metric_label=metric_label, grid=grid,
                 curves=curves, curve_notes=curve_notes, labels={ax: {v: _axis_label(a, own, ax, v, short=True)
                                                                      for v in dict.fromkeys(p[i] for p in points)}

@@ -10,6 +10,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import pandas as pd
 
+from fat.rundir import LOG, State
+
 __all__ = ['Measurements', 'load_measurements', 'seed_stats', 'read_curves', 'BENCH_KEYS']
 
 # a benchmark environment: the rows of one file that share these make one column of the speed table
@@ -150,7 +152,7 @@ def load_measurements(results: Path, pins: Optional[Path] = None) -> Measurement
         elif 'status' in frame.columns:
             m.grids[path.stem] = frame
             if 'samples_per_sec' in frame.columns:  # a grid of `bench` cells: its finished cells are bench rows
-                bench_frames.append(_normalise_bench(frame[frame['status'] == 'DONE'], path.name))
+                bench_frames.append(_normalise_bench(frame[frame['status'] == State.DONE], path.name))
         else:
             m.inputs.pop()
             m.problems.append(f'{_relative(path, cwd)}: neither a collected grid (no `status` column) nor a '
@@ -169,7 +171,7 @@ def seed_stats(frame: pd.DataFrame, by: Sequence[str], metric: str) -> pd.DataFr
     """Mean, sample std (ddof 1; NaN for one run) and n of `metric` over the DONE rows of each group."""
     if metric not in frame.columns:
         return pd.DataFrame(columns=['mean', 'std', 'n'])
-    done = frame[(frame['status'] == 'DONE') & frame[metric].notna()]
+    done = frame[(frame['status'] == State.DONE) & frame[metric].notna()]
     return done.groupby(list(by), sort=False)[metric].agg(['mean', 'std', 'count']).rename(columns={'count': 'n'})
 
 
@@ -185,7 +187,7 @@ def read_curves(cells: pd.DataFrame) -> Tuple[pd.DataFrame, List[str]]:
         return pd.DataFrame(columns=columns), ['Learning curves: no `dir` column in the collected CSV.']
     records, missing = [], []
     for _, cell in cells.iterrows():
-        path = Path(str(cell['dir'])) / 'log.jsonl'
+        path = Path(str(cell['dir'])) / LOG
         try:
             lines = path.read_text().splitlines()
         except OSError:

@@ -93,7 +93,7 @@ def _frames(spec: Mapping[str, Any], rows: List[Dict[str, Any]], cells: List[Dic
 
 
 def _not_found(spec: Mapping[str, Any], a: Analysis) -> List[str]:
-    return [f'Not found, so not claimed here: {a.not_found[k]}.' for k in spec.get('not_found') or []]
+    return [f'Not found, so not claimed here (docs/sources.md): {a.not_found[k]}.' for k in spec.get('not_found') or []]
 
 
 def _convention_notes(a: Analysis, names: Sequence[str]) -> List[str]:

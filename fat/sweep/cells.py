@@ -13,17 +13,20 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Tuple
 
+from fat.checks import Problems
 from fat.io import write_json_atomic
 from fat.variants import resolve_fasa_stages
 
-from .spec import Grid, Problems
+from .spec import Grid
 from .tasks import Task
 
-__all__ = ['Cell', 'cell_id', 'expand', 'describe', 'append_record', 'read_records', 'read_result']
+__all__ = ['Cell', 'cell_id', 'expand', 'describe', 'run_name', 'append_record', 'read_records']
 
 ID_LENGTH = 12  # hex digits (48 bits): a collision stays improbable (< 1e-3) up to ~700,000 cells
+TB_DIR = 'tb'  # <workdir>/<grid>/tb/<run name>/: the cells' TensorBoard event files (`tensorboard --logdir`)
+_MAX_NAME = 200  # characters of a run name (file names stop at 255 bytes)
 
 
 @dataclass
@@ -66,6 +69,15 @@ def describe(point: Mapping[str, Any]) -> str:
     """`fasa=global_only lr=0.001 seed=0`: a point as one line."""
     return ' '.join(f'{k}={json.dumps(v, separators=(",", ":")) if not isinstance(v, str) else v}'
                     for k, v in point.items())
+
+
+def run_name(point: Mapping[str, Any], cid: str) -> str:
+    """`fasa=global_only,seed=0`: a cell's readable name (its varied keys) as one directory name; the cell id
+    where there are none or the name would be too long."""
+    name = describe(point).replace(' ', ',').replace('/', '_')
+    if not name:
+        return cid
+    return name if len(name) <= _MAX_NAME else f'{name[:_MAX_NAME - ID_LENGTH - 1]}-{cid}'
 
 
 def _seeds(grid: Grid) -> List[Dict[str, Any]]:
@@ -164,6 +176,8 @@ def expand(grid: Grid, task: Task, workdir: Path, p: Problems) -> List[Cell]:
             continue
         cell_dir = root / cid
         cfg['output_dir'] = str(cell_dir)
+        if 'tensorboard_dir' in cfg:  # one run per cell, named by its varied keys, under one --logdir
+            cfg['tensorboard_dir'] = str(root / TB_DIR / run_name(point, cid))
         cell = Cell(cid, point, cfg, cell_dir, origin)
         by_id[cid] = cell
         cells.append(cell)
@@ -195,20 +209,3 @@ def read_records(cell_dir: Path) -> List[Dict[str, Any]]:
         except json.JSONDecodeError:
             continue
     return records
-
-
-def read_result(cell_dir: Path) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
-    """(result, error): the parsed result.json, or None and why it is missing or corrupt (None: not written)."""
-    try:
-        text = (cell_dir / 'result.json').read_text()
-    except FileNotFoundError:
-        return None, None
-    except OSError as e:
-        return None, f'result.json unreadable: {e}'
-    try:
-        result = json.loads(text)
-    except json.JSONDecodeError as e:
-        return None, f'result.json corrupt: {e}'
-    if not isinstance(result, dict) or result.get('status') not in ('done', 'diverged', 'failed'):
-        return None, 'result.json corrupt: no status done|diverged|failed'
-    return result, None

@@ -1,45 +1,56 @@
 """`fat sweep plan | launch | status | wait | collect GRID [key=value ...]`.
 
 Every verb starts fast: nothing on their paths imports torch or timm (the grid is validated against the torch-free
-`fat.variants` and `fat.train_config`; timm is imported only for a grid that names a timm peer model), and pandas
+`fat.variants` and `fat.train.config`; timm is imported only for a grid that names a timm peer model), and pandas
 only for collect."""
 import argparse
 import json
 import sys
 import time
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from submitit.core.utils import FailedJobError, FailedSubmissionError
 from tqdm import tqdm
 
+from fat.checks import InputError
+from fat.rundir import ACTIVE, State
+
 from .cells import describe
 from .cluster import CLUSTERS, default_cluster
 from .launch import SUBMIT_STATES, LaunchReport, Sweep, launch, prepare
-from .spec import GridError
+from .progress import STALLED_AFTER_S, annotate, cell_text, grid_text
 from .state import CellState, Scheduler, cell_states, summary
+from .watch import watch
 
 __all__ = ['register']
 
 _MAX_LISTED = 20  # incomplete cells listed by collect before "... and N more"
-_ACTIVE = ('RUNNING', 'REQUEUED', 'PENDING')
 
 
 def _print_states(states: List[CellState], as_json: bool, source: str, plan: bool = False,
-                  refused: Sequence[str] = ()) -> None:
+                  refused: Sequence[str] = (), grid: Optional[Dict[str, Any]] = None) -> None:
     if as_json:
         cells = [dict(st.as_dict(), action='submit' if st.state in SUBMIT_STATES else 'skip') if plan
                  else st.as_dict() for st in states]
-        doc = {'cells': cells, 'summary': summary(states), 'source': source}
-        print(json.dumps(dict(doc, refused=list(refused)) if plan else doc, indent=1))
+        doc: Dict[str, Any] = {'cells': cells, 'summary': summary(states), 'source': source}
+        if plan:
+            doc['refused'] = list(refused)
+        if grid is not None:
+            doc['grid'] = grid
+        print(json.dumps(doc, indent=1))
         return
     lines = []
     for st in states:
         action = ('submit ' if st.state in SUBMIT_STATES else 'skip   ') if plan else ''
-        extra = st.detail + (f' (log: {st.log})' if st.state == 'FAILED' and st.log else '')
+        extra = st.detail + (f' (log: {st.log})' if st.state == State.FAILED and st.log else '')
+        if st.progress is not None and st.state != State.STALLED:
+            extra = ' '.join(filter(None, (cell_text(st.progress), extra)))
         lines.append(f'{st.cell.id}  {st.state:<12} {action}{describe(st.cell.axes)}'
                      + (f'  [{st.job_id}]' if st.job_id else '') + (f'  on {st.placement}' if st.hosts else '')
                      + (f'  {extra}' if extra else ''))
+    if grid is not None and any(st.state in ACTIVE for st in states):
+        lines.append(grid_text(grid))
     print('\n'.join(lines))
     print(f'{summary(states)} (state source: {source})')
 
@@ -82,8 +93,13 @@ def _launch(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     sweep = _sweep(args)
-    sched = Scheduler.snapshot(default_cluster() == 'slurm')
-    _print_states(cell_states(sweep.cells, sched), args.json, sched.source)
+    use_slurm = default_cluster() == 'slurm'
+    if args.watch:
+        return watch(lambda: sweep.states(use_slurm), args.poll, args.stalled_after)
+    sched = Scheduler.snapshot(use_slurm)
+    states = cell_states(sweep.cells, sched)
+    grid = annotate(states, args.stalled_after)
+    _print_states(states, args.json, sched.source, grid=grid)
     return 0
 
 
@@ -93,14 +109,14 @@ def _wait(args: argparse.Namespace) -> int:
     states = sweep.states()
     with tqdm(total=len(states), desc=f'{sweep.grid.name}: finished cells', unit='cell', disable=None) as bar:
         while True:
-            ended = sum(st.state not in _ACTIVE for st in states)
+            ended = sum(st.state not in ACTIVE for st in states)
             bar.update(ended - bar.n)
             if ended == len(states):
                 break
             time.sleep(args.poll)
             states = sweep.states()
     print(summary(states))
-    return 0 if all(st.state == 'DONE' for st in states) else 1
+    return 0 if all(st.state == State.DONE for st in states) else 1
 
 
 def _collect(args: argparse.Namespace) -> int:
@@ -141,12 +157,22 @@ def _positive(text: str) -> int:
     return int(text)
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float('nan')
+    if not value > 0 or value == float('inf'):
+        raise argparse.ArgumentTypeError(f'expected a positive number of seconds, got {text!r}')
+    return value
+
+
 def _guarded(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """Grid problems: one line each on stderr, exit status 2, nothing written or submitted."""
     def run(args: argparse.Namespace) -> int:
         try:
             return fn(args)
-        except GridError as e:
+        except InputError as e:
             for line in e.problems:
                 print(line, file=sys.stderr)
             return 2
@@ -187,9 +213,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help='run from a snapshot of the code (RsyncSnapshot): later edits do not reach queued jobs')
     v.add_argument('--max-array-size', type=_positive, help="cap arrays below the cluster's MaxArraySize")
 
-    v = add('status', _status, 'state of every cell (DONE, DIVERGED, FAILED, RUNNING, REQUEUED, PENDING, '
-                               'NOT_LAUNCHED) and a summary')
-    v.add_argument('--json', action='store_true', help='one JSON document')
+    v = add('status', _status, 'state of every cell (DONE, DIVERGED, FAILED, RUNNING, STALLED, REQUEUED, PENDING, '
+                               'NOT_LAUNCHED), the progress and ETA of running cells, the grid\'s expected finish')
+    shown = v.add_mutually_exclusive_group()
+    shown.add_argument('--json', action='store_true', help='one JSON document')
+    shown.add_argument('--watch', action='store_true',
+                       help='refresh until no cell is queued or running (bars on a terminal, else lines); '
+                            'exit status as `fat sweep wait`')
+    v.add_argument('--poll', type=_seconds, default=10., help='with --watch: seconds between looks (default: 10)')
+    v.add_argument('--stalled-after', type=_seconds, default=STALLED_AFTER_S, metavar='SECONDS',
+                   help='a running cell whose progress has not changed for this long (and for 10 of its steps) is '
+                        f'STALLED (default: {STALLED_AFTER_S:.0f})')
 
     v = add('wait', _wait, 'wait until no cell is queued or running (exit status 0 when all are DONE)')
     v.add_argument('--poll', type=_positive, default=10, help='seconds between looks (default: 10)')

@@ -17,7 +17,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional
 import submitit
 from submitit.slurm.slurm import _make_sbatch_string
 
-from .spec import Problems, close_hint, load_yaml
+from fat import yaml12
+from fat.checks import Problems, close_hint
 
 __all__ = [
     'RESOURCES', 'Resources', 'resolve_resources', 'default_cluster', 'make_executor', 'sbatch_parameters',
@@ -91,7 +92,7 @@ def _load_profile(name: str, grid_path: Path, p: Problems) -> Optional[Dict[str,
         p.add('slurm.profile', f'unknown profile {name!r}{close_hint(name, known)}; valid: '
                                f"{', '.join(known) or 'none'} (slurm/<name>.yaml, or a path to a .yaml file)")
         return None
-    doc = load_yaml(path.read_text(), str(path))
+    doc = yaml12.load(path.read_text(), str(path))
     if not isinstance(doc, dict):
         p.add('slurm.profile', f'{path}: expected a mapping of resources, got {type(doc).__name__}')
         return None

@@ -16,8 +16,8 @@ import pandas as pd
 
 from fat.environment import common_env_name, run_env_name
 from fat.io import atomic_path, write_json_atomic
+from fat.rundir import State, read_environment, read_result
 
-from .cells import read_result
 from .launch import Sweep
 from .state import CellState
 from .tasks import model_kwargs
@@ -71,11 +71,8 @@ class ComplexityCache:
 def _environment(cell_dir: Path, result: Optional[Mapping[str, Any]]) -> Tuple[str, Optional[str]]:
     """Where the run last started: `torch 2.14.1, cpu (AMD EPYC 7B13), 1 process, git 1a2b3c4+, host vm` and its
     name for file names (`pt2.14-cpu-amd_epyc_7b13`), or ('', None) before it started."""
-    try:
-        starts = json.loads((cell_dir / 'environment.json').read_text())
-        env = starts[-1] if isinstance(starts, list) and starts else (result or {}).get('environment')
-    except (OSError, ValueError):
-        env = (result or {}).get('environment')
+    starts = read_environment(cell_dir)
+    env = starts[-1] if starts else (result or {}).get('environment')
     if not isinstance(env, dict):
         return '', None
     hw, versions, git = env.get('hardware', {}), env.get('versions', {}), env.get('git') or {}
@@ -99,13 +96,13 @@ def _row(sweep: Sweep, st: CellState, cache: ComplexityCache) -> Tuple[Dict[str,
     if 'seed' in cell.config:
         row['seed'] = cell.config['seed']
     status, result, error = st.state, st.result, None
-    if status in ('FAILED', 'NOT_LAUNCHED', 'PENDING', 'RUNNING', 'REQUEUED'):
+    if status in (State.FAILED, State.NOT_LAUNCHED, State.PENDING, State.RUNNING, State.REQUEUED):
         _, corrupt = read_result(cell.dir)
         if corrupt:
-            status, error = 'CORRUPT', corrupt
-        elif status == 'FAILED':
+            status, error = State.CORRUPT, corrupt
+        elif status == State.FAILED:
             error = st.detail + (f' (log: {st.log})' if st.log else '')
-    if status == 'DIVERGED':
+    if status == State.DIVERGED:
         error = st.detail
     row['status'] = status
     if sweep.task.name == 'train':  # flops and bench cells measure these themselves
@@ -123,7 +120,7 @@ def _row(sweep: Sweep, st: CellState, cache: ComplexityCache) -> Tuple[Dict[str,
     row['environment'], row['env_name'] = _environment(cell.dir, result)
     row['error'] = error
     row['dir'] = str(cell.dir)
-    return row, None if status == 'DONE' else f'{cell.id} {status}: {error or st.detail or ""}'.rstrip(': ')
+    return row, None if status == State.DONE else f'{cell.id} {status}: {error or st.detail or ""}'.rstrip(': ')
 
 
 class Collection(NamedTuple):

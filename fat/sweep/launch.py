@@ -1,7 +1,7 @@
 """prepare (validate and expand a grid) and launch (submit what is left; dry, what `fat sweep plan` shows).
 
 On Slurm, the grid's resources are first checked against the partition's limits and nodes (`fat.sweep.limits`):
-what the cluster would refuse is reported (dry) or raised (GridError), before anything is written or submitted.
+what the cluster would refuse is reported (dry) or raised (InputError), before anything is written or submitted.
 Launch submits only cells that are NOT_LAUNCHED or FAILED, under a lock per grid (a second launch waits,
 then finds the first one's jobs and submits nothing), as job arrays of at most the cluster's MaxArraySize,
 records each job id in its cell's `jobs.jsonl` as soon as its array is submitted, and returns.
@@ -18,7 +18,10 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 
 from submitit.helpers import RsyncSnapshot
 
-from .cells import Cell, append_record, expand, read_result
+from fat.checks import InputError, Problems
+from fat.rundir import RESULT, State, read_result
+
+from .cells import Cell, append_record, expand
 from .cluster import (
     CLUSTERS,
     DEFAULT_MAX_ARRAY_SIZE,
@@ -33,13 +36,13 @@ from .cluster import (
 )
 from .job import CellJob
 from .limits import ClusterLimits, check_resources
-from .spec import Grid, GridError, Problems, load_grid, parse_overrides
+from .spec import Grid, load_grid, parse_overrides
 from .state import CellState, Scheduler, cell_states
 from .tasks import TASKS, Task
 
 __all__ = ['Sweep', 'prepare', 'launch', 'launch_lock', 'LaunchReport', 'SUBMIT_STATES', 'cluster_refusals']
 
-SUBMIT_STATES = ('NOT_LAUNCHED', 'FAILED')
+SUBMIT_STATES = (State.NOT_LAUNCHED, State.FAILED)
 LOCK_TIMEOUT_S = 600.
 
 
@@ -73,7 +76,7 @@ class Sweep:
 
 def prepare(path: Path, overrides: Sequence[str] = (), workdir: Optional[Path] = None) -> Sweep:
     """Load, validate and expand a grid. Every problem (of the file, its profile, its values and cells, and
-    the overrides) is collected and raised together as one GridError: nothing has been written or submitted."""
+    the overrides) is collected and raised together as one InputError: nothing has been written or submitted."""
     command_line = Problems('command line')
     grid, p = load_grid(path, parse_overrides(overrides, command_line))
     p.lines[:0] = command_line.lines
@@ -159,7 +162,7 @@ def _snapshot(sweep: Sweep) -> contextlib.AbstractContextManager:
 
 def _set_aside(cell: Cell) -> None:
     """A corrupt result.json would stop the rerun from starting: keep it, under another name."""
-    path = cell.dir / 'result.json'
+    path = cell.dir / RESULT
     _, corrupt = read_result(cell.dir)
     if corrupt and path.exists():
         os.replace(path, cell.dir / f'result.corrupt-{time.strftime("%Y%m%d-%H%M%S")}.json')
@@ -184,7 +187,7 @@ def launch(sweep: Sweep, cluster: Optional[str] = None, dry_run: bool = False, s
     if cluster == 'slurm':
         report.refused = cluster_refusals(sweep)
         if report.refused and not dry_run:
-            raise GridError(report.refused)
+            raise InputError(report.refused)
     lock = contextlib.nullcontext() if dry_run else launch_lock(sweep.root)
     with lock:
         sched = Scheduler.snapshot(use_slurm=cluster == 'slurm' or default_cluster() == 'slurm')

@@ -16,19 +16,17 @@ A grid file declares one ablation grid::
     baseline: {fasa: fasa}       # the report's Δ baseline per varied key (default: its first value); no cell changes
 
 Every problem is reported, one line each naming the file, the key and the valid choices, before anything
-else happens (`GridError`). YAML is read with a safe loader that also refuses duplicate keys and follows YAML 1.2
-for scalars: `1e-3` is a float (PyYAML's YAML 1.1 makes it a string) and only true/false are booleans (not
-yes/no/on/off).
+else happens (`fat.checks.InputError`). YAML is read by `fat.yaml12` (YAML 1.2 scalars, no duplicate keys).
 """
-import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
-import yaml
+from fat import yaml12
+from fat.checks import InputError, Problems, close_hint
 
-__all__ = ['GridError', 'Grid', 'Problems', 'load_yaml', 'parse_value', 'parse_overrides', 'load_grid', 'close_hint']
+__all__ = ['Grid', 'parse_value', 'parse_overrides', 'load_grid']
 
 GRID_KEYS = ('name', 'description', 'task', 'preset', 'base', 'axes', 'zip', 'include', 'exclude', 'seeds',
              'slurm', 'workdir', 'baseline')
@@ -36,75 +34,9 @@ TASKS = ('train', 'flops', 'bench')
 _NAME_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]*$')
 
 
-class GridError(ValueError):
-    """A grid (or its overrides) is invalid; `problems` holds one line per problem."""
-
-    def __init__(self, problems: Sequence[str]):
-        self.problems = list(dict.fromkeys(problems))  # de-duplicated, in order
-        super().__init__('\n'.join(self.problems))
-
-
-class Problems:
-    """Collects problems of one source file so that all of them are reported at once."""
-
-    def __init__(self, source: str):
-        self.source = source
-        self.lines: List[str] = []
-
-    def add(self, key: str, message: str) -> None:
-        self.lines.append(f'{self.source}: {key}: {message}' if key else f'{self.source}: {message}')
-
-    def raise_if_any(self) -> None:
-        if self.lines:
-            raise GridError(self.lines)
-
-
-def close_hint(value: Any, choices: Sequence[str]) -> str:
-    """' (did you mean ...?)' for the closest choice, or ''."""
-    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ''
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate mapping keys and reads YAML 1.2 floats such as 1e-3."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Dict[Any, Any]:
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f'duplicate key {key!r}', key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-_Loader.add_implicit_resolver(
-    'tag:yaml.org,2002:float',
-    re.compile(r'^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$'),
-    list('-+0123456789'))
-# YAML 1.2 booleans: only true/false (YAML 1.1 also turns yes/no/on/off/y/n into booleans)
-for _first, _resolvers in _Loader.yaml_implicit_resolvers.items():
-    _resolvers[:] = [(tag, regexp) for tag, regexp in _resolvers if tag != 'tag:yaml.org,2002:bool']
-_Loader.add_implicit_resolver(
-    'tag:yaml.org,2002:bool', re.compile(r'^(?:true|True|TRUE|false|False|FALSE)$'), list('tTfF'))
-_Loader.add_constructor('tag:yaml.org,2002:map', _Loader.construct_mapping)
-
-
-def load_yaml(text: str, source: str) -> Any:
-    """Parse YAML safely; a syntax error becomes a one-line GridError naming the source and position."""
-    try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
-    except yaml.YAMLError as e:
-        mark = getattr(e, 'problem_mark', None)
-        where = f'line {mark.line + 1}, column {mark.column + 1}: ' if mark else ''
-        problem = getattr(e, 'problem', None) or str(e).splitlines()[0]
-        raise GridError([f'{source}: {where}invalid YAML: {problem}']) from None
-
-
 def parse_value(text: str) -> Any:
     """A command-line value, read as one YAML scalar or flow collection (`1e-3`, `[0, 1]`, `{a: b}`)."""
-    return load_yaml(text, 'override')
+    return yaml12.load(text, 'override')
 
 
 @dataclass
@@ -198,7 +130,7 @@ def parse_overrides(items: Sequence[str], problems: Problems) -> Dict[str, Any]:
             continue
         try:
             out[key] = parse_value(text)
-        except GridError as e:
+        except InputError as e:
             problems.add(key, e.problems[0].split(': ', 1)[1])
     return out
 
@@ -209,13 +141,13 @@ def load_grid(path: Path, overrides: Optional[Mapping[str, Any]] = None) -> Tupl
     Overrides: `seeds=[...]`, `slurm.<resource>=value`, and `key=value` for any other config key (it joins
     `base`, so it changes the cells and their ids). Returns the grid and the problems found so far: config
     values and resources are checked by `fat.sweep.launch.prepare`, which reports every problem at once.
-    A file that is not YAML or not a mapping raises GridError at once.
+    A file that is not YAML or not a mapping raises InputError at once.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f'grid file not found: {path}')
     source = str(path)
-    doc = load_yaml(path.read_text(), source)
+    doc = yaml12.load(path.read_text(), source)
     p = Problems(source)
     if not isinstance(doc, dict):
         p.add('', f'expected a mapping of grid keys ({", ".join(GRID_KEYS)}), got {type(doc).__name__}')

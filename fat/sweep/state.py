@@ -14,16 +14,19 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from submitit.core.utils import JobPaths
 
-from .cells import Cell, read_records, read_result
+from fat.rundir import ACTIVE, RESULT, State, Status, read_result
+
+from .cells import Cell, read_records
 from .cluster import QueueEntry, hostname, local_job_alive, sacct, squeue
 
-__all__ = ['STATES', 'CellState', 'Scheduler', 'cell_states', 'summary', 'error_line']
+__all__ = ['STATES', 'ACTIVE', 'CellState', 'Scheduler', 'cell_states', 'summary', 'error_line', 'last_line']
 
-STATES = ('DONE', 'DIVERGED', 'FAILED', 'RUNNING', 'REQUEUED', 'PENDING', 'NOT_LAUNCHED')
+# STALLED: a RUNNING cell that `fat sweep status` finds making no progress (fat.sweep.progress); only it says so
+STATES = tuple(s for s in State if s is not State.CORRUPT)  # CORRUPT: collect's, for a result it cannot read
 _ALIVE = {
-    'PENDING': 'PENDING', 'CONFIGURING': 'PENDING', 'REQUEUED': 'REQUEUED', 'REQUEUE_HOLD': 'REQUEUED',
-    'REQUEUE_FED': 'REQUEUED', 'RUNNING': 'RUNNING', 'COMPLETING': 'RUNNING', 'SUSPENDED': 'RUNNING',
-    'STOPPED': 'RUNNING', 'SIGNALING': 'RUNNING', 'STAGE_OUT': 'RUNNING', 'RESIZING': 'RUNNING',
+    'PENDING': State.PENDING, 'CONFIGURING': State.PENDING, 'REQUEUED': State.REQUEUED, 'REQUEUE_HOLD': State.REQUEUED,
+    'REQUEUE_FED': State.REQUEUED, 'RUNNING': State.RUNNING, 'COMPLETING': State.RUNNING, 'SUSPENDED': State.RUNNING,
+    'STOPPED': State.RUNNING, 'SIGNALING': State.RUNNING, 'STAGE_OUT': State.RUNNING, 'RESIZING': State.RUNNING,
 }
 _SLURM_VERDICT_RE = re.compile(r'\*\*\* JOB \S+ ON \S+ .*\*\*\*')
 _EXCEPTION_RE = re.compile(r'^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b')
@@ -44,11 +47,14 @@ class CellState:
     cluster: Optional[str] = None
     hosts: List[str] = field(default_factory=list)  # the nodes of the job that last started the cell
     world_size: Optional[int] = None  # its processes (ranks)
+    started: Optional[float] = None  # when it last started (time.time())
+    progress: Optional[Dict[str, Any]] = None  # RUNNING, STALLED, REQUEUED: fat.sweep.progress fills it in
 
     def as_dict(self) -> Dict[str, Any]:
-        return {'id': self.cell.id, 'state': self.state, 'axes': self.cell.axes, 'job_id': self.job_id,
-                'detail': self.detail, 'log': self.log, 'dir': str(self.cell.dir), 'hosts': self.hosts,
-                'world_size': self.world_size}
+        doc = {'id': self.cell.id, 'state': self.state, 'axes': self.cell.axes, 'job_id': self.job_id,
+               'detail': self.detail, 'log': self.log, 'dir': str(self.cell.dir), 'hosts': self.hosts,
+               'world_size': self.world_size}
+        return dict(doc, progress=self.progress) if self.progress is not None else doc
 
     @property
     def placement(self) -> str:
@@ -90,18 +96,31 @@ class Scheduler:
         return 'squeue' + (' + sacct' if self.accounting else '')
 
 
+def _tail_lines(log: Path) -> Optional[List[str]]:
+    """The non-empty lines of the last _TAIL_BYTES of a log; None without a log."""
+    try:
+        with open(log, 'rb') as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - _TAIL_BYTES))
+            return [ln.strip() for ln in f.read().decode(errors='replace').splitlines() if ln.strip()]
+    except OSError:
+        return None
+
+
+def last_line(log: Path) -> Optional[str]:
+    """The last non-empty line of a log; None without one."""
+    lines = _tail_lines(log)
+    return lines[-1] if lines else None
+
+
 def error_line(log: Path) -> Optional[str]:
     """The line of a job log that says why the job ended; None without a log.
 
     In order of preference: Slurm's own verdict on the job (`*** JOB 12 ... CANCELLED ...`, time limit,
     preemption), the last Python exception line, the last line that mentions an error, the last line.
     """
-    try:
-        with open(log, 'rb') as f:
-            f.seek(0, 2)
-            f.seek(max(0, f.tell() - _TAIL_BYTES))
-            lines = [ln.strip() for ln in f.read().decode(errors='replace').splitlines() if ln.strip()]
-    except OSError:
+    lines = _tail_lines(log)
+    if lines is None:
         return None
     for pattern in (_SLURM_VERDICT_RE, _EXCEPTION_RE, _ERROR_RE):
         found = [ln for ln in lines if pattern.search(ln)]
@@ -120,7 +139,7 @@ def _job_state(record: Dict[str, Any], started: bool, sched: Scheduler) -> Optio
     if cluster == 'local':
         if record.get('host') not in (None, hostname()):
             return ''
-        return ('RUNNING' if started else 'PENDING') if local_job_alive(record['job_id']) else None
+        return (State.RUNNING if started else State.PENDING) if local_job_alive(record['job_id']) else None
     if cluster == 'debug':
         return None
     if sched.queue is None:
@@ -128,10 +147,10 @@ def _job_state(record: Dict[str, Any], started: bool, sched: Scheduler) -> Optio
     entry = sched.queue.get(record['job_id'])
     if entry is None:
         # submitted after the snapshot: too new to be listed
-        return 'PENDING' if record['time'] >= sched.taken else None
+        return State.PENDING if record['time'] >= sched.taken else None
     state = _ALIVE.get(entry.state)
-    if state == 'PENDING' and entry.restarts > 0:
-        return 'REQUEUED'
+    if state == State.PENDING and entry.restarts > 0:
+        return State.REQUEUED
     return state
 
 
@@ -142,6 +161,7 @@ def _placement(st: CellState, records: Sequence[Dict[str, Any]]) -> CellState:
     if started:
         st.hosts = list(started[-1].get('hosts') or [started[-1].get('host')])
         st.world_size = started[-1].get('world_size')
+        st.started = started[-1].get('time')
     if st.result and isinstance(st.result.get('world_size'), int):
         st.world_size = st.result['world_size']
     return st
@@ -154,8 +174,8 @@ def cell_state(cell: Cell, sched: Scheduler) -> CellState:
 
 def _cell_state(cell: Cell, sched: Scheduler) -> CellState:
     result, corrupt = read_result(cell.dir)
-    if result is not None and result['status'] in ('done', 'diverged'):
-        state = 'DONE' if result['status'] == 'done' else 'DIVERGED'
+    if result is not None and result['status'] in (Status.DONE, Status.DIVERGED):
+        state = State.DONE if result['status'] == Status.DONE else State.DIVERGED
         top1 = result.get('final_top1')
         detail = f'top-1 {top1:.2f}' if isinstance(top1, (int, float)) else result.get('error', '')
         return CellState(cell, state, detail=str(detail), result=result)
@@ -163,8 +183,8 @@ def _cell_state(cell: Cell, sched: Scheduler) -> CellState:
     submitted = [r for r in records if r.get('event') == 'submitted']
     if not submitted:
         if result is not None or corrupt:
-            return CellState(cell, 'FAILED', detail=(result or {}).get('error') or corrupt or '', result=result)
-        return CellState(cell, 'NOT_LAUNCHED')
+            return CellState(cell, State.FAILED, detail=(result or {}).get('error') or corrupt or '', result=result)
+        return CellState(cell, State.NOT_LAUNCHED)
     last = submitted[-1]
     job_id = last['job_id']
     started = any(r.get('event') == 'started' and r.get('job_id') == job_id for r in records)
@@ -173,16 +193,17 @@ def _cell_state(cell: Cell, sched: Scheduler) -> CellState:
     # a failed result newer than the job's last record belongs to that job: its cell is over, even where the job
     # itself lives on (a `local` job runs several cells). A Slurm job holds one cell: while it is in the queue (still
     # ending, or requeued after a node failure to run again), relaunching the cell would run it twice
-    result_is_current = result is not None and (cell.dir / 'result.json').stat().st_mtime >= records[-1]['time']
+    result_is_current = result is not None and (cell.dir / RESULT).stat().st_mtime >= records[-1]['time']
     if state and (not result_is_current or last['cluster'] == 'slurm'):
         entry = sched.queue.get(job_id) if last['cluster'] == 'slurm' and sched.queue else None
-        reason = entry.reason if entry and state in ('PENDING', 'REQUEUED') and entry.reason != 'None' else ''
+        reason = entry.reason if entry and state in (State.PENDING, State.REQUEUED) and entry.reason != 'None' \
+            else ''
         return CellState(cell, state, job_id, detail=reason, log=log)
     if state == '':
-        return CellState(cell, 'RUNNING' if started else 'PENDING', job_id, log=log,
+        return CellState(cell, State.RUNNING if started else State.PENDING, job_id, log=log,
                          detail=f'not checked: {last["cluster"]} job {job_id} cannot be looked up from here')
     detail = (result or {}).get('error') or corrupt or error_line(Path(log))
-    return CellState(cell, 'FAILED', job_id, detail=detail or _NO_RESULT, log=log, result=result,
+    return CellState(cell, State.FAILED, job_id, detail=detail or _NO_RESULT, log=log, result=result,
                      cluster=last['cluster'])
 
 

@@ -5,19 +5,19 @@ the cell directory, which ends with `result.json` (written last and atomically: 
 Resolving imports neither torch nor timm unless a cell names a model that is not FAT's (a timm peer); running
 does.
 """
-import difflib
 import functools
 import inspect
 import json
 import traceback
-from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
-from fat import train_config
-from fat.io import write_json_atomic
-from fat.variants import MODEL_NAMES, resolve_fasa_stages
+from fat.checks import check_choice, check_type, close_hint
+from fat.environment import record
+from fat.rundir import Status, write_result
+from fat.train import config as train_config
+from fat.variants import FAT_ARGS, FAT_STAGE_ARGS, MODEL_NAMES, resolve_fasa_stages
 
-__all__ = ['TASKS', 'Task', 'check_model', 'model_kwargs']
+__all__ = ['TASKS', 'Task', 'check_model', 'check_model_args', 'check_sizes', 'model_kwargs']
 
 FAT_MODELS = ('fat_b0', 'fat_b1', 'fat_b2', 'fat_b3')
 
@@ -29,31 +29,60 @@ def check_model(name: Any) -> None:
         return
     import timm
     if not isinstance(name, str) or not timm.is_model(name):
-        close = difflib.get_close_matches(str(name), timm.list_models(), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ''
-        raise ValueError(f"unknown model {name!r}{hint}; valid: {', '.join(FAT_MODELS)} or any timm model")
+        raise ValueError(f"unknown model {name!r}{close_hint(name, timm.list_models())}; valid: "
+                         f"{', '.join(FAT_MODELS)} or any timm model")
+
+
+def check_model_args(name: str, args: Mapping[str, Any]) -> None:
+    """ValueError naming a keyword the model does not take, or a FAT per-stage value of the wrong size, found
+    without building the model: FAT's keywords are known without torch (`fat.variants.FAT_ARGS`); a timm peer
+    is built once on the meta device (no memory, no weights) per distinct (model, arguments)."""
+    if not args:
+        return
+    if name.split('.', 1)[0] in MODEL_NAMES:
+        for key, value in args.items():
+            if key not in FAT_ARGS:
+                raise ValueError(f"model_args: {name} takes no argument {key!r}{close_hint(key, FAT_ARGS)}; "
+                                 f"valid: {', '.join(FAT_ARGS)}")
+            if key in FAT_STAGE_ARGS and not (
+                    isinstance(value, list) and len(value) == 4
+                    and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in value)):
+                raise ValueError(f'model_args: {key} expects one positive number per stage (4), got {value!r}')
+        return
+    _check_peer_args(name, json.dumps(dict(args), sort_keys=True))
+
+
+@functools.cache
+def _check_peer_args(name: str, args_json: str) -> None:
+    import timm
+    import torch
+    try:
+        with torch.device('meta'):
+            timm.create_model(name, **json.loads(args_json))
+    except (TypeError, ValueError, AssertionError) as e:
+        raise ValueError(f'model_args: {name} refuses {args_json}: {e}') from None
 
 
 def _check_keys(overrides: Mapping[str, Any], defaults: Mapping[str, Any]) -> None:
     for key in overrides:
         if key not in defaults:
-            close = difflib.get_close_matches(key, defaults, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ''
-            raise ValueError(f"unknown config key {key!r}{hint}; valid: {', '.join(defaults)}")
+            raise ValueError(f"unknown config key {key!r}{close_hint(key, list(defaults))}; valid: "
+                             f"{', '.join(defaults)}")
 
 
 def _check_type(key: str, value: Any, default: Any) -> Any:
-    """`value` checked against the type of `default` (any type where the default is None); ints widen to float."""
-    if default is None or value is None:
+    """`value` checked against the type of `default` (any type where the default is None)."""
+    if default is None:
         return value
-    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    kind = list if isinstance(default, tuple) else type(default)
-    if isinstance(value, tuple):
-        value = list(value)
-    if not isinstance(value, kind) or isinstance(value, bool) != isinstance(default, bool):
-        raise ValueError(f'config key {key!r} expects {kind.__name__}, got {type(value).__name__} {value!r}')
-    return value
+    types = (list,) if isinstance(default, (list, tuple)) else (type(default),)
+    return check_type(f'config key {key!r}', value, types, optional=True)
+
+
+def check_sizes(cfg: Mapping[str, Any]) -> None:
+    """A cell's image size and its model's arguments, before any cell is written (see `check_model_args`)."""
+    if cfg.get('img_size') is not None and cfg['img_size'] < 1:
+        raise ValueError(f"config key 'img_size' must be >= 1, got {cfg['img_size']}")
+    check_model_args(cfg['model'], cfg.get('model_args') or {})
 
 
 class Task:
@@ -74,6 +103,7 @@ class Task:
             cfg[key] = _check_type(key, value, defaults[key])
         check_model(cfg['model'])
         resolve_fasa_stages(cfg['fasa'], 4)
+        check_sizes(cfg)
         return json.loads(json.dumps(cfg))
 
     def run(self, cfg: Mapping[str, Any]) -> Dict[str, Any]:
@@ -81,7 +111,7 @@ class Task:
 
 
 class TrainTask(Task):
-    """A training run: `fat.train.resolve_config` (from the torch-free `fat.train_config`) and `fat.train.main`,
+    """A training run: `fat.train.resolve_config` (from the torch-free `fat.train.config`) and `fat.train.main`,
     which resumes from `output_dir`."""
     name = 'train'
 
@@ -97,12 +127,11 @@ class TrainTask(Task):
 
     def resolve(self, overrides: Mapping[str, Any], preset: Optional[str] = None) -> Dict[str, Any]:
         presets = train_config.PRESETS
-        if preset is not None and preset not in presets:
-            close = difflib.get_close_matches(preset, presets, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ''
-            raise ValueError(f"unknown train preset {preset!r}{hint}; valid: {', '.join(presets) or 'none'}")
+        if preset is not None:
+            check_choice('train preset', preset, list(presets))
         cfg = train_config.resolve_config(overrides, presets[preset] if preset else None)
         check_model(cfg['model'])
+        check_sizes(cfg)
         return cfg
 
     def run(self, cfg: Mapping[str, Any]) -> Dict[str, Any]:
@@ -159,15 +188,13 @@ def _recorded(cfg: Mapping[str, Any], measure: Callable[[Mapping[str, Any]], Dic
     """Run a flops/bench measurement and write its result.json, `failed` with the error if it raises (as the
     trainer does), so that a job running several cells goes on to the next."""
     import torch
-
-    from fat.train import environment
     try:
-        result = {'status': 'done', **measure(cfg)}
+        result = {'status': Status.DONE, **measure(cfg)}
     except Exception as e:  # recorded, not raised: the cell's state says it
         traceback.print_exc()
-        result = {'status': 'failed', 'error': f'{type(e).__name__}: {e}'}
-    result['environment'] = environment(torch.device('cuda' if torch.cuda.is_available() else 'cpu'), 1)
-    write_json_atomic(Path(cfg['output_dir']) / 'result.json', result)
+        result = {'status': Status.FAILED, 'error': f'{type(e).__name__}: {e}'}
+    result['environment'] = record('cuda' if torch.cuda.is_available() else 'cpu', 1)
+    write_result(cfg['output_dir'], result)
     return result
 
 

@@ -137,7 +137,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Sequence[Ce
     def get(cells: Sequence[Cell]) -> Dict[str, Dict[str, Any]]:
         for cell in cells:
             if cell.id not in cache:
-                main(dict(cell.config, output_dir=str(root / cell.id)))
+                main(dict(cell.config, output_dir=str(root / cell.id), tensorboard_dir=None))  # not the cell's
                 cache[cell.id] = metrics(root / cell.id)
         return {cell.id: cache[cell.id] for cell in cells}
     return get

@@ -7,7 +7,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List
 
-from fat.sweep.cells import read_records, read_result
+from fat.rundir import read_result
+from fat.sweep.cells import read_records
 from fat.sweep.launch import Sweep
 from fat.sweep.state import CellState, Scheduler, cell_states
 

@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 import sweep_helpers as h
 
-from fat.sweep.cells import Cell, read_records, read_result
+from fat.rundir import read_result
+from fat.sweep.cells import Cell, read_records
 from fat.sweep.cluster import render_sbatch
 from fat.sweep.collect import collect
 from fat.sweep.launch import Sweep, launch, prepare
@@ -190,16 +191,17 @@ def test_concurrent_launches_submit_each_cell_once(write_grid, tmp_path):
 
 
 def test_flops_grid_in_process_records_a_failed_cell_and_goes_on(write_grid, tmp_path):
-    path = write_grid('flops', task='flops', base={'model': 'fat_proxy'}, axes={'img_size': [0, 48]},
-                      zip=[{'fasa': ['fasa', 'global_only']}])
+    # 16 channels in 3 heads passes the plan (keyword and sizes are valid) but not the model's own check
+    path = write_grid('flops', task='flops', base={'model': 'fat_proxy', 'img_size': 48},
+                      axes={'model_args': [{'num_heads': [3, 2, 4, 8]}, {}]}, zip=[{'fasa': ['fasa', 'global_only']}])
     sweep = prepare(path, [], tmp_path / 'runs')
     assert len(launch(sweep, 'debug').submitted) == 4  # one job runs the 4 cells in turn
     now = h.states(sweep)
     assert [now[c.id].state for c in sweep.cells] == ['FAILED', 'FAILED', 'DONE', 'DONE']
-    assert now[sweep.cells[0].id].detail == 'ValueError: image size must be positive, got 0'
+    assert now[sweep.cells[0].id].detail == 'ValueError: FASA: dim 16 is not divisible by num_heads 3'
     frame, incomplete, *_ = collect(sweep, list(now.values()), tmp_path / 'flops.csv')
     table = pd.read_csv(tmp_path / 'flops.csv')
-    assert list(table.columns[:5]) == ['grid', 'cell', 'img_size', 'fasa', 'status']
+    assert list(table.columns[:5]) == ['grid', 'cell', 'model_args', 'fasa', 'status']
     assert table.loc[2:, 'params'].notna().all() and (table.loc[2:, 'macs_paper'] < table.loc[2:, 'macs_fvcore']).all()
     assert 'top1' not in table.columns and table['environment'].str.contains('torch').all()
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import sweep_helpers as h
 
+from fat.checks import Problems
 from fat.cli import main as fat_main
 from fat.sweep.cluster import render_sbatch, resolve_resources
 from fat.sweep.limits import ClusterLimits, check_resources, parse_gres, parse_minutes, parse_scontrol
-from fat.sweep.spec import Problems
 
 DATA = Path(__file__).parent / 'data'
 EXAMPLE_SITE = h.REPO / 'slurm' / 'example_site.yaml'

@@ -5,15 +5,16 @@ from pathlib import Path
 import pytest
 from sweep_helpers import LOCAL_PROFILE, REPO
 
+from fat.checks import InputError, Problems
 from fat.cli import main as cli_main
 from fat.sweep.cells import cell_id
 from fat.sweep.launch import prepare
-from fat.sweep.spec import GridError, Problems, parse_overrides
+from fat.sweep.spec import parse_overrides
 from fat.sweep.tasks import TASKS
 
 
 def _problems(path: Path, *overrides: str) -> list:
-    with pytest.raises(GridError) as info:
+    with pytest.raises(InputError) as info:
         prepare(path, list(overrides), path.parent / 'runs')
     assert not (path.parent / 'runs').exists(), 'a refused grid must leave nothing behind'
     return info.value.problems
@@ -109,6 +110,26 @@ def test_yaml_is_safe_strict_and_reads_floats(write_grid, tmp_path):
         'remode': 'const', 'fasa': 'no', 'amp': False}  # YAML 1.2 booleans: `no` stays a string
 
 
+@pytest.mark.parametrize('text, expected', [
+    # a typo in a model keyword: FAT's checked without torch, a timm peer's on the meta device
+    ("base: {model: fat_b0, model_args: {windw_sizes: [8, 4, 2, 1]}}\naxes: {lr: [1.0e-3]}\n",
+     "base: model_args: fat_b0 takes no argument 'windw_sizes' (did you mean 'window_sizes'?)"),
+    ("base: {model: fat_b0, model_args: {window_sizes: [8, 4, 2]}}\naxes: {lr: [1.0e-3]}\n",
+     'model_args: window_sizes expects one positive number per stage (4), got [8, 4, 2]'),
+    ("base: {model: resnet18, model_args: {drop_pth_rate: 0.1}}\naxes: {lr: [1.0e-3]}\n",
+     "model_args: resnet18 refuses {\"drop_pth_rate\": 0.1}: ResNet.__init__() got an unexpected keyword argument"),
+    ('axes: {img_size: [0, 48]}\n', "axes.img_size[0]: config key 'img_size' must be >= 1, got 0"),
+    ('axes: {{lr: 1}: [1]}\n', 'line 3, column 8: invalid YAML: a mapping key must be a plain value'),
+])
+def test_model_args_sizes_and_keys_refused_at_plan(tmp_path, capsys, text, expected):
+    path = tmp_path / 'bad.yaml'
+    path.write_text(f'preset: smoke\nslurm: {{profile: {LOCAL_PROFILE}}}\n' + text)
+    code = cli_main(['sweep', 'plan', str(path), '--workdir', str(tmp_path / 'runs'), '--cluster', 'local'])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and expected in err[0], err
+    assert not (tmp_path / 'runs').exists()
+
+
 def test_cli_exit_status_2_and_nothing_submitted(write_grid, tmp_path, capsys):
     path = write_grid('cli', axes={'fasa': ['fassa']})
     code = cli_main(['sweep', 'launch', str(path), '--workdir', str(tmp_path / 'runs'), '--cluster', 'local'])
@@ -138,8 +159,9 @@ def test_baseline_takes_any_varied_value_and_changes_no_cell(write_grid, tmp_pat
                     tmp_path / 'runs')
     assert based.grid.baseline == {'fasa': 'local_only', 'lr': 0.004, 'epochs': 2.0}  # include, zip; numbers by value
     assert plain.grid.baseline == {}
-    assert [(c.id, c.config) for c in based.cells] == [(c.id, {**c.config, 'output_dir': c.config['output_dir'].replace(
-        '/plain/', '/based/')}) for c in plain.cells]
+    moved = ('output_dir', 'tensorboard_dir')  # the cells' paths, under the grid's name
+    assert [(c.id, c.config) for c in based.cells] == [
+        (c.id, {**c.config, **{k: c.config[k].replace('/plain/', '/based/') for k in moved}}) for c in plain.cells]
 
 
 def test_expansion_product_zip_seeds_include_exclude(write_grid, tmp_path):

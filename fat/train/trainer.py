@@ -1,26 +1,17 @@
-"""Training: the official FAT recipe built from timm's parts, with bit-exact resume, DDP and honest results.
-
-Interface: `resolve_config(overrides, base)` validates a run's config, `main(cfg)` runs or resumes it in
-`cfg['output_dir']` and returns the result it writes to `<output_dir>/result.json`; `PRESETS` holds named bases.
-"""
-import argparse
-import hashlib
+"""The Trainer: one run's model, data, optimizer and loop, with checkpoints, stop signals and progress."""
 import json
 import logging
 import math
 import os
-import platform
 import random
 import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Dict, List, Mapping, Optional, Set, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 import numpy as np
 import timm
@@ -28,120 +19,32 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
-import yaml
 from timm.data import Mixup
 from timm.layers import convert_sync_batchnorm
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import CosineLRScheduler
-from timm.utils import ModelEmaV3, NativeScaler, dispatch_clip_grad, distribute_bn, setup_default_logging
+from timm.utils import ModelEmaV3, NativeScaler, dispatch_clip_grad, distribute_bn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset, TensorDataset
 from tqdm import tqdm
 
-import fat
+from fat import models  # noqa: F401 (importing it registers the FAT models with timm)
+from fat.data import SeededSamples, build_datasets, build_transforms, eval_dataset
+from fat.distributed import Placement, wait_for_primary_exit
+from fat.io import atomic_path, write_json_atomic, write_text_atomic
+from fat.rundir import BEST_CHECKPOINT, LAST_CHECKPOINT, LOG, PROGRESS, Status
 
-from . import models  # noqa: F401 (importing it registers the FAT models with timm)
-from .data import SeededSamples, build_datasets, build_transforms, eval_dataset
-from .distributed import DistEnv, device_rng_state, set_device_rng_state, wait_for_primary_exit
-from .distributed import setup as setup_distributed
-from .environment import cpu_name
-from .io import atomic_path, write_json_atomic, write_text_atomic
-from .train_config import _TYPES, DEFAULTS, PRESETS, RUNTIME_KEYS, config_diff, resolve_config
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import config_diff
+from .curves import Curves
 
-__all__ = ['DEFAULTS', 'PRESETS', 'RUNTIME_KEYS', 'Trainer', 'config_diff', 'main', 'resolve_config']
+__all__ = ['Trainer', 'MAX_SKIPPED_IN_A_ROW', 'PROGRESS_S']
 
 _logger = logging.getLogger(__name__)
 
-# ---------------------------------------------------------------------------------------------------------------
-# files of the run directory
-
-CONFIG_FILE, ENV_FILE, LOG_FILE, RESULT_FILE = 'config.json', 'environment.json', 'log.jsonl', 'result.json'
-LAST_CKPT, PREV_CKPT, BEST_CKPT = 'checkpoint-last.pt', 'checkpoint-prev.pt', 'checkpoint-best.pt'
-_CKPT_KEYS = ('config', 'epoch', 'step_in_epoch', 'global_step', 'model', 'optimizer', 'scheduler', 'ranks', 'history')
-
-
-def _write_json_atomic(path: Path, obj: Any):
-    write_json_atomic(path, obj, durable=True, indent=2)
-
-
-def _save_checkpoint(state: Dict[str, Any], out_dir: Path):
-    """checkpoint-last.pt, written atomically; the one it replaces becomes -prev (a hard link first, so that at every
-    moment both files exist and a kill can never leave the run without its newest complete checkpoint)."""
-    last = out_dir / LAST_CKPT
-    with atomic_path(last, durable=True) as tmp:
-        torch.save(state, tmp)
-        if last.exists():
-            with atomic_path(out_dir / PREV_CKPT) as prev:
-                os.link(last, prev)
-
-
-def _load_checkpoint(out_dir: Path) -> Optional[Dict[str, Any]]:
-    """The newest readable checkpoint (last, else prev), warning about each unreadable one; None if there is none."""
-    for name in (LAST_CKPT, PREV_CKPT):
-        path = out_dir / name
-        if not path.exists():
-            continue
-        try:
-            state = torch.load(path, map_location='cpu', weights_only=False)
-            missing = [k for k in _CKPT_KEYS if k not in state]
-            if missing:
-                raise ValueError(f'missing {missing}')
-            return state
-        except Exception as e:  # a truncated or corrupt file can fail in many ways
-            _logger.warning(f'checkpoint {path} is unreadable ({type(e).__name__}: {e}); trying the previous one')
-    if (out_dir / LAST_CKPT).exists() or (out_dir / PREV_CKPT).exists():
-        _logger.warning(f'no readable checkpoint in {out_dir}: starting the run from the beginning')
-    return None
-
-
-def _git_state() -> Dict[str, Any]:
-    repo = Path(__file__).resolve().parents[1]
-    try:
-        sha = subprocess.run(
-            ['git', '-C', str(repo), 'rev-parse', 'HEAD'], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = bool(subprocess.run(
-            # no optional locks: a status must not rewrite the index under a concurrent git command
-            ['git', '-C', str(repo), '--no-optional-locks', 'status', '--porcelain', '--untracked-files=no'],
-            capture_output=True, text=True, check=True).stdout.strip())
-    except (OSError, subprocess.CalledProcessError):
-        return dict(sha=None, dirty=None)
-    return dict(sha=sha, dirty=dirty)
-
-
-def environment(device: torch.device, world_size: int) -> Dict[str, Any]:
-    """Where and with what a run (re)started: code version, packages, hardware, command line."""
-    import torchvision
-    return dict(
-        time=time.strftime('%Y-%m-%dT%H:%M:%S%z'),
-        git=_git_state(),
-        versions=dict(
-            python=platform.python_version(), fat=fat.__version__, torch=torch.__version__,
-            torchvision=torchvision.__version__, timm=timm.__version__, numpy=np.__version__,
-            cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version() if torch.cuda.is_available() else None),
-        hardware=dict(
-            hostname=socket.gethostname(), platform=platform.platform(), cpu=cpu_name(), cpu_count=os.cpu_count(),
-            torch_threads=torch.get_num_threads(), device=str(device),
-            gpus=[torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]),
-        world_size=world_size,
-        command=[sys.executable] + sys.argv,
-        slurm_job_id=os.environ.get('SLURM_JOB_ID'),
-    )
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# the run
-
-def _rng_state(device: torch.device) -> Dict[str, Any]:
-    return dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state(),
-                cuda=device_rng_state(device))
-
-
-def _set_rng_state(state: Mapping[str, Any], device: torch.device):
-    random.setstate(state['python'])
-    np.random.set_state(state['numpy'])
-    torch.set_rng_state(state['torch'])
-    set_device_rng_state(state['cuda'], device)
+# where the run is now (`fat sweep status` reads it: progress, ETA, stalls) is rewritten at most every PROGRESS_S
+PROGRESS_S = 1.0
 
 
 def _ignore_stop_signals(_worker_id: int):
@@ -165,8 +68,8 @@ class _Diverged(Exception):
 class Trainer:
     """One run: built from a resolved config, resumed from its directory, trained to its result."""
 
-    def __init__(self, cfg: Dict[str, Any], env: DistEnv):
-        self.cfg, self.env, self.device = cfg, env, env.device
+    def __init__(self, cfg: Dict[str, Any], place: Placement):
+        self.cfg, self.place, self.device = cfg, place, place.device
         self.out_dir = Path(cfg['output_dir'])
         self.stop_signals: Set[int] = set()  # received since the run started
         self._previous_handlers: Dict[int, Any] = {}
@@ -186,11 +89,11 @@ class Trainer:
         self.train_set = SeededSamples(train, train_tf, cfg['seed'])
         val_set = eval_dataset(val, eval_tf)
         self.val_loader = DataLoader(
-            Subset(val_set, range(env.rank, len(val_set), env.world_size)), batch_size=cfg['batch_size'],
+            Subset(val_set, range(place.rank, len(val_set), place.world_size)), batch_size=cfg['batch_size'],
             num_workers=0 if isinstance(val_set, TensorDataset) else cfg['workers'],
             pin_memory=self.device.type == 'cuda')
         self.sampler = DistributedSampler(
-            self.train_set, num_replicas=env.world_size, rank=env.rank, shuffle=True, seed=cfg['seed'])
+            self.train_set, num_replicas=place.world_size, rank=place.rank, shuffle=True, seed=cfg['seed'])
         self.steps_per_epoch = len(self.sampler) // cfg['batch_size']
         if self.steps_per_epoch < 1:
             raise ValueError(
@@ -206,12 +109,12 @@ class Trainer:
         model.to(self.device)
         if cfg['channels_last']:
             model.to(memory_format=torch.channels_last)
-        if env.world_size > 1 and cfg['sync_bn'] and self.device.type != 'cpu':
+        if place.world_size > 1 and cfg['sync_bn'] and self.device.type != 'cpu':
             model = convert_sync_batchnorm(model)
         self.model = model
         self.ema = ModelEmaV3(model, decay=cfg['ema_decay'], use_warmup=cfg['ema_warmup']) if cfg['ema'] else None
         self.ddp = model
-        if env.world_size > 1:
+        if place.world_size > 1:
             with warnings.catch_warnings():  # its replacement cannot yet skip the sync at init either
                 warnings.filterwarnings('ignore', message='`broadcast_buffers` is deprecated')
                 self.ddp = DistributedDataParallel(
@@ -223,10 +126,10 @@ class Trainer:
                 raise ValueError(f"compile: unknown torch.compile backend {cfg['compile']!r}; valid: "
                                  f"{', '.join(list_backends())}")
             self.ddp = torch.compile(self.ddp, backend=cfg['compile'])
-        self._seed(cfg['seed'] + env.rank)  # from here on, as the official code: each rank its own stream
+        self._seed(cfg['seed'] + place.rank)  # from here on, as the official code: each rank its own stream
 
         # linear lr scaling by the total batch, as the official code
-        scale = cfg['batch_size'] * env.world_size / cfg['lr_base_size']
+        scale = cfg['batch_size'] * place.world_size / cfg['lr_base_size']
         self.optimizer = create_optimizer_v2(model, **optimizer_kwargs(SimpleNamespace(
             opt=cfg['opt'], lr=cfg['lr'] * scale, weight_decay=cfg['weight_decay'], momentum=cfg['momentum'],
             opt_eps=cfg['opt_eps'], opt_betas=cfg['opt_betas'])))
@@ -258,6 +161,9 @@ class Trainer:
                            overflow_streak=0)
         self.last_checkpoint_time = time.monotonic()
         self.resumed_from: Optional[Dict[str, int]] = None
+        self.curves = Curves(cfg, primary=False, start_step=0)  # writes nothing; run() opens the real ones
+        self.last_progress = 0.  # time.monotonic() of the last progress.json
+        self.speed: Dict[str, Optional[float]] = dict(step_seconds=None, images_per_s=None, eval_seconds=None)
 
     def _seed(self, seed: int):
         random.seed(seed)
@@ -268,14 +174,14 @@ class Trainer:
 
     def _rank_state(self) -> Dict[str, Any]:
         # what differs between ranks: the random states and, without SyncBatchNorm, the BN running statistics
-        state = dict(rng=_rng_state(self.device), buffers={k: v.cpu() for k, v in self.model.named_buffers()})
+        state = dict(rng=rng_state(self.device), buffers={k: v.cpu() for k, v in self.model.named_buffers()})
         if self.ema is not None:
             state['ema_buffers'] = {k: v.cpu() for k, v in self.ema.named_buffers()}
         return state
 
     def state_dict(self) -> Dict[str, Any]:
-        if self.env.world_size > 1:
-            ranks: List[Any] = [None] * self.env.world_size
+        if self.place.world_size > 1:
+            ranks: List[Any] = [None] * self.place.world_size
             dist.all_gather_object(ranks, self._rank_state())
         else:
             ranks = [self._rank_state()]
@@ -283,28 +189,29 @@ class Trainer:
             config=self.cfg, epoch=self.epoch, step_in_epoch=self.step_in_epoch, global_step=self.global_step,
             model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
             scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict() if self.scaler else None,
-            ema=self.ema.state_dict() if self.ema else None, ranks=ranks, world_size=self.env.world_size,
+            ema=self.ema.state_dict() if self.ema else None, ranks=ranks, world_size=self.place.world_size,
             meters=dict(self.meters), history=list(self.history), totals=dict(self.totals))
 
     def checkpoint(self):
         state = self.state_dict()  # every rank takes part (per-rank states are gathered)
-        if self.env.primary:
-            _save_checkpoint(state, self.out_dir)
+        self.curves.flush()  # the points up to this step are on disk before the checkpoint that resumes after them
+        if self.place.primary:
+            save_checkpoint(state, self.out_dir)
         self.last_checkpoint_time = time.monotonic()
 
     def resume(self) -> bool:
-        state = _load_checkpoint(self.out_dir)
+        state = load_checkpoint(self.out_dir)
         if state is None:
             return False
         changed = config_diff(state['config'], self.cfg)
         if changed:
             raise ValueError(
                 f"{self.out_dir} holds a run with a different config ({', '.join(changed)}); use a new output_dir")
-        if state['world_size'] != self.env.world_size:
+        if state['world_size'] != self.place.world_size:
             # the total batch sets the learning rate and the steps per epoch, which the restored scheduler holds
             raise ValueError(
                 f"{self.out_dir} was checkpointed by {state['world_size']} processes and this run has "
-                f"{self.env.world_size}: resume it with {state['world_size']} (nodes x tasks per node), or start "
+                f"{self.place.world_size}: resume it with {state['world_size']} (nodes x tasks per node), or start "
                 f"over in a new output_dir")
         self.model.load_state_dict(state['model'])
         self.optimizer.load_state_dict(state['optimizer'])
@@ -318,14 +225,15 @@ class Trainer:
         self.epoch, self.step_in_epoch, self.global_step = state['epoch'], state['step_in_epoch'], state['global_step']
         self.meters, self.history = state['meters'], state['history']
         self.totals.update(state['totals'])
-        mine = state['ranks'][self.env.rank]
-        _set_rng_state(mine['rng'], self.device)
+        mine = state['ranks'][self.place.rank]
+        set_rng_state(mine['rng'], self.device)
         with torch.no_grad():
             for module, key in ((self.model, 'buffers'), (self.ema, 'ema_buffers')):
                 for name, buf in module.named_buffers() if module is not None else ():
                     buf.copy_(mine[key][name])
         self.resumed_from = dict(epoch=self.epoch, step_in_epoch=self.step_in_epoch, global_step=self.global_step)
-        _logger.info(f'resumed from {self.out_dir / LAST_CKPT}: epoch {self.epoch + 1}, step {self.step_in_epoch}')
+        _logger.info(
+            f'resumed from {self.out_dir / LAST_CHECKPOINT}: epoch {self.epoch + 1}, step {self.step_in_epoch}')
         return True
 
     # -- signals -------------------------------------------------------------------------------------------
@@ -364,12 +272,12 @@ class Trainer:
         signum = signal.SIGUSR2 if requeue else signal.SIGTERM
         previous = self._previous_handlers.get(signum)
         self.restore_signal_handlers()
-        if self.env.world_size > 1:
+        if self.place.world_size > 1:
             dist.barrier()  # rank 0 has written the checkpoint
         _logger.info(f'{signal.Signals(signum).name}: checkpoint written at step {self.global_step}; stopping')
-        if not self.env.primary:
+        if not self.place.primary:
             # leave last: under srun's KillOnBadExit the exit of any rank kills rank 0, mid-requeue
-            wait_for_primary_exit(self.env)
+            wait_for_primary_exit(self.place)
         elif requeue and callable(previous):
             previous(signum, None)
         raise SystemExit(128 + signum)
@@ -389,7 +297,7 @@ class Trainer:
 
     def _agree(self, *values: float) -> List[float]:
         """Sum of each value over the ranks (one all_reduce)."""
-        if self.env.world_size == 1:
+        if self.place.world_size == 1:
             return list(values)
         t = torch.tensor(values, dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
@@ -404,7 +312,7 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
             loss = self.criterion(self.ddp(x), y)
         loss_sum, = self._agree(loss.item())
-        mean_loss = loss_sum / self.env.world_size
+        mean_loss = loss_sum / self.place.world_size
         if not math.isfinite(mean_loss):
             self._nonfinite_loss(mean_loss)
         else:
@@ -435,7 +343,7 @@ class Trainer:
         self.totals['skipped_steps'] += 1
         if streak > MAX_SKIPPED_IN_A_ROW:
             raise _Diverged(f'loss is {loss} {where}, {streak} steps in a row: the loss scale did not recover')
-        if self.env.primary:
+        if self.place.primary:
             _logger.warning(f'loss is {loss} {where}: the loss scaler skips this step')
 
     def train_epoch(self):
@@ -443,7 +351,7 @@ class Trainer:
         self.ddp.train()
         loader = iter(self._train_loader())
         bar = tqdm(total=self.steps_per_epoch, initial=start, desc=f"epoch {self.epoch + 1}/{cfg['epochs']}",
-                   leave=False, dynamic_ncols=True) if self.env.primary and sys.stderr.isatty() else None
+                   leave=False, dynamic_ncols=True) if self.place.primary and sys.stderr.isatty() else None
         t0, images = time.monotonic(), 0
         for step in range(start, self.steps_per_epoch):
             # with workers=0 the batch is made here: its per-sample seeding must not touch the training RNG
@@ -454,25 +362,32 @@ class Trainer:
             torch.set_rng_state(rng['torch'])
             loss = self.train_step(x, y)
             self.step_in_epoch = step + 1
-            images += len(x) * self.env.world_size
+            images += len(x) * self.place.world_size
             if math.isfinite(loss):  # a step the loss scaler skipped has no loss to average
                 self.meters['loss_sum'] += loss
                 self.meters['loss_steps'] += 1
             lr = self.optimizer.param_groups[0]['lr']
+            seconds = time.monotonic() - t0
+            self.speed.update(step_seconds=seconds / (step + 1 - start), images_per_s=images / seconds)
+            if (step + 1) % cfg['log_interval'] == 0:
+                self.curves.scalars(self.global_step, {
+                    'train/loss': loss if math.isfinite(loss) else None, 'train/lr': lr,
+                    'train/images_per_s': self.speed['images_per_s']})
+            self.progress('train')
             if bar is not None:
                 bar.set_postfix(loss=f'{loss:.4f}', lr=f'{lr:.2e}', refresh=False)
                 bar.update()
-            elif self.env.primary and (step + 1) % cfg['log_interval'] == 0:
+            elif self.place.primary and (step + 1) % cfg['log_interval'] == 0:
                 _logger.info(
                     f"epoch {self.epoch + 1}/{cfg['epochs']} step {step + 1}/{self.steps_per_epoch} "
                     f"loss {loss:.4f} lr {lr:.3e} {images / (time.monotonic() - t0):.0f} img/s")
             due = (cfg['checkpoint_steps'] and (step + 1) % cfg['checkpoint_steps'] == 0) or (
                 cfg['checkpoint_minutes'] and time.monotonic() - self.last_checkpoint_time > 60 * cfg[
                     'checkpoint_minutes'])
-            stop, requeue, due = self._agree(*self._stop_votes(), float(bool(due) and self.env.primary))
+            stop, requeue, due = self._agree(*self._stop_votes(), float(bool(due) and self.place.primary))
             if (due or stop) and step + 1 < self.steps_per_epoch:
                 self._add_time(t0, images)
-                t0, images = time.monotonic(), 0
+                t0, images, start = time.monotonic(), 0, step + 1
                 self.checkpoint()
                 if stop:
                     if bar is not None:
@@ -491,13 +406,14 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> Dict[str, float]:
         """Top-1 / top-5 (%) and mean cross-entropy over the whole eval set, exact under DDP."""
-        if self.env.world_size > 1:
-            distribute_bn(model, self.env.world_size, reduce=True)
+        if self.place.world_size > 1:
+            distribute_bn(model, self.place.world_size, reduce=True)
         model.eval()
         t0 = time.monotonic()
         k = min(5, self.num_classes)
         counts = [0., 0., 0., 0.]  # correct@1, correct@k, loss sum, images
-        for x, y in self.val_loader:
+        for batch, (x, y) in enumerate(self.val_loader):
+            self.progress('eval', eval_batch=batch, eval_batches=len(self.val_loader))
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             if self.cfg['channels_last']:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -512,6 +428,7 @@ class Trainer:
         seconds = time.monotonic() - t0
         self.totals['eval_seconds'] += seconds
         self.totals['eval_images'] += n
+        self.speed['eval_seconds'] = seconds
         return dict(top1=100 * top1 / n, top5=100 * top5 / n, loss=loss / n, images_per_s=n / seconds)
 
     def end_epoch(self):
@@ -520,7 +437,7 @@ class Trainer:
         record = dict(
             epoch=self.epoch + 1, step=self.global_step, lr=self.optimizer.param_groups[0]['lr'],
             train_loss=self.meters['loss_sum'] / max(1, self.meters['loss_steps']),
-            train_images_per_s=self.steps_per_epoch * cfg['batch_size'] * self.env.world_size / max(
+            train_images_per_s=self.steps_per_epoch * cfg['batch_size'] * self.place.world_size / max(
                 1e-9, self.meters['seconds']),
             train_seconds=self.meters['seconds'])
         if (self.epoch + 1) % cfg['eval_every'] == 0 or self.epoch + 1 == cfg['epochs']:
@@ -531,16 +448,22 @@ class Trainer:
                 ema = self.evaluate(self.ema.module)
                 record.update(ema_top1=ema['top1'], ema_top5=ema['top5'])
             best = max((r['val_top1'] for r in self.history if 'val_top1' in r), default=-1.)
-            if metrics['top1'] > best and self.env.primary:
-                with atomic_path(self.out_dir / BEST_CKPT, durable=True) as tmp:
+            if metrics['top1'] > best and self.place.primary:
+                with atomic_path(self.out_dir / BEST_CHECKPOINT, durable=True) as tmp:
                     torch.save(dict(model=self.model.state_dict(), epoch=self.epoch + 1, top1=metrics['top1'],
                                     top5=metrics['top5'], config=cfg), tmp)
         self.history.append(record)
         self.epoch, self.step_in_epoch = self.epoch + 1, 0
         self.meters = dict(loss_sum=0., loss_steps=0, seconds=0.)
+        self.curves.scalars(record['step'], {
+            'epoch/train_loss': record['train_loss'], 'epoch/train_images_per_s': record['train_images_per_s'],
+            'val/top1': record.get('val_top1'), 'val/top5': record.get('val_top5'), 'val/loss': record.get('val_loss'),
+            'val/images_per_s': record.get('eval_images_per_s'), 'ema/top1': record.get('ema_top1'),
+            'ema/top5': record.get('ema_top5')})
         self.checkpoint()
-        if self.env.primary:
-            write_text_atomic(self.out_dir / LOG_FILE, ''.join(json.dumps(r) + '\n' for r in self.history))
+        if self.place.primary:
+            write_text_atomic(self.out_dir / LOG, ''.join(json.dumps(r) + '\n' for r in self.history))
+            self.progress('train', force=True)
             val = f" val top-1 {record['val_top1']:.2f} top-5 {record['val_top5']:.2f}" if 'val_top1' in record else ''
             _logger.info(
                 f"epoch {record['epoch']}/{cfg['epochs']} train loss {record['train_loss']:.4f}{val} "
@@ -550,12 +473,29 @@ class Trainer:
         """Whether every rank ends with the same weights and buffers (a float64 checksum of each)."""
         sums = [t.double().sum().item() for t in self.model.state_dict().values() if t.is_floating_point()]
         mine = torch.tensor(sums, dtype=torch.float64, device=self.device)
-        gathered = [torch.empty_like(mine) for _ in range(self.env.world_size)]
+        gathered = [torch.empty_like(mine) for _ in range(self.place.world_size)]
         dist.all_gather(gathered, mine)
         return all(torch.equal(g, mine) for g in gathered)
 
+    def progress(self, phase: str, force: bool = False, **extra: Any):
+        """Rewrite progress.json (rank 0, at most every PROGRESS_S): where the run is, how fast it goes, its last
+        top-1. `fat sweep status` computes ETAs from it and calls a run whose file stops changing STALLED."""
+        now = time.monotonic()
+        if not self.place.primary or (not force and now - self.last_progress < PROGRESS_S):
+            return
+        self.last_progress = now
+        top1 = next((r['val_top1'] for r in reversed(self.history) if 'val_top1' in r), None)
+        cfg = self.cfg
+        write_json_atomic(self.out_dir / PROGRESS, dict(
+            time=time.time(), pid=os.getpid(), phase=phase, epoch=self.epoch, epochs=cfg['epochs'],
+            step_in_epoch=self.step_in_epoch, steps_per_epoch=self.steps_per_epoch, step=self.global_step,
+            steps=cfg['epochs'] * self.steps_per_epoch, eval_every=cfg['eval_every'], val_top1=top1,
+            **self.speed, **extra))
+
     def run(self) -> Dict[str, Any]:
         self.install_signal_handlers()
+        self.curves = Curves(self.cfg, self.place.primary, self.global_step)
+        self.progress('train', force=True)
         try:
             while self.epoch < self.cfg['epochs']:
                 if self.step_in_epoch < self.steps_per_epoch:
@@ -564,15 +504,16 @@ class Trainer:
                 stop, requeue = self._agree(*self._stop_votes())
                 if stop and self.epoch < self.cfg['epochs']:  # the last epoch done: finish, writing the result
                     self._stop(requeue > 0)
-            if self.env.world_size > 1:
-                distribute_bn(self.model, self.env.world_size, reduce=True)
+            if self.place.world_size > 1:
+                distribute_bn(self.model, self.place.world_size, reduce=True)
                 if not self.ranks_agree():
                     raise RuntimeError('the ranks ended with different weights')
-            return self.result('done')
+            return self.result(Status.DONE)
         except _Diverged as e:
-            return self.result('diverged', error=str(e), diverged_step=self.global_step)
+            return self.result(Status.DIVERGED, error=str(e), diverged_step=self.global_step)
         finally:
             self.restore_signal_handlers()
+            self.curves.close()
 
     def result(self, status: str, **extra: Any) -> Dict[str, Any]:
         evaluated = [r for r in self.history if 'val_top1' in r]
@@ -587,132 +528,8 @@ class Trainer:
             train_time_s=totals['train_seconds'],
             train_images_per_s=totals['train_images'] / totals['train_seconds'] if totals['train_seconds'] else None,
             eval_images_per_s=totals['eval_images'] / totals['eval_seconds'] if totals['eval_seconds'] else None,
-            world_size=self.env.world_size, device=str(self.device), amp=self.amp,
+            world_size=self.place.world_size, device=str(self.device), amp=self.amp,
             skipped_steps=totals['skipped_steps'])
         if self.ema is not None:
             result.update(final_ema_top1=final.get('ema_top1'), final_ema_top5=final.get('ema_top5'))
         return dict(result, **extra)
-
-
-def main(cfg: Mapping[str, Any]) -> Dict[str, Any]:
-    """Run, or resume, the training run `cfg` in `cfg['output_dir']`; returns the result written to result.json.
-
-    A directory holding a finished run (status done or diverged) returns its result without training; a failed
-    or interrupted one resumes from its last readable checkpoint. Exceptions are recorded as status `failed`.
-    """
-    cfg = resolve_config(cfg)
-    if not cfg['output_dir']:
-        raise ValueError("config key 'output_dir' is required")
-    out_dir = Path(cfg['output_dir'])
-    if (out_dir / CONFIG_FILE).exists():
-        changed = config_diff(json.loads((out_dir / CONFIG_FILE).read_text()), cfg)
-        if changed:
-            raise ValueError(
-                f"{out_dir} holds a run with a different config ({', '.join(changed)}); use a new output_dir")
-    if (out_dir / RESULT_FILE).exists():
-        result = json.loads((out_dir / RESULT_FILE).read_text())
-        if result.get('status') in ('done', 'diverged'):
-            return result
-    if cfg['deterministic']:
-        os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')  # before CUDA starts
-    env = setup_distributed(cfg['device'])
-    if not logging.root.handlers:
-        setup_default_logging(logging.INFO if env.primary else logging.WARNING)
-    # the run sets these process-wide; give them back to an in-process caller (a sweep's debug executor, tests)
-    settings = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
-    try:
-        return _run(cfg, out_dir, env)
-    finally:
-        torch.set_num_threads(settings[0])
-        torch.use_deterministic_algorithms(settings[1])
-        torch.backends.cudnn.benchmark = settings[2]
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def _run(cfg: Dict[str, Any], out_dir: Path, env: DistEnv) -> Dict[str, Any]:
-    if env.primary:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / RESULT_FILE).unlink(missing_ok=True)  # a failed run's: this attempt writes its own
-        _write_json_atomic(out_dir / CONFIG_FILE, cfg)
-    if env.world_size > 1:
-        dist.barrier()
-    trainer = None
-    try:
-        trainer = Trainer(cfg, env)
-        trainer.resume()
-        if env.primary:
-            path = out_dir / ENV_FILE
-            starts = json.loads(path.read_text()) if path.exists() else []
-            starts.append(dict(environment(env.device, env.world_size), resumed_from=trainer.resumed_from))
-            _write_json_atomic(path, starts)
-        result = trainer.run()
-    except Exception as e:
-        error = f'{type(e).__name__}: {e}'
-        if not isinstance(e, (ValueError, FileNotFoundError)):  # a bad config or missing data: the error says it all
-            _logger.exception(f'run {out_dir} failed')
-        result = trainer.result('failed', error=error) if trainer else dict(status='failed', error=error)
-    if env.primary:
-        _write_json_atomic(out_dir / RESULT_FILE, result)
-    return result
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# the `fat train` command
-
-def _parse_override(text: str) -> Tuple[str, Any]:
-    """'key=value', the value read as YAML except where the key expects a string (so 'auto_augment=rand-m9')."""
-    key, sep, value = text.partition('=')
-    if not sep or not key:
-        raise ValueError(f'expected key=value, got {text!r}')
-    if key not in DEFAULTS:
-        resolve_config({key: None})  # raises the unknown-key error with its suggestions
-    parsed = yaml.safe_load(value) if value else None
-    types, _ = _TYPES.get(key, ((type(DEFAULTS[key]),), False))
-    if types == (str,) and parsed is not None:
-        return key, value
-    if types == (float,) and isinstance(parsed, str):
-        try:  # YAML reads 1e-3 as a string
-            return key, float(parsed)
-        except ValueError:
-            pass
-    return key, parsed
-
-
-def _train_command(args: argparse.Namespace) -> int:
-    base = dict(PRESETS[args.preset]) if args.preset else {}
-    if args.config:
-        loaded = yaml.safe_load(Path(args.config).read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f'{args.config}: expected a mapping of config keys')
-        base.update(loaded)
-    overrides = dict(_parse_override(text) for text in args.overrides)
-    if args.output_dir:
-        overrides['output_dir'] = args.output_dir
-    cfg = resolve_config(overrides, base)
-    if not cfg['output_dir']:
-        # the same command line maps to the same directory, so running it again resumes
-        digest = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:8]
-        cfg['output_dir'] = str(Path('runs') / f"{cfg['model']}-{cfg['dataset']}-{digest}")
-    result = main(cfg)
-    if result['status'] == 'failed':
-        print(f"fat train: error: {result['error']}", file=sys.stderr)
-    else:
-        print(json.dumps(result, sort_keys=True))
-    return 0 if result['status'] == 'done' else 1
-
-
-def register(subparsers: argparse._SubParsersAction):
-    """Add `fat train` to the `fat` command."""
-    keys = '\n'.join(f'  {k} = {json.dumps(v)}' for k, v in DEFAULTS.items())
-    p = subparsers.add_parser(
-        'train',
-        description='Train, or resume, one run in --output-dir. Its config: the defaults below (the official\n'
-                    'ImageNet recipe), updated by --preset, then --config, then key=value arguments.',
-        epilog=f"presets: {', '.join(PRESETS)}\n\nconfig keys and defaults:\n{keys}",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--config', metavar='FILE', help='YAML file of config keys')
-    p.add_argument('--preset', choices=list(PRESETS), help='a named base config')
-    p.add_argument('--output-dir', metavar='DIR', help='run directory (default: runs/<model>-<dataset>-<hash>)')
-    p.add_argument('overrides', nargs='*', metavar='key=value', help='config overrides (values in YAML)')
-    p.set_defaults(func=_train_command)

@@ -1,18 +1,18 @@
 """The config of a training run, without torch: the official recipe's keys and defaults, named presets, and
-the validation of `resolve_config`. `fat.train` runs a config; this module only describes and checks one, so
+the validation of `resolve_config`. `fat.train.run` runs a config; this module only describes and checks one, so
 that `fat sweep plan | status | collect | launch` validate a grid's train cells without importing torch.
-`fat.train` re-exports every name here.
 """
-import difflib
 import json
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+from fat.checks import check_choice, check_type, close_hint
 from fat.variants import resolve_fasa_stages
 
 __all__ = ['DEFAULTS', 'PRESETS', 'RUNTIME_KEYS', 'config_diff', 'resolve_config']
 
-# Every recipe value of the run, with the official ImageNet values (`../shared/spec/FAT.md` section 6.1) as
-# defaults. Learning rates are per 512 images of total batch (linear scaling, as the official code does).
+# Every recipe value of the run, with the official ImageNet values (qhfan/FAT `classification/config.py` and
+# `configs/*.yaml`; docs/sources.md) as defaults. Learning rates are per 512 images of total batch (linear
+# scaling, as the official code does).
 # The type of each key is the type of its default unless `_TYPES` says otherwise.
 DEFAULTS: Dict[str, Any] = {
     # model
@@ -79,8 +79,13 @@ DEFAULTS: Dict[str, Any] = {
     'eval_every': 1,  # epochs; the last epoch is always evaluated
     'checkpoint_steps': 0,  # also checkpoint every this many steps inside an epoch; 0: at epoch ends only
     'checkpoint_minutes': 10.0,  # ... and at least this often; 0: off
-    'log_interval': 50,  # steps between plain log lines (when stderr is not a terminal)
+    'log_interval': 50,  # steps between plain log lines (when stderr is not a terminal) and training-curve points
     'output_dir': None,
+    # curves (docs/watching.md): TensorBoard event files, and Weights & Biases on request (pip install '.[wandb]')
+    'tensorboard': True,
+    'tensorboard_dir': None,  # None: output_dir; a sweep gives each cell <workdir>/<grid>/tb/<varied axes>
+    'wandb': False,
+    'wandb_project': 'fat-harness',
 }
 
 _CHOICES: Dict[str, tuple] = {
@@ -107,6 +112,7 @@ _TYPES: Dict[str, tuple] = {
     'cutmix_minmax': ((list,), True),
     'output_dir': ((str,), True),
     'compile': ((str,), True),
+    'tensorboard_dir': ((str,), True),
     'opt_eps': ((float,), True),
     'opt_betas': ((list,), True),
 }
@@ -114,17 +120,18 @@ _TYPES: Dict[str, tuple] = {
 # keys that may change between a run's invocations without changing its results
 # (`compile` changes float round-off only: a run may be resumed compiled or eager)
 RUNTIME_KEYS = ('output_dir', 'data_dir', 'workers', 'checkpoint_steps', 'checkpoint_minutes', 'log_interval',
-                'compile')
+                'tensorboard', 'tensorboard_dir', 'wandb', 'wandb_project', 'compile')
 
 # named bases: `resolve_config(overrides, PRESETS[name])`, `fat train --preset NAME`
 PRESETS: Dict[str, Dict[str, Any]] = {
-    # CPU ablation screening (README "Training"): ~40k Fashion-MNIST images seen in ~1 minute on one thread.
+    # CPU ablation screening (docs/training.md, "The CPU proxy"): ~40k Fashion-MNIST images seen in ~1 minute on
+    # one thread.
     # A short run learns little under the official regularisation (Mixup/CutMix, RandAugment, erasing:
     # 73.0 % vs 79.6 % top-1 at this budget and lr 4e-3), so the proxy keeps label smoothing, flips and mild crops.
     'proxy': dict(
         model='fat_proxy', dataset='fashion_mnist', img_size=48, train_subset=20000, epochs=2, warmup_epochs=0.25,
         lr=8e-3, warmup_lr=8e-6, min_lr=8e-5, mixup=0., cutmix=0., auto_augment=None, reprob=0., scale=[0.5, 1.],
-        workers=0, threads=1, deterministic=True, channels_last=True),
+        workers=0, threads=1, deterministic=True, channels_last=True, log_interval=10),
     # seconds-long runs on synthetic data, for tests
     'smoke': dict(
         model='fat_proxy', dataset='synthetic', img_size=48, in_chans=1, train_subset=64, val_subset=32,
@@ -132,30 +139,12 @@ PRESETS: Dict[str, Dict[str, Any]] = {
 }
 
 
-def _type_name(types: tuple, optional: bool) -> str:
-    names = ' or '.join(t.__name__ for t in types)
-    return f'{names} or null' if optional else names
-
-
 def _check_value(key: str, value: Any) -> Any:
     """The value, with ints widened to float and tuples to lists; ValueError naming the key otherwise."""
     types, optional = _TYPES.get(key, ((type(DEFAULTS[key]),), False))
-    if value is None:
-        if optional:
-            return None
-        raise ValueError(f'config key {key!r} may not be null (expected {_type_name(types, optional)})')
-    if isinstance(value, tuple):
-        value = list(value)
-    if float in types and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    # bool is an int subclass: refuse it where a number is expected, and numbers where a bool is
-    if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-        raise ValueError(
-            f'config key {key!r} expects {_type_name(types, optional)}, got {type(value).__name__} {value!r}')
-    if key in _CHOICES and value not in _CHOICES[key]:
-        close = difflib.get_close_matches(value, _CHOICES[key], n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ''
-        raise ValueError(f"config key {key!r}: {value!r} is not one of {', '.join(_CHOICES[key])}{hint}")
+    value = check_type(f'config key {key!r}', value, types, optional)
+    if key in _CHOICES:
+        check_choice(f'{key!r}', value, _CHOICES[key])
     return value
 
 
@@ -169,12 +158,10 @@ def resolve_config(overrides: Mapping[str, Any], base: Optional[Mapping[str, Any
     for source in (base or {}, overrides):
         for key, value in source.items():
             if key not in DEFAULTS:
-                close = difflib.get_close_matches(key, DEFAULTS, n=3)
-                hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ''
-                raise ValueError(f'unknown config key {key!r}{hint}')
+                raise ValueError(f'unknown config key {key!r}{close_hint(key, list(DEFAULTS), n=3)}')
             cfg[key] = _check_value(key, value)
     resolve_fasa_stages(cfg['fasa'], 4)  # refuses an unknown preset or axis with its own one-line error
-    for key in ('batch_size', 'epochs', 'lr_base_size', 'eval_every'):
+    for key in ('batch_size', 'epochs', 'lr_base_size', 'eval_every', 'img_size'):
         if cfg[key] < 1:
             raise ValueError(f'config key {key!r} must be >= 1, got {cfg[key]}')
     for key in ('train_subset', 'val_subset', 'warmup_epochs', 'workers', 'threads', 'checkpoint_steps',

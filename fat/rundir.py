@@ -1,0 +1,106 @@
+"""The run directory: the files a run writes, the states a run and a cell can be in, and reading and writing them.
+
+One place for what the trainer writes and the sweep, `fat sweep collect` and `fat report` read, so that none of them
+imports another to learn a file name or a state. Torch-free.
+
+A run directory (`fat train --output-dir`, a sweep cell's directory) holds::
+
+    config.json          the resolved config
+    environment.json     one record per start of the run: code version, packages, hardware, command line
+    log.jsonl            one line per epoch (the source of truth for curves and progress)
+    progress.json        where a running run is (epoch, step, images/s), rewritten as it goes
+    checkpoint-last.pt   and -prev (the one before), -best (the best top-1)
+    result.json          written last and atomically: `status` done | diverged | failed, and the metrics
+"""
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+
+from fat.io import write_json_atomic
+
+__all__ = ['CONFIG', 'ENVIRONMENT', 'LOG', 'PROGRESS', 'RESULT', 'LAST_CHECKPOINT', 'PREV_CHECKPOINT',
+           'BEST_CHECKPOINT', 'Status', 'State', 'ACTIVE', 'read_result', 'write_result', 'read_environment',
+           'append_environment']
+
+CONFIG, ENVIRONMENT, LOG, PROGRESS, RESULT = (
+    'config.json', 'environment.json', 'log.jsonl', 'progress.json', 'result.json')
+LAST_CHECKPOINT, PREV_CHECKPOINT, BEST_CHECKPOINT = 'checkpoint-last.pt', 'checkpoint-prev.pt', 'checkpoint-best.pt'
+
+PathLike = Union[str, Path]
+
+
+class _Named(str, Enum):
+    """A state that is its own name in JSON, CSV and f-strings (`str(State.DONE) == 'DONE'`)."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Status(_Named):
+    """How a run ended: the `status` of its result.json."""
+    DONE = 'done'
+    DIVERGED = 'diverged'  # a non-finite loss stopped it (the result says at which step)
+    FAILED = 'failed'  # an error stopped it (the result says which); running it again resumes
+
+
+class State(_Named):
+    """A cell's state, as `fat sweep status`, `collect` and the report show it (disk first, then the scheduler)."""
+    DONE = 'DONE'
+    DIVERGED = 'DIVERGED'
+    FAILED = 'FAILED'  # ended without a result, or with `status: failed`
+    RUNNING = 'RUNNING'
+    STALLED = 'STALLED'  # RUNNING, but its log has not advanced for several of its own step times
+    REQUEUED = 'REQUEUED'  # pending again after a requeue (preemption, time limit)
+    PENDING = 'PENDING'
+    NOT_LAUNCHED = 'NOT_LAUNCHED'
+    CORRUPT = 'CORRUPT'  # collect only: a result.json that cannot be read
+
+    @classmethod
+    def of(cls, status: str) -> 'State':
+        """The state of a cell whose result.json has this status."""
+        return {Status.DONE: cls.DONE, Status.DIVERGED: cls.DIVERGED, Status.FAILED: cls.FAILED}[Status(status)]
+
+
+# queued or running: `fat sweep wait` waits for these, `launch` leaves them alone
+ACTIVE = (State.RUNNING, State.STALLED, State.REQUEUED, State.PENDING)
+
+
+def read_result(run_dir: PathLike) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
+    """(result, problem): the parsed result.json, or None and why it is unreadable or corrupt (None: not written)."""
+    path = Path(run_dir) / RESULT
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None, None
+    except OSError as e:
+        return None, f'{RESULT} unreadable: {e}'
+    try:
+        result = json.loads(text)
+    except json.JSONDecodeError as e:
+        return None, f'{RESULT} corrupt: {e}'
+    if not isinstance(result, dict) or result.get('status') not in [s.value for s in Status]:
+        return None, f"{RESULT} corrupt: no status {'|'.join(s.value for s in Status)}"
+    return result, None
+
+
+def write_result(run_dir: PathLike, result: Mapping[str, Any]) -> None:
+    """result.json, durably and atomically: once it exists the run is over."""
+    if result.get('status') not in [s.value for s in Status]:
+        raise ValueError(f"a result needs a status of {', '.join(s.value for s in Status)}, "
+                         f"got {result.get('status')!r}")
+    write_json_atomic(Path(run_dir) / RESULT, dict(result), durable=True, indent=2)
+
+
+def read_environment(run_dir: PathLike) -> List[Dict[str, Any]]:
+    """Every start's environment record, oldest first; [] when there is none or the file is unreadable."""
+    try:
+        starts = json.loads((Path(run_dir) / ENVIRONMENT).read_text())
+    except (OSError, ValueError):
+        return []
+    return [s for s in starts if isinstance(s, dict)] if isinstance(starts, list) else []
+
+
+def append_environment(run_dir: PathLike, record: Mapping[str, Any]) -> None:
+    """Add one start's environment record (atomically: a kill leaves the previous list)."""
+    write_json_atomic(Path(run_dir) / ENVIRONMENT, read_environment(run_dir) + [dict(record)], durable=True, indent=2)
