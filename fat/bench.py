@@ -30,7 +30,6 @@ kernels, allocator setting and thread count.
 import argparse
 import csv
 import ctypes
-import difflib
 import json
 import resource
 import statistics
@@ -50,6 +49,7 @@ from timm.utils import ParseKwargs, decay_batch_step
 from tqdm import tqdm
 
 import fat
+from fat.checks import close_hint
 from fat.environment import cpu_name, env_name
 from fat.io import atomic_path
 from fat.models.fuse import FusedFasa, fuse_model, reparameterize_peer
@@ -83,9 +83,7 @@ _malloc = 'default'
 
 def _check_choice(what: str, value: str, choices: Sequence[str]) -> str:
     if value not in choices:
-        close = difflib.get_close_matches(str(value), choices, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ''
-        raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(choices)}{hint}")
+        raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(choices)}{close_hint(value, choices)}")
     return value
 
 
@@ -305,8 +303,7 @@ def summarize(times: Sequence[float], batch_size: int, rounds: Sequence[Sequence
 def _create(model_name: str, img_size: Optional[int], model_kwargs: Dict[str, Any]) -> nn.Module:
     cfg = get_pretrained_cfg(model_name)
     if cfg is None:
-        close = difflib.get_close_matches(model_name, timm.list_models(), n=1)
-        raise ValueError(f"unknown model {model_name!r}" + (f" (did you mean '{close[0]}'?)" if close else ''))
+        raise ValueError(f'unknown model {model_name!r}{close_hint(model_name, timm.list_models())}')
     if img_size and cfg.fixed_input_size:
         model_kwargs = dict(model_kwargs, img_size=img_size)
     try:

@@ -6,11 +6,11 @@ device, precision, threads, batch sizes, warm-up and timed steps per round, roun
 ``{mode, setting, models}`` (``models`` is a list or the name of one), each model of it one contender.
 """
 import argparse
-import difflib
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Tuple
 
-import yaml
+from fat import yaml12
+from fat.checks import close_hint
 
 __all__ = ['load', 'contenders', 'register']
 
@@ -22,18 +22,13 @@ _RUN_KEYS = ('mode', 'setting', 'models')
 
 
 def _unknown(where: str, key: str, valid: Any) -> ValueError:
-    close = difflib.get_close_matches(str(key), list(valid), n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ''
-    return ValueError(f"{where}: unknown key {key!r}; valid: {', '.join(valid)}{hint}")
+    return ValueError(f"{where}: unknown key {key!r}; valid: {', '.join(valid)}{close_hint(key, list(valid))}")
 
 
 def load(path: Path, profile: str) -> Tuple[List[Dict[str, Any]], Dict[str, Any]]:
     """(contenders, fat.bench.compare keywords) of a grid file's profile; ValueError naming the key if malformed."""
     path = Path(path)
-    try:
-        grid = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ValueError(f'{path}: not YAML ({str(e).splitlines()[0]})') from None
+    grid = yaml12.load_file(path)
     if not isinstance(grid, dict) or not isinstance(grid.get('profiles'), dict):
         raise ValueError(f'{path}: needs a `profiles` mapping')
     lists = {k: v for k, v in grid.items() if k not in ('name', 'profiles')}
