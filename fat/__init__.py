@@ -11,7 +11,7 @@ from typing import Any, List
 
 import wrapt
 
-__all__ = ['FASA_PRESETS', 'FasaCfg', 'list_fasa_presets', 'resolve_fasa']
+__all__ = ['FASA_VARIANTS', 'FasaCfg', 'list_fasa_variants', 'resolve_fasa']
 __version__ = '0.1.0'
 
 _LAZY = {name: 'fat.variants' for name in __all__}

@@ -643,7 +643,7 @@ def register(subparsers: Any) -> None:
     p.add_argument('--tuned-malloc', action='store_true',
                    help="keep freed memory in glibc's heap: no page faults from large re-allocations (steadier CPU "
                         "timings, as with jemalloc or tcmalloc)")
-    p.add_argument('--fasa', help='FASA preset for fat_* models')
+    p.add_argument('--fasa', help='FASA variant for fat_* models')
     p.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs, metavar='KEY=VALUE',
                    help='more timm.create_model arguments')
     p.add_argument('--results-dir', default='results', help='where the CSV goes (default: results)')

@@ -10,8 +10,8 @@ from typing import Any, Dict, Mapping, Sequence, Tuple, Union
 from fat.checks import close_hint
 
 __all__ = [
-    'AXES', 'FAT_ARGS', 'FAT_STAGE_ARGS', 'FasaCfg', 'FasaSpec', 'FASA_PRESETS', 'MODEL_NAMES', 'list_fasa_presets',
-    'presets_help',
+    'AXES', 'FAT_ARGS', 'FAT_STAGE_ARGS', 'FasaCfg', 'FasaSpec', 'FASA_VARIANTS', 'MODEL_NAMES', 'list_fasa_variants',
+    'variants_help',
     'resolve_fasa', 'resolve_fasa_stages',
 ]
 
@@ -86,14 +86,14 @@ class FasaCfg:
     @property
     def name(self) -> str:
         """The preset name when this config is one, else a compact axis string."""
-        for preset, (cfg, _, _) in FASA_PRESETS.items():
+        for preset, (cfg, _, _) in FASA_VARIANTS.items():
             if cfg == self:
                 return preset
         return ','.join(f'{k}={v}' for k, v in self.as_dict().items())
 
 
 # name -> (config, what it ablates, equation); the first is the official code
-FASA_PRESETS: Dict[str, Tuple[FasaCfg, str, str]] = {
+FASA_VARIANTS: Dict[str, Tuple[FasaCfg, str, str]] = {
     'fasa': (
         FasaCfg(), 'nothing: the official code',
         'W_o(SiLU(L) * s(G) * G)'),
@@ -118,15 +118,15 @@ FASA_PRESETS: Dict[str, Tuple[FasaCfg, str, str]] = {
 }
 
 
-def list_fasa_presets() -> Dict[str, str]:
+def list_fasa_variants() -> Dict[str, str]:
     """Preset name -> one line saying what it ablates and its equation."""
-    return {name: f'{what}; {eq}' for name, (_, what, eq) in FASA_PRESETS.items()}
+    return {name: f'{what}; {eq}' for name, (_, what, eq) in FASA_VARIANTS.items()}
 
 
-def presets_help() -> str:
+def variants_help() -> str:
     """The presets as the `fat` command's help texts list them."""
-    lines = [f'  {name:<20} {text}' for name, text in list_fasa_presets().items()]
-    return 'FASA presets (the `fasa` model argument):\n' + '\n'.join(lines)
+    lines = [f'  {name:<20} {text}' for name, text in list_fasa_variants().items()]
+    return 'FASA variants (the `fasa` model argument):\n' + '\n'.join(lines)
 
 
 FasaSpec = Union[str, FasaCfg, Mapping[str, str]]
@@ -137,12 +137,12 @@ def resolve_fasa(spec: FasaSpec) -> FasaCfg:
     if isinstance(spec, FasaCfg):
         return spec
     if isinstance(spec, str):
-        if spec not in FASA_PRESETS:
-            raise _choice_error('preset', spec, tuple(FASA_PRESETS))
-        return FASA_PRESETS[spec][0]
+        if spec not in FASA_VARIANTS:
+            raise _choice_error('variant', spec, tuple(FASA_VARIANTS))
+        return FASA_VARIANTS[spec][0]
     if isinstance(spec, Mapping):
         return FasaCfg.from_dict(spec)
-    raise ValueError(f'FASA: expected a preset name, a FasaCfg or a dict of axes, got {type(spec).__name__}')
+    raise ValueError(f'FASA: expected a variant name, a FasaCfg or a dict of axes, got {type(spec).__name__}')
 
 
 def resolve_fasa_stages(spec: Union[FasaSpec, Sequence[FasaSpec]], num_stages: int) -> Tuple[FasaCfg, ...]:

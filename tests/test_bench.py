@@ -1,4 +1,4 @@
-"""`fat bench` and the inference re-parameterisation (fat.models.fuse): exact fusion for every FASA preset, records,
+"""`fat bench` and the inference re-parameterisation (fat.models.fuse): exact fusion for every FASA variant, records,
 CSV naming and merging, OOM back-off, refusals. No timing thresholds: the speed targets live in
 benchmarks/vs_official.py."""
 import csv
@@ -16,7 +16,7 @@ import torch.nn as nn
 import fat  # noqa: F401  (registers the models)
 from fat import bench
 from fat.cli import main
-from fat.models import FASA_PRESETS
+from fat.models import FASA_VARIANTS
 from fat.models.fuse import FusedFasa, FusedFatBlock, FusedFatStage, fuse_model
 
 TINY = dict(img_size=32, batch_size=2, num_warmup=1, num_iters=2)
@@ -37,7 +37,7 @@ def _perturbed(name: str = 'fat_b0', **kwargs) -> nn.Module:
     return model.eval()
 
 
-@pytest.mark.parametrize('preset', list(FASA_PRESETS))
+@pytest.mark.parametrize('preset', list(FASA_VARIANTS))
 def test_fusion_is_exact_for_every_preset(preset):
     model = _perturbed(fasa=preset)
     fused = fuse_model(model)
@@ -271,7 +271,7 @@ def test_results_written_before_a_key_column_existed_are_replaced(tmp_path):
     (['fat_b0', '--batch-size', '0'], 'batch size must be >= 1'),
     (['fat_b0', '--iters', '0'], 'num_iters must be >= 1'),
     (['fat_b0', '--img-size', '0'], 'image size must be >= 1'),
-    (['fat_b0', '--fasa', 'nope'], "unknown preset 'nope'"),
+    (['fat_b0', '--fasa', 'nope'], "unknown variant 'nope'"),
     (['resnet18', '--fasa', 'fasa'], 'bad model arguments'),
     (['fat_b*x'], "no registered model matches 'fat_b*x'"),
 ])

@@ -19,7 +19,7 @@ from fvcore.nn import FlopCountAnalysis
 import fat.complexity as complexity
 from fat.cli import main
 from fat.complexity import CONVENTIONS, count, measure, pins, variant_table
-from fat.models import FASA_PRESETS
+from fat.models import FASA_VARIANTS
 
 REPO = Path(__file__).resolve().parents[1]
 PINS = REPO / 'results' / 'complexity-pins.json'
@@ -75,11 +75,11 @@ def test_official_figures(name):
 def test_pins_cover_every_model_and_preset():
     pinned = json.loads(PINS.read_text())
     assert pinned['img_size'] == 224
-    assert set(pinned['models']) == {f'{m}/{p}' for m in timm.list_models('fat_*') for p in FASA_PRESETS}
+    assert set(pinned['models']) == {f'{m}/{p}' for m in timm.list_models('fat_*') for p in FASA_VARIANTS}
     assert all(set(v) == {'params', *CONVENTIONS} for v in pinned['models'].values())
 
 
-@pytest.mark.parametrize('name, fasa', [('fat_b0', p) for p in FASA_PRESETS] + [
+@pytest.mark.parametrize('name, fasa', [('fat_b0', p) for p in FASA_VARIANTS] + [
     (m, 'fasa') for m in ('fat_b1', 'fat_b2', 'fat_b3')])
 def test_pins(name, fasa):
     pinned = json.loads(PINS.read_text())['models']
@@ -97,7 +97,7 @@ def test_pins_regenerate(tmp_path):
 
 def _fasa_block(fasa: str, c: int, m: int, k: int, r: int, h: int) -> Dict[str, Dict[str, int]]:
     """One FASA block from its layer shapes: paper and fvcore MACs, full FLOPs (a bias adds 1 per output)."""
-    cfg = FASA_PRESETS[fasa][0]
+    cfg = FASA_VARIANTS[fasa][0]
     local, glob = cfg.local != 'none', cfg.global_ == 'attention'
     n, kv_n = h * h, math.ceil(h / r) ** 2
     block = {conv: dict.fromkeys(('q', 'local', 'downsample', 'kv', 'attention', 'gating', 'mixer'), 0)
@@ -144,14 +144,14 @@ def _fasa_parts_analytic(fasa: str) -> Dict[str, Dict[str, float]]:
     return {conv: dict(p) for conv, p in parts.items()}
 
 
-@pytest.mark.parametrize('fasa', list(FASA_PRESETS))
+@pytest.mark.parametrize('fasa', list(FASA_VARIANTS))
 def test_fasa_parts_match_analytic_count(fasa):
     analytic = _fasa_parts_analytic(fasa)
     for convention, record in _measure('fat_b0', fasa).items():
         assert record['fasa_parts'] == analytic[convention], convention
 
 
-@pytest.mark.parametrize('fasa', list(FASA_PRESETS))
+@pytest.mark.parametrize('fasa', list(FASA_VARIANTS))
 def test_breakdowns_add_up(fasa):
     for r in _measure('fat_b0', fasa).values():
         assert sum(r['by_op'].values()) == r['macs'] == sum(r['by_module'].values())
@@ -296,7 +296,7 @@ def test_bad_input():
 
 
 def test_variant_table_is_current():
-    records = [r for p in FASA_PRESETS for r in _records('fat_b0', p)]
+    records = [r for p in FASA_VARIANTS for r in _records('fat_b0', p)]
     assert variant_table(records) == VARIANTS.read_text()
 
 
@@ -353,7 +353,7 @@ def test_cli_text(capsys, monkeypatch):
 @pytest.mark.parametrize('argv, message', [
     (['fat_b9'], "unknown model 'fat_b9'"),
     (['resnet18', '--fasa', 'fasa'], 'fat_* models only'),
-    (['fat_b0', '--fasa', 'nope'], "unknown preset 'nope'"),
+    (['fat_b0', '--fasa', 'nope'], "unknown variant 'nope'"),
     ([], 'give at least one MODEL'),
     (['zz*'], "no registered model matches 'zz*'"),
     (['fat_b0', '--img-size', '0'], 'must be positive'),

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import fat  # noqa: F401  (registers the models)
-from fat.models import FASA, FASA_PRESETS, FasaCfg, list_fasa_presets, resolve_fasa
+from fat.models import FASA, FASA_VARIANTS, FasaCfg, list_fasa_variants, resolve_fasa
 from fat.models.fasa import AXES
 
 OFFICIAL_B0 = 4_494_488
@@ -83,7 +83,7 @@ def _reference(m: FASA, x: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize('fused', [True, False], ids=['sdpa', 'explicit'])
 @pytest.mark.parametrize('window_size', [1, 2, 4])
-@pytest.mark.parametrize('preset', list(FASA_PRESETS))
+@pytest.mark.parametrize('preset', list(FASA_VARIANTS))
 def test_module_computes_its_equation(preset, window_size, fused):
     m = _randomise_(FASA(dim=24, kernel_size=5, num_heads=3, window_size=window_size, cfg=resolve_fasa(preset)))
     m.fused_attn = fused
@@ -92,7 +92,7 @@ def test_module_computes_its_equation(preset, window_size, fused):
         assert (m(x) - _reference(m, x)).abs().max().item() <= 1e-5
 
 
-@pytest.mark.parametrize('preset', list(FASA_PRESETS))
+@pytest.mark.parametrize('preset', list(FASA_VARIANTS))
 def test_preset_parameter_counts_are_pinned(preset):
     assert _n(timm.create_model('fat_b0', fasa=preset)) == B0_PARAMS[preset]
 
@@ -109,7 +109,7 @@ def test_ablations_drop_exactly_their_layers():
     assert _n(timm.create_model('fat_b0', fasa='local_only')) == OFFICIAL_B0 - kv - ladders
 
 
-@pytest.mark.parametrize('preset', [p for p in FASA_PRESETS if p != 'fasa'])
+@pytest.mark.parametrize('preset', [p for p in FASA_VARIANTS if p != 'fasa'])
 def test_presets_sharing_weights_with_fasa_give_different_outputs(preset):
     official = _randomise_(timm.create_model('fat_b0'))
     variant = timm.create_model('fat_b0', fasa=preset).eval()
@@ -141,8 +141,8 @@ def test_variant_is_recorded_in_cfg_and_repr():
 
 def test_specs_resolve_to_configs():
     assert resolve_fasa('fasa') == FasaCfg() == resolve_fasa({}) == resolve_fasa(FasaCfg())
-    assert resolve_fasa({'local': 'none'}) == FASA_PRESETS['global_only'][0]  # interaction follows the branch
-    assert resolve_fasa({'global': 'none'}) == FASA_PRESETS['local_only'][0]
+    assert resolve_fasa({'local': 'none'}) == FASA_VARIANTS['global_only'][0]  # interaction follows the branch
+    assert resolve_fasa({'global': 'none'}) == FASA_VARIANTS['local_only'][0]
     assert resolve_fasa({'downsample': 'avgpool'}).name == 'avgpool_downsample'
     custom = resolve_fasa({'local': 'static', 'interaction': 'none'})
     assert custom.name == 'local=static,global=attention,downsample=fine_grained,interaction=none'
@@ -150,16 +150,16 @@ def test_specs_resolve_to_configs():
 
 
 def test_presets_are_listed_with_one_line_each():
-    listed = list_fasa_presets()
-    assert list(listed) == list(FASA_PRESETS) == [
+    listed = list_fasa_variants()
+    assert list(listed) == list(FASA_VARIANTS) == [
         'fasa', 'fasa_bidirectional', 'no_interaction', 'avgpool_downsample', 'static_conv', 'global_only',
         'local_only']
     assert all('\n' not in line and line for line in listed.values())
 
 
 @pytest.mark.parametrize('spec, expected', [
-    ('global_onyl', ["preset 'global_onyl'", 'global_only', "did you mean 'global_only'"]),
-    ('FASA', ["preset 'FASA'", 'valid: fasa, fasa_bidirectional']),
+    ('global_onyl', ["variant 'global_onyl'", 'global_only', "did you mean 'global_only'"]),
+    ('FASA', ["variant 'FASA'", 'valid: fasa, fasa_bidirectional']),
     ({'local': 'self_modulate'}, ["axis 'local'", "'self_modulate'", 'static', "did you mean 'self_modulated'"]),
     ({'global': 'attn'}, ["axis 'global'", "'attn'", 'valid: attention, none']),
     ({'downsample': 'avg_pool'}, ["axis 'downsample'", "did you mean 'avgpool'"]),

@@ -6,7 +6,7 @@ report.md) byte-identical.
 Two grids, each committed under tests/data/<grid>/ as `grid.yaml` and `runs/<grid>/<cell>/` (the cell directories of
 one real run, checkpoints left out):
 
-* `report_golden`: three FASA presets x two seeds of the CPU proxy on 5,000 real Fashion-MNIST images, one epoch;
+* `report_golden`: three FASA variants x two seeds of the CPU proxy on 5,000 real Fashion-MNIST images, one epoch;
 * `report_golden_windows`, not a FASA ablation: FASA's K/V window sizes x the learning rate x three seeds, likewise
   (two axes, so comparisons along each axis with the other held fixed).
 

@@ -95,5 +95,5 @@ def test_fat_help_sweep_verbs_and_the_sweep_job_import_no_torch(tmp_path):
 
 def test_lazy_names_are_those_of_fat_models():
     from fat.models import fasa
-    assert fat.FasaCfg is fasa.FasaCfg and fat.FASA_PRESETS is fasa.FASA_PRESETS
+    assert fat.FasaCfg is fasa.FasaCfg and fat.FASA_VARIANTS is fasa.FASA_VARIANTS
     assert set(fat.__all__) <= set(dir(fat))

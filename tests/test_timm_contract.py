@@ -1,5 +1,5 @@
 """The timm model contract (as timm's own tests/test_models.py states it) for every registered fat_* model,
-and for every FASA preset on fat_b0. Input sizes follow timm's targets for each check."""
+and for every FASA variant on fat_b0. Input sizes follow timm's targets for each check."""
 import inspect
 import math
 
@@ -11,10 +11,10 @@ from timm.models import get_notrace_functions, get_notrace_modules
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
 import fat  # noqa: F401  (registers the models)
-from fat.models import FASA_PRESETS
+from fat.models import FASA_VARIANTS
 
 MODELS = timm.list_models('fat_*')
-PRESETS = list(FASA_PRESETS)
+PRESETS = list(FASA_VARIANTS)
 # timm's per-check target input sizes
 FWD_SIZE, BWD_SIZE, JIT_SIZE, FEAT_SIZE, FX_SIZE = 384, 128, 128, 96, 128
 

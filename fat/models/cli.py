@@ -5,7 +5,7 @@ from typing import Any
 
 import timm
 
-from fat.variants import presets_help
+from fat.variants import variants_help
 
 __all__ = ['register']
 
@@ -25,8 +25,8 @@ def _models(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     """Add `fat models` to the `fat` command."""
-    p = subparsers.add_parser('models', epilog=presets_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser('models', epilog=variants_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--pattern', default='fat_*', help='timm model-name pattern (default: fat_*)')
-    p.add_argument('--fasa', default='fasa', help='FASA preset to build them with (default: fasa, the official code)')
+    p.add_argument('--fasa', default='fasa', help='FASA variant to build them with (default: fasa, the official code)')
     p.add_argument('--json', action='store_true', help='one JSON record per model')
     p.set_defaults(func=_models)

@@ -33,16 +33,16 @@ from timm.layers import use_fused_attn
 # the variant space itself is torch-free (fat.variants), so that grids are validated without torch
 from fat.variants import (
     AXES,
-    FASA_PRESETS,
+    FASA_VARIANTS,
     FasaCfg,
     FasaSpec,
-    list_fasa_presets,
+    list_fasa_variants,
     resolve_fasa,
     resolve_fasa_stages,
 )
 
 __all__ = [
-    'AXES', 'FasaCfg', 'FasaSpec', 'FASA', 'FASA_PRESETS', 'list_fasa_presets', 'resolve_fasa', 'resolve_fasa_stages',
+    'AXES', 'FasaCfg', 'FasaSpec', 'FASA', 'FASA_VARIANTS', 'list_fasa_variants', 'resolve_fasa', 'resolve_fasa_stages',
 ]
 
 

@@ -230,7 +230,7 @@ class FAT(nn.Module):
             window_sizes: K/V downsampling ratio per stage.
             mlp_kernel_sizes: Depthwise kernel of the ConvFFN and the downsampling shortcut, per stage.
             mlp_ratios: ConvFFN hidden width / C_i, per stage.
-            fasa: FASA variant: a preset name, a FasaCfg or a dict of axes, or a list with one per stage.
+            fasa: FASA variant: a variant name, a FasaCfg or a dict of axes, or a list with one per stage.
             drop_rate: Dropout before the classifier (the official code has none).
             drop_path_rate: Stochastic depth, linear over all blocks.
         """

@@ -18,7 +18,7 @@ equivalent:
   allocation each;
 * a stage runs a large CPU batch in chunks whose ConvFFN hidden map fits in cache (`FusedFatStage`).
 
-Outputs match the unfused model in eval mode to float32 round-off (tests check 1e-5 for every FASA preset).
+Outputs match the unfused model in eval mode to float32 round-off (tests check 1e-5 for every FASA variant).
 FAT's stem, blocks and stages follow timm's convention: each has a ``fuse()`` method returning its fused form, so
 `timm.utils.reparameterize_model` (and the ``--reparam`` flag of timm's benchmark.py, validate.py and
 inference.py) applies this fusion, as it applies RepViT's, MobileOne's or FastViT's; `fuse_model` is that call on

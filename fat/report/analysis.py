@@ -1,5 +1,5 @@
-"""The report's declarations (`analysis/`): claims with their sources, counting conventions, which models and presets
-appear and how they are drawn, and the table and figure definitions. Everything is validated on load, so that a
+"""The report's declarations (`analysis/`): claims with their sources, counting conventions, which models and FASA
+variants appear and how they are drawn, and the table and figure definitions. Everything is validated on load, so that a
 typo in a claims file fails with one line naming the file and the key rather than as a wrong table."""
 import math
 from dataclasses import dataclass
@@ -127,11 +127,11 @@ class Analysis:
             self.models[name] = dict(label=spec.get('label', name), family=family, marker=spec.get('marker', 'o'),
                                      img_size=int(spec.get('img_size', 224)),
                                      colour=colour(families[family]['colour'], f'families.{family}'))
-        self.presets: Dict[str, Dict[str, Any]] = {}
-        for name, spec in _mapping(data.get('presets') or {}, 'models.yaml: presets').items():
-            spec = _mapping(spec, f'models.yaml: presets.{name}')
-            self.presets[name] = dict(label=spec.get('label', name), marker=spec.get('marker', 'o'),
-                                      colour=colour(spec.get('colour', 0), f'presets.{name}'))
+        self.variants: Dict[str, Dict[str, Any]] = {}
+        for name, spec in _mapping(data.get('variants') or {}, 'models.yaml: variants').items():
+            spec = _mapping(spec, f'models.yaml: variants.{name}')
+            self.variants[name] = dict(label=spec.get('label', name), marker=spec.get('marker', 'o'),
+                                      colour=colour(spec.get('colour', 0), f'variants.{name}'))
 
     def _check_consistent(self) -> None:
         """Two sources that claim the same number must agree: a table cell cites them both."""

@@ -53,7 +53,7 @@ def _log_x(ax: Axes, values: Sequence[float], min_ratio: float = 4.0) -> None:
 
 
 def _dodge(ax: Axes, xs: Sequence[float], spread: float) -> List[float]:
-    """Points that share an x value, spread `spread` (relative) apart around it, in order: equal MACs (presets
+    """Points that share an x value, spread `spread` (relative) apart around it, in order: equal MACs (FASA variants
     that differ only in parameter-free gating) would otherwise hide each other. A dotted line marks the true x."""
     out = list(xs)
     for x in sorted(set(xs)):
@@ -176,7 +176,7 @@ def _ablation_zoom(ax: Axes, main: Axes, conv: str, points: pd.DataFrame, data: 
     xs = _dodge(ax, [float(v) / 1e9 for v in points[f'macs_{conv}']], _DODGE)
     for x, (_, r) in zip(xs, points.iterrows(), strict=True):
         preset = str(r.get('fasa', ''))
-        look = a.presets.get(preset, {'marker': 'o', 'label': preset})
+        look = a.variants.get(preset, {'marker': 'o', 'label': preset})
         low, high = _num(r['ci_low']), _num(r['ci_high'])
         yerr = [[r['mean'] - low], [high - r['mean']]] if low is not None and high is not None else [[0], [0]]
         ax.errorbar([x], [r['mean']], yerr=yerr, fmt='none', ecolor='0.3', elinewidth=1, capsize=2, zorder=2)
@@ -206,7 +206,7 @@ def accuracy_vs_macs(name: str, spec: Mapping[str, Any], a: Analysis, tables: Se
     ablations = [t.data for t in _tables(tables, spec.get('ablation_table', '')) if not t.data.empty
                  and 'fasa' in t.data and t.data['grid'].iloc[0] in (spec.get('ablation_grids') or [])]
     conventions = list(spec['conventions'])
-    # one row per point (a point compared along several axes has several rows), FASA presets only
+    # one row per point (a point compared along several axes has several rows), FASA variants only
     points = (pd.concat(ablations)[lambda f: f['mean'].notna()].drop_duplicates(['grid', 'fasa'])
               if ablations else pd.DataFrame())
     rows = 1 if points.empty else 2
@@ -225,7 +225,7 @@ def accuracy_vs_macs(name: str, spec: Mapping[str, Any], a: Analysis, tables: Se
         _legend(fig, list(handles.values()), f'{_HOLLOW}\n{_FILLED}')
         fig.suptitle(spec['title'])
     notes.append("FAT claims are drawn at the claimed MACs where the claim uses the panel's convention, else at the "
-                 'MACs measured here; peers at MACs measured here; in the zoomed ablation panels, presets with equal '
+                 'MACs measured here; peers at MACs measured here; in the zoomed ablation panels, variants with equal '
                  'MACs are spread apart by a fraction of a percent around a dotted line at their MACs.')
     return [(name, fig, notes)]
 

@@ -55,12 +55,12 @@ def _label(table: Table, point: Mapping[str, Any]) -> str:
 
 
 def _looks(a: Analysis, table: Table) -> Dict[str, Tuple[Any, str]]:
-    """(colour, marker) per point label: FASA presets as models.yaml draws them, other points in palette order."""
+    """(colour, marker) per point label: FASA variants as models.yaml draws them, other points in palette order."""
     palette = sns.color_palette('colorblind')
     axes = table.meta['axes']
     looks = {}
     for i, (_, point) in enumerate(_points(table).iterrows()):
-        preset = a.presets.get(str(point['fasa'])) if axes == ['fasa'] else None
+        preset = a.variants.get(str(point['fasa'])) if axes == ['fasa'] else None
         looks[_label(table, point)] = ((preset['colour'], preset['marker']) if preset else
                                        (palette[i % len(palette)], _MARKERS[i % len(_MARKERS)]))
     return looks

@@ -363,10 +363,10 @@ def _declared(own: Mapping[str, Any], axis: str, value: str) -> str:
 
 
 def _axis_label(a: Analysis, own: Mapping[str, Any], axis: str, value: str, short: bool = False) -> str:
-    """A value as the table shows it: declared labels (analysis/tables.yaml), FASA presets by models.yaml."""
+    """A value as the table shows it: declared labels (analysis/tables.yaml), FASA variants by models.yaml."""
     label = ((own.get('labels') or {}).get(axis) or {}).get(value)
-    if label is None and axis == 'fasa' and value in a.presets:
-        label = a.presets[value]['label']
+    if label is None and axis == 'fasa' and value in a.variants:
+        label = a.variants[value]['label']
     if label is None:
         return value
     return label if short else f'{label} (`{value}`)'

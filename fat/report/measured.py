@@ -79,7 +79,7 @@ def _read_csv(path: Path, m: Measurements, cwd: Path) -> Optional[pd.DataFrame]:
 
 
 def _plain_fasa(model_kwargs: Any) -> Optional[str]:
-    """The FASA preset of a row built with no other non-default argument (None: not the model as published)."""
+    """The FASA variant of a row built with no other non-default argument (None: not the model as published)."""
     try:
         kwargs = json.loads(model_kwargs) if isinstance(model_kwargs, str) and model_kwargs else {}
     except ValueError:

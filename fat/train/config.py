@@ -17,7 +17,7 @@ __all__ = ['DEFAULTS', 'PRESETS', 'RUNTIME_KEYS', 'config_diff', 'resolve_config
 DEFAULTS: Dict[str, Any] = {
     # model
     'model': 'fat_b0',
-    'fasa': 'fasa',  # FASA preset name, dict of axes, or a list with one per stage
+    'fasa': 'fasa',  # FASA variant name, dict of axes, or a list with one per stage
     'model_args': {},  # extra timm.create_model kwargs, e.g. {'window_sizes': [8, 4, 2, 1]}
     'drop_path': None,  # None: the model's own (official) rate
     # data
@@ -160,7 +160,7 @@ def resolve_config(overrides: Mapping[str, Any], base: Optional[Mapping[str, Any
             if key not in DEFAULTS:
                 raise ValueError(f'unknown config key {key!r}{close_hint(key, list(DEFAULTS), n=3)}')
             cfg[key] = _check_value(key, value)
-    resolve_fasa_stages(cfg['fasa'], 4)  # refuses an unknown preset or axis with its own one-line error
+    resolve_fasa_stages(cfg['fasa'], 4)  # refuses an unknown FASA variant or axis with its own one-line error
     for key in ('batch_size', 'epochs', 'lr_base_size', 'eval_every', 'img_size'):
         if cfg[key] < 1:
             raise ValueError(f'config key {key!r} must be >= 1, got {cfg[key]}')

@@ -23,7 +23,7 @@ def _problems(path: Path, *overrides: str) -> list:
 @pytest.mark.parametrize('doc, expected', [
     ({'axes': {'fasa': ['fasa']}, 'sedes': [0]}, ["sedes: unknown grid key (did you mean 'seeds'?); valid: name,"]),
     ({'axes': {'fasa': ['fassa']}},
-     ["axes.fasa[0]: FASA: unknown preset 'fassa'; valid: fasa,", "(did you mean 'fasa'?)"]),
+     ["axes.fasa[0]: FASA: unknown variant 'fassa'; valid: fasa,", "(did you mean 'fasa'?)"]),
     ({'axes': {'model': ['fat_b9']}},
      ["axes.model[0]: unknown model 'fat_b9'", 'valid: fat_b0, fat_b1, fat_b2, fat_b3']),
     ({'axes': {'lr': []}}, ['axes.lr: expected a non-empty list of values, got []']),
@@ -35,7 +35,7 @@ def _problems(path: Path, *overrides: str) -> list:
     ({'axes': {'lr': [0.1, 0.1]}}, ['axes.lr: duplicate cell']),
     ({'task': 'trian'}, ["task: unknown task 'trian' (did you mean 'train'?); valid: train, flops, bench"]),
     ({'preset': 'smok', 'axes': {'lr': [0.1]}}, ["preset: unknown train preset 'smok' (did you mean 'smoke'?)"]),
-    ({'preset': 'smoke', 'base': {'fasa': 'fasaa'}, 'axes': {'lr': [0.1]}}, ["base: FASA: unknown preset 'fasaa'"]),
+    ({'preset': 'smoke', 'base': {'fasa': 'fasaa'}, 'axes': {'lr': [0.1]}}, ["base: FASA: unknown variant 'fasaa'"]),
     ({'axes': {'lr': [0.1]}, 'seeds': [0, 'one']}, ["seeds: expected a non-empty list of integers, got [0, 'one']"]),
     ({'axes': {'lr': [0.1]}, 'slurm': {'profile': 'locl'}},
      ["slurm.profile: unknown profile 'locl' (did you mean 'local'?)"]),
@@ -51,7 +51,7 @@ def _problems(path: Path, *overrides: str) -> list:
     ({'axes': {'lr': [0.1]}, 'exclude': [{'lr': 0.2}]}, ['exclude[0]: matches no point of the grid: lr=0.2']),
     ({'axes': {'lr': [0.1]}, 'exclude': [{'fasa': 'fasa'}]},
      ['exclude[0].fasa: not a varied key of this grid; valid: lr']),
-    ({'axes': {'lr': [0.1]}, 'include': [{'fasa': 'nope'}]}, ["include[0]: FASA: unknown preset 'nope'"]),
+    ({'axes': {'lr': [0.1]}, 'include': [{'fasa': 'nope'}]}, ["include[0]: FASA: unknown variant 'nope'"]),
     ({'name': 'a b', 'axes': {'lr': [0.1]}}, ['name: expected a name of letters, digits']),
     ({'axes': {'batch_size': [7]}}, ["axes.batch_size[0]: config key 'batch_size' must be even with mixup"]),
     ({'base': {'epochs': 0}, 'axes': {'lr': [0.1]}}, ["base: config key 'epochs' must be >= 1, got 0"]),
@@ -134,7 +134,7 @@ def test_cli_exit_status_2_and_nothing_submitted(write_grid, tmp_path, capsys):
     path = write_grid('cli', axes={'fasa': ['fassa']})
     code = cli_main(['sweep', 'launch', str(path), '--workdir', str(tmp_path / 'runs'), '--cluster', 'local'])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and err[0].startswith(f"{path}: axes.fasa[0]: FASA: unknown preset 'fassa'")
+    assert code == 2 and len(err) == 1 and err[0].startswith(f"{path}: axes.fasa[0]: FASA: unknown variant 'fassa'")
     assert not (tmp_path / 'runs').exists()
 
 
