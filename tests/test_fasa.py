@@ -170,7 +170,7 @@ def test_presets_are_listed_with_one_line_each():
     ({'global': 'none', 'interaction': 'bidirectional'}, ["interaction='bidirectional'", "global='none'"]),
     ({'local': 'none', 'global': 'none'}, ['no branch']),
     ({'global': 'none', 'downsample': 'avgpool'}, ["downsample='avgpool'", "global='none'"]),
-    (3, ['expected a preset name']),
+    (3, ['expected a variant name']),
 ])
 def test_nonsense_is_refused_with_a_clear_message(spec, expected):
     with pytest.raises(ValueError) as err:
