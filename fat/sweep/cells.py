@@ -10,6 +10,7 @@ import functools
 import hashlib
 import itertools
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,10 +66,20 @@ def cell_id(task: Task, cfg: Mapping[str, Any]) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:ID_LENGTH]
 
 
+def _text(value: Any) -> str:
+    """A value as JSON writes it compactly (strings bare); numbers without json.dumps, which 10,000 cells feel."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return 'true' if value else 'false'
+    if isinstance(value, int) or (isinstance(value, float) and math.isfinite(value)):
+        return repr(value)  # what json.dumps writes for these
+    return json.dumps(value, separators=(',', ':'))
+
+
 def describe(point: Mapping[str, Any]) -> str:
     """`fasa=global_only lr=0.001 seed=0`: a point as one line."""
-    return ' '.join(f'{k}={json.dumps(v, separators=(",", ":")) if not isinstance(v, str) else v}'
-                    for k, v in point.items())
+    return ' '.join(f'{k}={_text(v)}' for k, v in point.items())
 
 
 def run_name(point: Mapping[str, Any], cid: str) -> str:
