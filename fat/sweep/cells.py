@@ -54,7 +54,8 @@ def _fasa_axes(spec_json: str) -> Tuple[Dict[str, str], ...]:
 
 
 def _canonical(task: Task, cfg: Mapping[str, Any]) -> Dict[str, Any]:
-    out = {k: v for k, v in cfg.items() if k not in task.runtime_keys}
+    runtime = frozenset(task.runtime_keys)
+    out = {k: v for k, v in cfg.items() if k not in runtime}
     if 'fasa' in out:
         out['fasa'] = _fasa_axes(json.dumps(out['fasa'], sort_keys=True))
     return out
@@ -171,9 +172,10 @@ def expand(grid: Grid, task: Task, workdir: Path, p: Problems) -> List[Cell]:
     root = Path(workdir).absolute() / grid.name
     cells: List[Cell] = []
     by_id: Dict[str, Cell] = {}
+    resolve = task.resolver(grid.config_base, grid.preset)
     for point, origin in _points(grid):
         try:
-            cfg = task.resolve({**grid.config_base, **point}, grid.preset)
+            cfg = resolve(point)
         except ValueError as e:  # a combination of valid values can still be invalid (e.g. odd batch + mixup)
             p.add(origin, f'{describe(point)}: {e}')
             continue

@@ -106,6 +106,12 @@ class Task:
         check_sizes(cfg)
         return json.loads(json.dumps(cfg))
 
+    def resolver(self, common: Mapping[str, Any], preset: Optional[str] = None
+                 ) -> Callable[[Mapping[str, Any]], Dict[str, Any]]:
+        """`point -> self.resolve({**common, **point}, preset)`, for a grid's cells (a task may check what the
+        points share once)."""
+        return lambda point: self.resolve({**common, **point}, preset)
+
     def run(self, cfg: Mapping[str, Any]) -> Dict[str, Any]:
         raise NotImplementedError
 
@@ -126,13 +132,21 @@ class TrainTask(Task):
         return tuple(train_config.PRESETS)
 
     def resolve(self, overrides: Mapping[str, Any], preset: Optional[str] = None) -> Dict[str, Any]:
+        return self.resolver(overrides, preset)({})
+
+    def resolver(self, common: Mapping[str, Any], preset: Optional[str] = None
+                 ) -> Callable[[Mapping[str, Any]], Dict[str, Any]]:
         presets = train_config.PRESETS
         if preset is not None:
             check_choice('train preset', preset, list(presets))
-        cfg = train_config.resolve_config(overrides, presets[preset] if preset else None)
-        check_model(cfg['model'])
-        check_sizes(cfg)
-        return cfg
+        resolve = train_config.config_resolver(common, presets[preset] if preset else None)
+
+        def cell(point: Mapping[str, Any]) -> Dict[str, Any]:
+            cfg = resolve(point)
+            check_model(cfg['model'])
+            check_sizes(cfg)
+            return cfg
+        return cell
 
     def run(self, cfg: Mapping[str, Any]) -> Dict[str, Any]:
         from fat import train  # torch: only where the cell runs
