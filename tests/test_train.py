@@ -3,6 +3,7 @@ import gzip
 import json
 import math
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from fat.cli import main as cli_main
 from fat.data import FASHION_MNIST_DIR, build_datasets, build_transforms
 from fat.distributed import Placement
 from fat.train import DEFAULTS, PRESETS, Trainer, main, resolve_config
+from fat.train.config import config_resolver
 from fat.train import trainer as train_loop
 from fat.train.cli import _parse_override
 
@@ -68,6 +70,30 @@ def test_resolve_config_refuses_with_one_line_naming_the_key(overrides, message)
     with pytest.raises(ValueError, match=message) as e:
         resolve_config(overrides)
     assert '\n' not in str(e.value)
+
+
+def test_a_grids_resolver_gives_resolve_configs_configs_and_errors():
+    # a grid's cells are resolved by config_resolver (the shared part checked once): the same configs, the same
+    # errors, and no two cells sharing a list or a mapping (one cell's config edited leaves the others alone)
+    common = {'model_args': {'window_sizes': (8, 4, 2, 1)}, 'lr': 2, 'batch_size': 8}
+    resolve = config_resolver(common, PRESETS['proxy'])
+    points = [{}, {'fasa': 'global_only', 'seed': 3}, {'fasa': ['fasa', 'fasa', 'fasa', 'global_only']},
+              {'scale': (0.3, 1), 'opt_betas': [0.8, 0.9]}, {'lr': 1}, {'model_args': {'depths': [1, 1, 1, 1]}},
+              {'batch_size': 7, 'mixup': 0.8}, {'epochs': 0}, {'fasa': 'global_onyl'}, {'epoch': 1}]
+    for point in points:
+        try:
+            expected = resolve_config({**common, **point}, PRESETS['proxy'])
+        except ValueError as e:
+            with pytest.raises(ValueError) as got:
+                resolve(point)
+            assert str(got.value) == str(e)
+            continue
+        cfg = resolve(point)
+        assert cfg == expected and json.dumps(cfg, sort_keys=True) == json.dumps(expected, sort_keys=True)
+    a, b = resolve({}), resolve({})
+    a['model_args']['window_sizes'].append(9)
+    a['scale'][0] = 0.9
+    assert b == resolve_config(common, PRESETS['proxy'])
 
 
 def test_cli_values_are_typed_by_key():
@@ -273,6 +299,49 @@ def test_nan_loss_is_recorded_as_diverged(tmp_path):
     assert json.loads((tmp_path / 'run' / 'result.json').read_text())['status'] == 'diverged'
 
 
+def test_divergence_read_in_a_window_names_its_own_step_and_checkpoints_nothing_after_it(tmp_path, monkeypatch):
+    # the loss is read every log_interval steps (not every step): a step that diverges between two reads is still
+    # the step the result names, and no checkpoint is written once it has diverged
+    real_step, calls = Trainer.train_step, []
+
+    def step(self, x, y):
+        calls.append(self.global_step)
+        return real_step(self, torch.full_like(x, float('nan')) if self.global_step == 5 else x, y)
+    monkeypatch.setattr(Trainer, 'train_step', step)
+    out = tmp_path / 'run'
+    # 4 steps per epoch: epoch 2's steps 4, 5, 6 are read after step 6, where a checkpoint is also due
+    result = main(dict(TINY, clip_grad=None, log_interval=3, checkpoint_steps=3, output_dir=str(out)))
+    assert result['status'] == 'diverged' and result['diverged_step'] == 5 and result['steps'] == 5
+    assert 'loss is nan at step 5 (epoch 2)' in result['error'] and calls == list(range(7))
+    assert torch.load(out / 'checkpoint-last.pt', weights_only=False)['global_step'] == 4  # epoch 1's
+
+
+def test_the_training_loop_reads_tensors_on_the_host_once_per_log_interval(tmp_path, monkeypatch):
+    """A tensor read on the host (`.item()`, `.tolist()`) makes the host wait for the device. The loop read each
+    step's loss (two waits per step under DDP): now the losses of `log_interval` steps are read at once, and an
+    evaluation's counts once at its end. Counted on the CPU: the reads the trainer's own code makes."""
+    reads = []
+    for name in ('item', 'tolist', '__float__', '__bool__'):
+        real = getattr(torch.Tensor, name)
+
+        def spy(self, *a, _real=real, _name=name, **kw):
+            caller = sys._getframe(1).f_code.co_filename
+            if caller == train_loop.__file__:
+                reads.append(_name)
+            return _real(self, *a, **kw)
+        monkeypatch.setattr(torch.Tensor, name, spy)
+    cfg = resolve_config(dict(TINY, train_subset=128, log_interval=4, output_dir=str(tmp_path / 'run')))
+    trainer = Trainer(cfg, Placement())
+    trainer.curves = train_loop.Curves(cfg, primary=False, start_step=0)
+    assert trainer.steps_per_epoch == 8
+    trainer.train_epoch()
+    assert reads == ['tolist', 'tolist']  # steps 4 and 8 (the end of the epoch)
+    reads.clear()
+    metrics = trainer.evaluate(trainer.model)
+    assert reads == ['tolist'] and len(trainer.val_loader) == 2 and 0 <= metrics['top1'] <= 100
+    assert trainer.meters['loss_steps'] == 8 and math.isfinite(trainer.meters['loss_sum'])
+
+
 def test_exception_is_recorded_as_failed(tmp_path):
     result = main(dict(TINY, model_args={'no_such_arg': 1}, output_dir=str(tmp_path / 'run')))
     assert result['status'] == 'failed' and 'no_such_arg' in result['error']
@@ -314,11 +383,12 @@ def test_the_loss_scaler_skips_a_non_finite_step_and_training_goes_on(tmp_path):
     trainer = _scaled_trainer(tmp_path)
     x, y = next(iter(trainer._train_loader()))
     params = {k: v.clone() for k, v in trainer.model.named_parameters()}
-    loss = trainer.train_step(torch.full_like(x, float('nan')), y)
+    loss, = trainer.read_losses([trainer.train_step(torch.full_like(x, float('nan')), y)])
     assert math.isnan(loss) and trainer.totals['skipped_steps'] == 1 and trainer.global_step == 1
     assert all(torch.equal(v, params[k]) for k, v in trainer.model.named_parameters())  # the step was skipped
     assert trainer.scaler.state_dict()['scale'] == 2. ** 15  # and the scale lowered
-    assert math.isfinite(trainer.train_step(x, y)) and trainer.totals['overflow_streak'] == 0
+    loss, = trainer.read_losses([trainer.train_step(x, y)])
+    assert math.isfinite(loss) and trainer.totals['overflow_streak'] == 0
     assert any(not torch.equal(v, params[k]) for k, v in trainer.model.named_parameters())  # trained on
 
 
@@ -327,10 +397,10 @@ def test_a_loss_scale_that_never_recovers_is_divergence(tmp_path, monkeypatch):
     trainer = _scaled_trainer(tmp_path)
     x, y = next(iter(trainer._train_loader()))
     nan = torch.full_like(x, float('nan'))
-    trainer.train_step(nan, y)
-    trainer.train_step(nan, y)
-    with pytest.raises(train_loop._Diverged, match='3 steps in a row'):
-        trainer.train_step(nan, y)
+    losses = [trainer.train_step(nan, y) for _ in range(4)]  # read in one window, as the loop reads them
+    with pytest.raises(train_loop._Diverged, match=r'at step 2 \(epoch 1\), 3 steps in a row'):
+        trainer.read_losses(losses)
+    assert trainer.global_step == 2  # the result names the step that diverged
 
 
 def test_compile_runs_the_training_step_compiled_and_refuses_an_unknown_backend(tmp_path, monkeypatch):

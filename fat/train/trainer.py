@@ -303,7 +303,9 @@ class Trainer:
         dist.all_reduce(t)
         return t.tolist()
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One optimizer step. Returns this rank's loss still on the device: reading it here would make the host wait
+        for the step before it queues the next one; `read_losses` reads a window of steps at once."""
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         if self.cfg['channels_last']:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -311,15 +313,9 @@ class Trainer:
             x, y = self.mixup_fn(x, y)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
             loss = self.criterion(self.ddp(x), y)
-        loss_sum, = self._agree(loss.item())
-        mean_loss = loss_sum / self.place.world_size
-        if not math.isfinite(mean_loss):
-            self._nonfinite_loss(mean_loss)
-        else:
-            self.totals['overflow_streak'] = 0
         self.optimizer.zero_grad(set_to_none=True)
         clip = self.cfg['clip_grad']
-        if self.scaler is not None:
+        if self.scaler is not None:  # a non-finite loss: the scaler skips the step and lowers its scale
             self.scaler(loss, self.optimizer, clip_grad=clip, clip_mode=self.cfg['clip_mode'],
                         parameters=self.model.parameters())
         else:
@@ -331,17 +327,42 @@ class Trainer:
         self.global_step += 1
         if self.ema is not None:
             self.ema.update(self.model, step=self.global_step)
-        return mean_loss
+        return loss.detach()
 
-    def _nonfinite_loss(self, loss: float):
-        """Without fp16 loss scaling a non-finite loss ends the run (diverged). With it, as the official recipe's
-        apex O1, the scaler skips the step and lowers its scale: training goes on unless it never recovers."""
-        where = f'at step {self.global_step} (epoch {self.epoch + 1})'
+    def read_losses(self, losses: List[torch.Tensor]) -> List[float]:
+        """The mean over the ranks of each step's loss since the last read (`losses`, emptied), in one host sync and
+        one all_reduce; they are accounted in step order, as if each had been read at its own step: averaged for the
+        epoch, or, non-finite, handled by `_nonfinite_loss`. Read before every checkpoint, so that no checkpoint
+        holds the weights of a run that had already diverged."""
+        if not losses:
+            return []
+        t = torch.stack(losses).double()
+        if self.place.world_size > 1:
+            dist.all_reduce(t)
+        values = (t / self.place.world_size).tolist()
+        first = self.global_step - len(values)
+        losses.clear()
+        for i, loss in enumerate(values):
+            if math.isfinite(loss):
+                self.totals['overflow_streak'] = 0
+                self.meters['loss_sum'] += loss
+                self.meters['loss_steps'] += 1
+            else:  # a step the loss scaler skipped has no loss to average
+                self._nonfinite_loss(loss, first + i)
+        return values
+
+    def _nonfinite_loss(self, loss: float, step: int):
+        """Without fp16 loss scaling a non-finite loss ends the run (diverged) at its step. With it, as the official
+        recipe's apex O1, the scaler skips the step and lowers its scale: training goes on unless it never
+        recovers."""
+        where = f'at step {step} (epoch {self.epoch + 1})'
         if self.scaler is None:
+            self.global_step = step  # the result names the step that diverged, not the read that found it
             raise _Diverged(f'loss is {loss} {where}')
         streak = self.totals['overflow_streak'] = self.totals['overflow_streak'] + 1
         self.totals['skipped_steps'] += 1
         if streak > MAX_SKIPPED_IN_A_ROW:
+            self.global_step = step
             raise _Diverged(f'loss is {loss} {where}, {streak} steps in a row: the loss scale did not recover')
         if self.place.primary:
             _logger.warning(f'loss is {loss} {where}: the loss scaler skips this step')
@@ -353,6 +374,7 @@ class Trainer:
         bar = tqdm(total=self.steps_per_epoch, initial=start, desc=f"epoch {self.epoch + 1}/{cfg['epochs']}",
                    leave=False, dynamic_ncols=True) if self.place.primary and sys.stderr.isatty() else None
         t0, images = time.monotonic(), 0
+        pending: List[torch.Tensor] = []  # the losses of the steps since the last read, on the device
         for step in range(start, self.steps_per_epoch):
             # with workers=0 the batch is made here: its per-sample seeding must not touch the training RNG
             rng = dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state())
@@ -360,24 +382,24 @@ class Trainer:
             random.setstate(rng['python'])
             np.random.set_state(rng['numpy'])
             torch.set_rng_state(rng['torch'])
-            loss = self.train_step(x, y)
+            pending.append(self.train_step(x, y))
             self.step_in_epoch = step + 1
             images += len(x) * self.place.world_size
-            if math.isfinite(loss):  # a step the loss scaler skipped has no loss to average
-                self.meters['loss_sum'] += loss
-                self.meters['loss_steps'] += 1
             lr = self.optimizer.param_groups[0]['lr']
             seconds = time.monotonic() - t0
             self.speed.update(step_seconds=seconds / (step + 1 - start), images_per_s=images / seconds)
-            if (step + 1) % cfg['log_interval'] == 0:
+            log = (step + 1) % cfg['log_interval'] == 0
+            if log:
+                loss = self.read_losses(pending)[-1]
                 self.curves.scalars(self.global_step, {
                     'train/loss': loss if math.isfinite(loss) else None, 'train/lr': lr,
                     'train/images_per_s': self.speed['images_per_s']})
             self.progress('train')
             if bar is not None:
-                bar.set_postfix(loss=f'{loss:.4f}', lr=f'{lr:.2e}', refresh=False)
+                if log:
+                    bar.set_postfix(loss=f'{loss:.4f}', lr=f'{lr:.2e}', refresh=False)
                 bar.update()
-            elif self.place.primary and (step + 1) % cfg['log_interval'] == 0:
+            elif self.place.primary and log:
                 _logger.info(
                     f"epoch {self.epoch + 1}/{cfg['epochs']} step {step + 1}/{self.steps_per_epoch} "
                     f"loss {loss:.4f} lr {lr:.3e} {images / (time.monotonic() - t0):.0f} img/s")
@@ -386,6 +408,7 @@ class Trainer:
                     'checkpoint_minutes'])
             stop, requeue, due = self._agree(*self._stop_votes(), float(bool(due) and self.place.primary))
             if (due or stop) and step + 1 < self.steps_per_epoch:
+                self.read_losses(pending)
                 self._add_time(t0, images)
                 t0, images, start = time.monotonic(), 0, step + 1
                 self.checkpoint()
@@ -393,6 +416,7 @@ class Trainer:
                     if bar is not None:
                         bar.close()
                     self._stop(requeue > 0)
+        self.read_losses(pending)
         if bar is not None:
             bar.close()
         self._add_time(t0, images)
@@ -411,7 +435,8 @@ class Trainer:
         model.eval()
         t0 = time.monotonic()
         k = min(5, self.num_classes)
-        counts = [0., 0., 0., 0.]  # correct@1, correct@k, loss sum, images
+        # correct@1, correct@k, loss sum: summed on the device (in float64, exactly as on the host), read once
+        sums, images = torch.zeros(3, dtype=torch.float64, device=self.device), 0
         for batch, (x, y) in enumerate(self.val_loader):
             self.progress('eval', eval_batch=batch, eval_batches=len(self.val_loader))
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
@@ -420,11 +445,10 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
                 out = model(x)
             correct = out.topk(k, dim=1).indices.eq(y[:, None])
-            counts[0] += correct[:, 0].sum().item()
-            counts[1] += correct.any(dim=1).sum().item()
-            counts[2] += F.cross_entropy(out.float(), y, reduction='sum').item()
-            counts[3] += len(y)
-        top1, top5, loss, n = self._agree(*counts)
+            sums += torch.stack([correct[:, 0].sum().double(), correct.any(dim=1).sum().double(),
+                                 F.cross_entropy(out.float(), y, reduction='sum').double()])
+            images += len(y)
+        top1, top5, loss, n = self._agree(*sums.tolist(), images)
         seconds = time.monotonic() - t0
         self.totals['eval_seconds'] += seconds
         self.totals['eval_images'] += n
