@@ -65,6 +65,15 @@ def test_resolve_config_is_complete_deterministic_and_json():
     ({'fasa': {'locl': 'static'}}, "unknown axis 'locl'"),
     ({'batch_size': 0}, "'batch_size' must be >= 1"),
     ({'batch_size': 7}, "'batch_size' must be even with mixup"),
+    # each key's range: a value that would crash the run late or train it silently wrong
+    ({'log_interval': 0}, "config key 'log_interval' must be >= 1, got 0"),
+    ({'hflip': 5}, r"config key 'hflip' must be in \[0, 1\], got 5.0"),
+    ({'crop_pct': 0}, r"config key 'crop_pct' must be in \(0, 1\], got 0.0"),
+    ({'lr': -1e-3}, "config key 'lr' must be >= 0"),
+    ({'opt_eps': 0}, "config key 'opt_eps' must be > 0"),
+    ({'opt_betas': [0.9, 1]}, r"config key 'opt_betas' expects 2 numbers, each in \[0, 1\), got \[0.9, 1\]"),
+    ({'scale': [0.5]}, "config key 'scale' expects 2 numbers"),
+    ({'std': [0.2, 'x']}, "config key 'std' expects numbers, each > 0"),
 ])
 def test_resolve_config_refuses_with_one_line_naming_the_key(overrides, message):
     with pytest.raises(ValueError, match=message) as e:

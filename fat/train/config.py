@@ -3,7 +3,7 @@ the validation of `resolve_config`. `fat.train.run` runs a config; this module o
 that `fat sweep plan | status | collect | launch` validate a grid's train cells without importing torch.
 """
 import json
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from fat.checks import check_choice, check_type, close_hint
 from fat.variants import resolve_fasa_stages
@@ -117,6 +117,39 @@ _TYPES: Dict[str, tuple] = {
     'opt_betas': ((list,), True),
 }
 
+# the range of numeric keys, checked where a key is set (a value outside it would crash a run late, as log_interval 0
+# or crop_pct 0 do, or train silently wrong, as hflip 5 or momentum 2 would). Intervals as a reader writes them
+_BOUNDS: Dict[str, str] = {
+    **dict.fromkeys(('batch_size', 'epochs', 'lr_base_size', 'eval_every', 'img_size', 'log_interval', 'num_classes',
+                     'in_chans'), '>= 1'),
+    **dict.fromkeys(('train_subset', 'val_subset', 'warmup_epochs', 'workers', 'threads', 'checkpoint_steps',
+                     'checkpoint_minutes', 'lr', 'warmup_lr', 'min_lr', 'weight_decay', 'color_jitter', 'recount',
+                     'mixup', 'cutmix', 'clip_grad'), '>= 0'),
+    **dict.fromkeys(('hflip', 'reprob', 'mixup_prob', 'mixup_switch_prob', 'smoothing', 'drop_path', 'momentum',
+                     'ema_decay'), '[0, 1]'),
+    'crop_pct': '(0, 1]',
+    'opt_eps': '> 0',
+}
+# list keys: (how many entries, None: any; the range of each entry)
+_LIST_BOUNDS: Dict[str, Tuple[Optional[int], str]] = {
+    'scale': (2, '(0, 1]'), 'cutmix_minmax': (2, '(0, 1]'), 'opt_betas': (2, '[0, 1)'),
+    'mean': (None, '[0, 1]'), 'std': (None, '> 0'),
+}
+
+
+def _interval(text: str) -> Callable[[float], bool]:
+    """'>= 1', '> 0', '[0, 1]', '(0, 1]', '[0, 1)' -> whether a number lies in it."""
+    if text.startswith('>'):
+        low = float(text.lstrip('>= '))
+        return (lambda v: v >= low) if text.startswith('>=') else (lambda v: v > low)
+    low, high = (float(x) for x in text[1:-1].split(','))
+    above = (lambda v: v > low) if text[0] == '(' else (lambda v: v >= low)
+    below = (lambda v: v < high) if text[-1] == ')' else (lambda v: v <= high)
+    return lambda v: above(v) and below(v)
+
+
+_WITHIN = {text: _interval(text) for text in {*_BOUNDS.values(), *(t for _, t in _LIST_BOUNDS.values())}}
+
 # keys that may change between a run's invocations without changing its results
 # (`compile` changes float round-off only: a run may be resumed compiled or eager)
 RUNTIME_KEYS = ('output_dir', 'data_dir', 'workers', 'checkpoint_steps', 'checkpoint_minutes', 'log_interval',
@@ -145,7 +178,21 @@ def _check_value(key: str, value: Any) -> Any:
     value = check_type(f'config key {key!r}', value, types, optional)
     if key in _CHOICES:
         check_choice(f'{key!r}', value, _CHOICES[key])
+    if value is None:
+        return value
+    if key in _BOUNDS and not _WITHIN[_BOUNDS[key]](value):
+        raise ValueError(f'config key {key!r} must be {_text(_BOUNDS[key])}, got {value}')
+    if key in _LIST_BOUNDS:
+        entries, interval = _LIST_BOUNDS[key]
+        if (entries is not None and len(value) != entries) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and _WITHIN[interval](v) for v in value):
+            count = f'{entries} numbers' if entries else 'numbers'
+            raise ValueError(f'config key {key!r} expects {count}, each {_text(interval)}, got {value!r}')
     return value
+
+
+def _text(interval: str) -> str:
+    return interval if interval.startswith('>') else f'in {interval}'
 
 
 def resolve_config(overrides: Mapping[str, Any], base: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
@@ -195,15 +242,9 @@ def _applied(cfg: Dict[str, Any], source: Mapping[str, Any]) -> Dict[str, Any]:
 
 
 def _checked_whole(cfg: Dict[str, Any]) -> Dict[str, Any]:
-    """The checks that look at a config's values together, and the FASA spec's."""
+    """The checks that look at a config's values together, and the FASA spec's (each key's own range is checked
+    where it is set: `_check_value`)."""
     resolve_fasa_stages(cfg['fasa'], 4)  # refuses an unknown FASA variant or axis with its own one-line error
-    for key in ('batch_size', 'epochs', 'lr_base_size', 'eval_every', 'img_size'):
-        if cfg[key] < 1:
-            raise ValueError(f'config key {key!r} must be >= 1, got {cfg[key]}')
-    for key in ('train_subset', 'val_subset', 'warmup_epochs', 'workers', 'threads', 'checkpoint_steps',
-                'checkpoint_minutes'):
-        if cfg[key] < 0:
-            raise ValueError(f'config key {key!r} must be >= 0, got {cfg[key]}')
     if cfg['mixup'] > 0 or cfg['cutmix'] > 0 or cfg['cutmix_minmax'] is not None:
         if cfg['batch_size'] % 2:
             raise ValueError(f"config key 'batch_size' must be even with mixup/cutmix, got {cfg['batch_size']}")

@@ -119,6 +119,7 @@ def test_yaml_is_safe_strict_and_reads_floats(write_grid, tmp_path):
     ("base: {model: resnet18, model_args: {drop_pth_rate: 0.1}}\naxes: {lr: [1.0e-3]}\n",
      "model_args: resnet18 refuses {\"drop_pth_rate\": 0.1}: ResNet.__init__() got an unexpected keyword argument"),
     ('axes: {img_size: [0, 48]}\n', "axes.img_size[0]: config key 'img_size' must be >= 1, got 0"),
+    ('axes: {hflip: [0.5, 5]}\n', "axes.hflip[1]: config key 'hflip' must be in [0, 1], got 5.0"),
     ('axes: {{lr: 1}: [1]}\n', 'line 3, column 8: invalid YAML: a mapping key must be a plain value'),
 ])
 def test_model_args_sizes_and_keys_refused_at_plan(tmp_path, capsys, text, expected):
