@@ -34,8 +34,9 @@ class Placement:
     local_rank: int = 0
     device: torch.device = torch.device('cpu')
     local_world_size: int = 1
-    # a gloo group beside an NCCL one: a gloo collective fails as soon as a peer process is gone (NCCL waits for its
-    # timeout), which is how the other ranks see rank 0 leave (`wait_for_primary_exit`)
+    # a gloo group for what the hosts agree on (the trainer's stop votes, every step) without the GPU, beside the
+    # NCCL group; and a gloo collective fails as soon as a peer process is gone (NCCL waits for its timeout), which
+    # is how the other ranks see rank 0 leave (`wait_for_primary_exit`). Made on CPU runs too: one code path
     control_group: Any = None
 
     @property
@@ -109,8 +110,8 @@ def setup(requested_device: str) -> Placement:
         dist.init_process_group(backend='nccl' if device.type == 'cuda' else 'gloo',
                                 device_id=device if device.type == 'cuda' else None)
     control = None
-    if world_size > 1 and device.type == 'cuda':
-        control = dist.new_group(backend='gloo', timeout=timedelta(seconds=PRIMARY_EXIT_TIMEOUT_S))
+    if world_size > 1:
+        control = dist.new_group(backend='gloo')  # torch's default timeout: `wait_for_primary_exit` sets its own
     return Placement(rank, world_size, local_rank, device, local_world_size, control)
 
 

@@ -154,6 +154,27 @@ def test_each_rank_saves_and_restores_its_own_gpu_random_state(monkeypatch):
     assert torch.equal(calls[2][2], torch.full((2,), 7.))
 
 
+def test_a_gpu_runs_stop_votes_are_summed_on_the_hosts_over_the_gloo_group(monkeypatch):
+    """Every step the ranks agree on their stop votes (SIGTERM/SIGUSR2, a checkpoint due). Over NCCL the votes went
+    to the GPU and back, and each copy waited for the step queued before it. Now they are summed on the hosts over
+    the gloo control group. No GPU here: a GPU placement is described and dist.all_reduce is faked; the CPU DDP tests
+    (tests/test_train_resume.py, the Slurm multi-task and two-node tests) run the same call over a real gloo group."""
+    from types import SimpleNamespace
+
+    from fat.train.trainer import Trainer
+    calls = []
+
+    def all_reduce(tensor, group=None):
+        calls.append((tensor.device, group))
+        tensor.mul_(2)  # two ranks voting alike
+    monkeypatch.setattr(torch.distributed, 'all_reduce', all_reduce)
+    place = distributed.Placement(rank=1, world_size=2, local_rank=1, device=torch.device('cuda', 1),
+                                  local_world_size=2, control_group='the gloo group')
+    trainer = SimpleNamespace(place=place, device=place.device)
+    assert Trainer._agree(trainer, 1., 0., 1.) == [2., 0., 2.]
+    assert calls == [(torch.device('cpu'), 'the gloo group')]
+
+
 # -- leaving a preempted job --------------------------------------------------------------------------------------
 
 _PREEMPTED = '''

@@ -296,11 +296,13 @@ class Trainer:
             generator=torch.Generator().manual_seed(self.cfg['seed']))
 
     def _agree(self, *values: float) -> List[float]:
-        """Sum of each value over the ranks (one all_reduce)."""
+        """Sum of each value over the ranks: host values (the stop votes of every step), summed on the hosts over the
+        gloo control group. Over NCCL they would be copied to the GPU and back, and each copy waits for the
+        work queued on it: the host could never queue a step ahead."""
         if self.place.world_size == 1:
             return list(values)
-        t = torch.tensor(values, dtype=torch.float64, device=self.device)
-        dist.all_reduce(t)
+        t = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(t, group=self.place.control_group)
         return t.tolist()
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
