@@ -13,6 +13,9 @@ Parts (each in fresh `fat` processes, as a cluster job runs them):
   bench_eager       `fat bench` on the device (AMP fp16 on CUDA)
   bench_compile     the same with torch.compile
   oom_backoff       `fat bench` at a batch no GPU holds: it backs off to one that fits (CUDA only)
+  step_syncs        a training epoch (bf16 AMP, mixup, clipping) under CUDA's sync debug mode: the host waits for the
+                    GPU only where the trainer reads its losses (every log_interval steps), not at every step
+                    (CUDA only)
 
 On the CPU the AMP parts train in fp32 (autocast is CUDA-only in `fat train`): the dry run checks the procedure
 (signals, checkpoints, resume, comparison), the GPU run checks the numerics. Exit code: 1 when a part failed.
@@ -182,9 +185,47 @@ class Check:
             raise PartError(f"no back-off: batch {r['batch_size']}")
         return f"batch {r['requested_batch_size']} backed off to {r['batch_size']}: {r['samples_per_sec']:.0f} img/s"
 
+    def step_syncs(self) -> str:
+        if not self.cuda:
+            raise Skip('CUDA only (the CPU has no host-device synchronisation to count)')
+        out = subprocess.run([sys.executable, '-c', _STEP_SYNCS, str(self.workdir / 'syncs')], capture_output=True,
+                             text=True, timeout=PART_TIMEOUT_S)
+        if out.returncode != 0:
+            raise PartError(f'exited {out.returncode}: {out.stderr.strip().splitlines()[-1:]}')
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        sites = ', '.join(dict.fromkeys(r['syncs'])) or 'none'
+        if len(r['syncs']) >= r['steps'] / 2:
+            raise PartError(f"{len(r['syncs'])} host-device syncs in {r['steps']} steps (at {sites})")
+        return f"{len(r['syncs'])} host-device syncs in {r['steps']} steps, log_interval {r['log_interval']} (at {sites})"
+
+
+# one epoch warms up (cuDNN's autotuning, first allocations), the next is counted; every synchronizing CUDA call
+# raises a warning in sync debug mode
+_STEP_SYNCS = '''
+import json, sys, warnings
+import torch
+from fat.distributed import Placement
+from fat.train import PRESETS, Trainer, resolve_config
+from fat.train.curves import Curves
+cfg = resolve_config(dict(PRESETS['smoke'], train_subset=320, deterministic=False, device='cuda', amp=True,
+                          amp_dtype='bfloat16', log_interval=10, checkpoint_minutes=0, output_dir=sys.argv[1]))
+trainer = Trainer(cfg, Placement(device=torch.device('cuda', 0)))
+trainer.curves = Curves(cfg, primary=False, start_step=0)
+trainer.train_epoch()
+trainer.epoch, trainer.step_in_epoch = 1, 0
+torch.cuda.synchronize()
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter('always')
+    torch.cuda.set_sync_debug_mode('warn')
+    trainer.train_epoch()
+    torch.cuda.set_sync_debug_mode('default')
+syncs = [f'{w.filename.rsplit("/", 1)[-1]}:{w.lineno}' for w in caught if 'synchroniz' in str(w.message)]
+print(json.dumps(dict(steps=trainer.steps_per_epoch, log_interval=cfg['log_interval'], syncs=syncs)))
+'''
+
 
 PARTS = ('amp_fp16_resume', 'amp_bf16_resume', 'cpu_to_gpu_resume', 'ddp_nccl_syncbn', 'bench_eager',
-         'bench_compile', 'oom_backoff')
+         'bench_compile', 'oom_backoff', 'step_syncs')
 
 
 def _free_port() -> int:
