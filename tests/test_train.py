@@ -105,6 +105,15 @@ def test_a_grids_resolver_gives_resolve_configs_configs_and_errors():
     assert b == resolve_config(common, PRESETS['proxy'])
 
 
+def test_train_help_lists_each_keys_default_and_what_it_accepts(capsys):
+    with pytest.raises(SystemExit):
+        cli_main(['train', '--help'])
+    text = capsys.readouterr().out
+    for line in ('  hflip = 0.5  (in [0, 1])', '  opt_betas = [0.9, 0.999]  (2 numbers, each in [0, 1))',
+                 '  dataset = "imagenet"  (imagenet | fashion_mnist | synthetic)', '  model = "fat_b0"\n'):
+        assert line in text
+
+
 def test_cli_values_are_typed_by_key():
     assert _parse_override('lr=1e-3') == ('lr', 1e-3)
     assert _parse_override('auto_augment=rand-m9-mstd0.5') == ('auto_augment', 'rand-m9-mstd0.5')

@@ -9,7 +9,7 @@ from typing import Any, Tuple
 from fat import yaml12
 from fat.rundir import Status
 
-from .config import _TYPES, DEFAULTS, PRESETS, resolve_config
+from .config import _TYPES, DEFAULTS, PRESETS, resolve_config, valid_values
 
 __all__ = ['register']
 
@@ -52,7 +52,8 @@ def _train_command(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction):
     """Add `fat train` to the `fat` command."""
-    keys = '\n'.join(f'  {k} = {json.dumps(v)}' for k, v in DEFAULTS.items())
+    keys = '\n'.join(f'  {k} = {json.dumps(v)}' + (f'  ({valid_values(k)})' if valid_values(k) else '')
+                     for k, v in DEFAULTS.items())
     p = subparsers.add_parser(
         'train',
         description='Train, or resume, one run in --output-dir. Its config: the defaults below (the official\n'

@@ -8,7 +8,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 from fat.checks import check_choice, check_type, close_hint
 from fat.variants import resolve_fasa_stages
 
-__all__ = ['DEFAULTS', 'PRESETS', 'RUNTIME_KEYS', 'config_diff', 'config_resolver', 'resolve_config']
+__all__ = ['DEFAULTS', 'PRESETS', 'RUNTIME_KEYS', 'config_diff', 'config_resolver', 'resolve_config',
+           'valid_values']
 
 # Every recipe value of the run, with the official ImageNet values (qhfan/FAT `classification/config.py` and
 # `configs/*.yaml`; docs/sources.md) as defaults. Learning rates are per 512 images of total batch (linear
@@ -193,6 +194,18 @@ def _check_value(key: str, value: Any) -> Any:
 
 def _text(interval: str) -> str:
     return interval if interval.startswith('>') else f'in {interval}'
+
+
+def valid_values(key: str) -> str:
+    """What a config key accepts beyond its type, for help texts: its choices or its range ('' when nothing more)."""
+    if key in _CHOICES:
+        return ' | '.join(_CHOICES[key])
+    if key in _BOUNDS:
+        return _text(_BOUNDS[key])
+    if key in _LIST_BOUNDS:
+        entries, interval = _LIST_BOUNDS[key]
+        return f"{f'{entries} numbers' if entries else 'numbers'}, each {_text(interval)}"
+    return ''
 
 
 def resolve_config(overrides: Mapping[str, Any], base: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
