@@ -162,6 +162,11 @@ def _placement(st: CellState, records: Sequence[Dict[str, Any]]) -> CellState:
         st.hosts = list(started[-1].get('hosts') or [started[-1].get('host')])
         st.world_size = started[-1].get('world_size')
         st.started = started[-1].get('time')
+        if st.job_id is None:  # a finished cell: the job that ran it last, and its log
+            st.job_id = started[-1].get('job_id')
+            submitted = [r for r in records if r.get('event') == 'submitted' and r.get('job_id') == st.job_id]
+            if submitted and st.log is None:
+                st.log = str(_log_path(submitted[-1]))
     if st.result and isinstance(st.result.get('world_size'), int):
         st.world_size = st.result['world_size']
     return st

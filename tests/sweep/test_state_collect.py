@@ -43,6 +43,8 @@ def _log(cell, job_id, text):
 
 def test_states_from_disk_and_collect_never_drops_a_cell(sweep, tmp_path, capsys):
     done, diverged, failed, crashed, corrupt, fresh, queued, requeued = sweep.cells
+    _submitted(done, '12_1', cluster='slurm')
+    append_record(done.dir, {'event': 'started', 'job_id': '12_1', 'host': 'node7'})
     write_json_atomic(done.dir / 'result.json', {'status': 'done', 'final_top1': 91.5, 'final_top5': 99.0,
                                                  'best_top1': 92.0, 'best_top5': 99.5, 'epochs': 2, 'params': 123})
     write_json_atomic(diverged.dir / 'result.json', {'status': 'diverged', 'error': 'loss is nan at step 7'})
@@ -63,6 +65,9 @@ def test_states_from_disk_and_collect_never_drops_a_cell(sweep, tmp_path, capsys
     assert list(got.values()) == ['DONE', 'DIVERGED', 'FAILED', 'FAILED', 'FAILED', 'NOT_LAUNCHED', 'PENDING',
                                   'REQUEUED']
     assert states[failed.id].detail == 'RuntimeError: boom'
+    # a finished cell names the job that ran it and that job's log (the job has left the queue)
+    assert states[done.id].job_id == '12_1' and states[done.id].log.endswith('/12_1/12_1_0_log.err')
+    assert states[done.id].hosts == ['node7'] and states[done.id].detail == 'top-1 91.50'
     assert states[crashed.id].detail == 'ValueError: bad thing' and states[crashed.id].log == str(log)
     assert 'result.json corrupt' in states[corrupt.id].detail
     assert states[requeued.id].detail == 'BeginTime' and states[requeued.id].job_id == '12_4'
