@@ -196,7 +196,8 @@ class Check:
         sites = ', '.join(dict.fromkeys(r['syncs'])) or 'none'
         if len(r['syncs']) >= r['steps'] / 2:
             raise PartError(f"{len(r['syncs'])} host-device syncs in {r['steps']} steps (at {sites})")
-        return f"{len(r['syncs'])} host-device syncs in {r['steps']} steps, log_interval {r['log_interval']} (at {sites})"
+        return (f"{len(r['syncs'])} host-device syncs in {r['steps']} steps, log_interval {r['log_interval']} "
+                f"(at {sites})")
 
 
 # one epoch warms up (cuDNN's autotuning, first allocations), the next is counted; every synchronizing CUDA call

@@ -19,9 +19,9 @@ from fat.cli import main as cli_main
 from fat.data import FASHION_MNIST_DIR, build_datasets, build_transforms
 from fat.distributed import Placement
 from fat.train import DEFAULTS, PRESETS, Trainer, main, resolve_config
-from fat.train.config import config_resolver
 from fat.train import trainer as train_loop
 from fat.train.cli import _parse_override
+from fat.train.config import config_resolver
 
 REPO = Path(__file__).resolve().parents[1]
 

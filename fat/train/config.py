@@ -182,17 +182,16 @@ def _check_value(key: str, value: Any) -> Any:
     if value is None:
         return value
     if key in _BOUNDS and not _WITHIN[_BOUNDS[key]](value):
-        raise ValueError(f'config key {key!r} must be {_text(_BOUNDS[key])}, got {value}')
+        raise ValueError(f'config key {key!r} must be {valid_values(key)}, got {value}')
     if key in _LIST_BOUNDS:
         entries, interval = _LIST_BOUNDS[key]
         if (entries is not None and len(value) != entries) or not all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) and _WITHIN[interval](v) for v in value):
-            count = f'{entries} numbers' if entries else 'numbers'
-            raise ValueError(f'config key {key!r} expects {count}, each {_text(interval)}, got {value!r}')
+            raise ValueError(f'config key {key!r} expects {valid_values(key)}, got {value!r}')
     return value
 
 
-def _text(interval: str) -> str:
+def _interval_text(interval: str) -> str:
     return interval if interval.startswith('>') else f'in {interval}'
 
 
@@ -201,10 +200,10 @@ def valid_values(key: str) -> str:
     if key in _CHOICES:
         return ' | '.join(_CHOICES[key])
     if key in _BOUNDS:
-        return _text(_BOUNDS[key])
+        return _interval_text(_BOUNDS[key])
     if key in _LIST_BOUNDS:
         entries, interval = _LIST_BOUNDS[key]
-        return f"{f'{entries} numbers' if entries else 'numbers'}, each {_text(interval)}"
+        return f"{f'{entries} numbers' if entries else 'numbers'}, each {_interval_text(interval)}"
     return ''
 
 
