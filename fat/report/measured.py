@@ -22,7 +22,8 @@ BENCH_KEYS = ('mode', 'setting', 'device_type', 'device', 'precision', 'tf32', '
 _BENCH_COLUMNS = {
     'model': 'model', 'mode': 'mode', 'setting': 'setting', 'img_size': 'img_size', 'throughput': 'samples_per_sec',
     'throughput_mean': 'samples_per_sec_mean', 'spread_pct': 'spread_pct', 'rounds': 'rounds', 'tf32': 'tf32',
-    'iters': 'num_iters', 'round_throughputs': 'round_samples_per_sec',
+    'iters': 'num_iters', 'round_throughputs': 'round_samples_per_sec', 'contended': 'contended',
+    'round_cpu_shares': 'round_cpu_share', 'round_calibrations': 'round_calibration', 'retimed': 'retimed',
     'batch_size': 'batch_size', 'model_kwargs': 'model_kwargs', 'device_type': 'device', 'device': 'device_name',
     'precision': 'precision', 'channels_last': 'channels_last', 'compiled': 'compile', 'reparam': 'reparam',
     'native_kernels': 'native_kernels', 'malloc': 'malloc', 'threads': 'num_threads', 'torch': 'torch',

@@ -174,6 +174,7 @@ class FlopsTask(Task):
 class BenchTask(Task):
     """Throughput and latency (`fat.bench.run`); its keyword arguments are this task's config keys."""
     name = 'bench'
+    runtime_keys = ('output_dir', 'retries')  # re-timing a contended round does not change what is measured
 
     def _signature(self) -> inspect.Signature:
         try:
