@@ -21,7 +21,8 @@ that stayed contended carries the reasons in ``contended``. A training step is f
 targets, backward and an optimizer step. On CUDA an out-of-memory error backs off the batch size (timm's
 `decay_batch_step`) and retries; the record keeps the batch size asked for.
 
-Result files are named by the environment they were measured in, in timm's convention:
+Result files are named by the environment they were measured in, in timm's convention (`fat bench` writes them
+under ``runs/bench/`` unless told otherwise; `fat speed` under ``results/``, where `fat report` reads them):
 ``results/bench-{infer|train}-{precision}-{nchw|nhwc}-pt{X.Y}-{cpu-<cpu>|cu<ver>-<gpu>}[-dynamo].csv``, and each row
 also carries the torch / timm versions, the device name, the thread count, whether FAT's native CPU kernels were
 on (`fat.models.native`; ``FAT_NATIVE=0`` turns them off), the allocator setting (`tune_malloc`) and the minor page
@@ -643,7 +644,8 @@ def save(records: Sequence[Dict[str, Any]], results_dir: str = 'results') -> Lis
 def register(subparsers: Any) -> None:
     """Add `fat bench` to the `fat` command."""
     p = subparsers.add_parser(
-        'bench', description=__doc__.split('\n\n')[0] + ' Results go to results/bench-*.csv, named by the environment.')
+        'bench', description=__doc__.split('\n\n')[0] + ' Results go to runs/bench/bench-*.csv, named by the '
+        'environment; the committed comparison in results/ is written by `fat speed` (or --results-dir results).')
     p.add_argument('models', nargs='+', metavar='MODEL', help='timm model names or patterns (e.g. "fat_b*")')
     p.add_argument('--mode', default='infer', help='infer (default), train or both')
     p.add_argument('--batch-size', type=int, nargs='+', metavar='N',
@@ -678,7 +680,9 @@ def register(subparsers: Any) -> None:
     p.add_argument('--fasa', help='FASA variant for fat_* models')
     p.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs, metavar='KEY=VALUE',
                    help='more timm.create_model arguments')
-    p.add_argument('--results-dir', default='results', help='where the CSV goes (default: results)')
+    p.add_argument('--results-dir', default='runs/bench',
+                   help='where the CSV goes (default: runs/bench, so that an ad-hoc run never replaces a row of the '
+                        "committed comparison in results/, which `fat speed` writes; give results to add to it)")
     p.add_argument('--no-save', action='store_true', help='print only, write no CSV')
     p.add_argument('--json', action='store_true', help='print one JSON record per line')
     p.add_argument('--no-progress', action='store_true', help='no progress bar')

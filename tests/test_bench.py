@@ -225,6 +225,16 @@ def test_cli_writes_and_merges_the_csv(tmp_path, capsys):
     assert 'samples/s' in capsys.readouterr().out
 
 
+def test_an_ad_hoc_run_never_replaces_the_committed_comparison(tmp_path, monkeypatch):
+    """`fat bench` without --results-dir writes under runs/bench/, not results/ (where it replaced a committed row
+    of the speed comparison, which `fat speed` writes)."""
+    monkeypatch.chdir(tmp_path)
+    assert main(['bench', 'fat_b0', '--img-size', '32', '--batch-size', '1', '--warmup', '0', '--iters', '1',
+                 '--no-progress', '--retries', '0']) == 0
+    assert len(list((tmp_path / 'runs' / 'bench').glob('bench-infer-*.csv'))) == 1
+    assert not (tmp_path / 'results').exists()
+
+
 def test_tuned_malloc_stops_the_page_faults_of_large_reallocations(tmp_path):
     """In a fresh process (the setting lasts for the process): two 24 MiB tensors allocated and freed ten times fault
     again and again with glibc's defaults and not at all once tuned and warm; `fat bench --tuned-malloc` records

@@ -1,8 +1,8 @@
 """What this harness measured, read from files: collected grids (`fat sweep collect` ->
-`results/<grid>-<environment>.csv`),
-benchmark CSVs (`fat bench` -> `results/bench-*.csv`), and params/MACs (`fat flops --pins` regression file and
-`fat flops --json` records saved as `results/flops-*.jsonl`). Nothing is measured here. Readers tolerate missing
-files and columns (the tables say what is absent); unreadable files are listed in `Measurements.problems`."""
+`results/<grid>-<environment>.csv`), benchmark CSVs (`fat speed`, `fat bench --results-dir results` ->
+`results/bench-*.csv`), and params/MACs (`fat flops --pins` regression file and `fat flops --json` records saved as
+`results/flops-*.jsonl`). Nothing is measured here. Readers tolerate missing files and columns (the tables say what
+is absent); unreadable files are listed in `Measurements.problems`."""
 import json
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -264,7 +264,7 @@ def classification(name: str, spec: Mapping[str, Any], a: Analysis, m: Measureme
         notes.append('Params and GMACs measured: `fat flops` (fat/complexity.py), one image at the Res. column'
                      + (f"; not counted for {', '.join(missing)}" if missing else '') + '.')
     notes.append(f'Throughput: inference, measured here on {env_label} (`fat bench`).' if env_rows is not None
-                 else 'Throughput: no inference benchmark file in results/ (`fat bench` writes results/bench-*.csv).')
+                 else 'Throughput: no inference benchmark file in results/ (`fat speed` writes results/bench-*.csv).')
     notes += _convention_notes(a, ['paper', 'fvcore', *conventions])
     notes += _not_found(spec, a)
     return [Table(name, spec['title'], data, display, notes, cite.keys)]
@@ -304,7 +304,7 @@ def speed(name: str, spec: Mapping[str, Any], a: Analysis, m: Measurements) -> L
         notes.append('(x %): the run-to-run spread of a figure measured in several rounds of one run (round-robin '
                      "over the column's models): the range of timm's statistic over the rounds, in % of their median.")
     if not measured:
-        notes.append(f'Measured here: no {mode} benchmark file in results/ (`fat bench` writes results/bench-*.csv).')
+        notes.append(f'Measured here: no {mode} benchmark file in results/ (`fat speed` writes results/bench-*.csv).')
     contended = {env: sorted(set(group.loc[group['contended'].map(_present), 'model'])) for env, _, group in measured}
     if any(contended.values()):
         notes.append('contended: a round of the figure got less than 90 % of a core or ran a calibration kernel more '
