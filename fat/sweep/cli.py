@@ -14,6 +14,7 @@ from submitit.core.utils import FailedJobError, FailedSubmissionError
 from tqdm import tqdm
 
 from fat.checks import InputError
+from fat.preflight import check_data
 from fat.rundir import ACTIVE, State
 
 from .cells import describe
@@ -66,16 +67,38 @@ def _refused(report: LaunchReport) -> int:
     return 1 if report.refused else 0
 
 
+def _data_problems(sweep: Sweep) -> List[str]:
+    """What the training cells' data would fail on (`fat.preflight.check_data`), once per dataset and folder."""
+    if sweep.task.name != 'train':
+        return []
+    problems = {}
+    for cell in sweep.cells:
+        key = (cell.config['dataset'], cell.config.get('data_dir'))
+        if key not in problems:
+            try:
+                check_data(cell.config)
+                problems[key] = None
+            except (ValueError, OSError) as e:
+                problems[key] = f'data: {e}'
+    return [p for p in problems.values() if p]
+
+
 def _plan(args: argparse.Namespace) -> int:
-    report = launch(_sweep(args), args.cluster, dry_run=True, array_size_limit=args.max_array_size)
+    sweep = _sweep(args)
+    report = launch(sweep, args.cluster, dry_run=True, array_size_limit=args.max_array_size)
     _print_states(report.states, args.json, report.source, plan=True, refused=report.refused)
     if not args.json:
         print(report.text())
+    for problem in _data_problems(sweep):  # the grid may be planned where its data is not (launch refuses it)
+        print(f'warning: {problem}; launch will refuse it here', file=sys.stderr)
     return _refused(report)
 
 
 def _launch(args: argparse.Namespace) -> int:
     sweep = _sweep(args)
+    problems = [] if args.dry_run else _data_problems(sweep)
+    if problems:  # every cell would fail in the queue: nothing is submitted
+        raise InputError(problems)
     try:
         report = launch(sweep, args.cluster, dry_run=args.dry_run, snapshot=args.snapshot,
                         array_size_limit=args.max_array_size)

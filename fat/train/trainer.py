@@ -33,6 +33,7 @@ from fat import models  # noqa: F401 (importing it registers the FAT models with
 from fat.data import SeededSamples, build_datasets, build_transforms, eval_dataset
 from fat.distributed import Placement, wait_for_primary_exit
 from fat.io import atomic_path, write_json_atomic, write_text_atomic
+from fat.preflight import is_fat
 from fat.rundir import BEST_CHECKPOINT, LAST_CHECKPOINT, LOG, PROGRESS, Status
 
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -105,8 +106,9 @@ class Trainer:
         model_args = dict(cfg['model_args'])
         if cfg['drop_path'] is not None:
             model_args['drop_path_rate'] = cfg['drop_path']
+        fasa = dict(fasa=cfg['fasa']) if is_fat(cfg['model']) else {}  # a timm peer trains as a baseline
         model = timm.create_model(
-            cfg['model'], num_classes=self.num_classes, in_chans=self.in_chans, fasa=cfg['fasa'], **model_args)
+            cfg['model'], num_classes=self.num_classes, in_chans=self.in_chans, **fasa, **model_args)
         self.fasa_variant = getattr(model, 'fasa_variant', None)
         self.params = sum(p.numel() for p in model.parameters())
         model.to(self.device)
