@@ -114,22 +114,42 @@ def _launch(args: argparse.Namespace) -> int:
     return _refused(report)
 
 
+def _never_launched(states: List[CellState], args: argparse.Namespace) -> bool:
+    """Whether no cell of the grid was ever launched: then status, wait and --watch say so and exit 1 alike."""
+    if all(st.state == State.NOT_LAUNCHED for st in states):
+        print(f'nothing launched: fat sweep launch {args.grid}', file=sys.stderr)
+        return True
+    return False
+
+
+def _source(states: List[CellState], sched: Scheduler) -> str:
+    """Where the states came from: the scheduler's answer only matters for cells launched on Slurm."""
+    if any(st.cluster == 'slurm' for st in states):
+        return sched.source
+    return 'disk and process table (no cell launched on Slurm)'
+
+
 def _status(args: argparse.Namespace) -> int:
     sweep = _sweep(args)
     use_slurm = default_cluster() == 'slurm'
     if args.watch:
+        states = sweep.states(use_slurm)
+        if _never_launched(states, args):
+            return 1
         return watch(lambda: sweep.states(use_slurm), args.poll, args.stalled_after)
     sched = Scheduler.snapshot(use_slurm)
     states = cell_states(sweep.cells, sched)
     grid = annotate(states, args.stalled_after)
-    _print_states(states, args.json, sched.source, grid=grid)
-    return 0
+    _print_states(states, args.json, _source(states, sched), grid=grid)
+    return 1 if _never_launched(states, args) else 0
 
 
 def _wait(args: argparse.Namespace) -> int:
     """Poll until no cell is queued or running; exit status 0 only when every cell is DONE."""
     sweep = _sweep(args)
     states = sweep.states()
+    if _never_launched(states, args):
+        return 1
     with tqdm(total=len(states), desc=f'{sweep.grid.name}: finished cells', unit='cell', disable=None) as bar:
         while True:
             ended = sum(st.state not in ACTIVE for st in states)
