@@ -126,7 +126,9 @@ def list_fasa_variants() -> Dict[str, str]:
 def variants_help() -> str:
     """The presets as the `fat` command's help texts list them."""
     lines = [f'  {name:<20} {text}' for name, text in list_fasa_variants().items()]
-    return 'FASA variants (the `fasa` model argument):\n' + '\n'.join(lines)
+    return ('FASA variants (the `fasa` model argument):\n'
+            f"  {'variant':<20} what it changes from the official FASA (removes, unless it says adds); what it "
+            'computes\n' + '\n'.join(lines))
 
 
 FasaSpec = Union[str, FasaCfg, Mapping[str, str]]

@@ -112,6 +112,9 @@ def test_train_help_lists_each_keys_default_and_what_it_accepts(capsys):
     for line in ('  hflip = 0.5  (in [0, 1])', '  opt_betas = [0.9, 0.999]  (2 numbers, each in [0, 1))',
                  '  dataset = "imagenet"  (imagenet | fashion_mnist | synthetic)', '  model = "fat_b0"\n'):
         assert line in text
+    # each preset with what it sets (it was only named)
+    assert '  smoke: model="fat_proxy", dataset="synthetic", img_size=48' in text
+    assert '  proxy: model="fat_proxy", dataset="fashion_mnist"' in text
 
 
 def test_cli_values_are_typed_by_key():

@@ -248,7 +248,7 @@ def load_grid(path: Path, overrides: Optional[Mapping[str, Any]] = None) -> Tupl
         p.add('seeds', f"'seed' is also varied in {declared['seed']}; use one of them")
     if doc.get('baseline') is not None:
         _check_baseline(p, grid, doc['baseline'])
-    if grid.task != 'train':
+    if grid.task != 'train' and grid.task in TASKS:  # an unknown task is its own error: no follow-on ones
         for key in ('seeds', 'preset'):
             if doc.get(key) is not None:
                 p.add(key, f'only a train grid takes {key!r} (task: {grid.task})')

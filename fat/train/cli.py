@@ -58,11 +58,13 @@ def register(subparsers: argparse._SubParsersAction):
     """Add `fat train` to the `fat` command."""
     keys = '\n'.join(f'  {k} = {json.dumps(v)}' + (f'  ({valid_values(k)})' if valid_values(k) else '')
                      for k, v in DEFAULTS.items())
+    presets = '\n'.join(f"  {name}: {', '.join(f'{k}={json.dumps(v)}' for k, v in preset.items())}"
+                        for name, preset in PRESETS.items())
     p = subparsers.add_parser(
         'train',
         description='Train, or resume, one run in --output-dir. Its config: the defaults below (the official\n'
                     'ImageNet recipe), updated by --preset, then --config, then key=value arguments.',
-        epilog=f"presets: {', '.join(PRESETS)}\n\nconfig keys and defaults:\n{keys}",
+        epilog=f'presets (the keys each sets over the defaults):\n{presets}\n\nconfig keys and defaults:\n{keys}',
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--config', metavar='FILE', help='YAML file of config keys')
     p.add_argument('--preset', choices=list(PRESETS), help='a named base config')

@@ -77,6 +77,13 @@ def test_bad_grids_refused_one_line_each(write_grid, doc, expected, monkeypatch)
         assert fragment in text, text
 
 
+def test_an_unknown_task_brings_no_follow_on_errors(write_grid, monkeypatch):
+    # `task: trian` also printed "only a train grid takes 'seeds'/'preset'", which hid the real problem
+    monkeypatch.chdir(REPO)
+    problems = _problems(write_grid('bad', task='trian', preset='smoke', seeds=[0, 1], axes={'lr': [0.1, 0.2]}))
+    assert len(problems) == 1 and "unknown task 'trian' (did you mean 'train'?)" in problems[0], problems
+
+
 def test_every_problem_reported_at_once(write_grid):
     path = write_grid('many', axes={'fasa': ['fasa', 'fassa'], 'lr': ['fast']}, sedes=[1],
                       slurm={'profile': LOCAL_PROFILE, 'partiton': 'x'})
