@@ -65,6 +65,7 @@ def _cell_progress(st: CellState, now: float, stalled_after: float) -> Dict[str,
         remaining = _remaining(p)
         out = {'phase': p.get('phase') if current else 'starting', 'epoch': min(p['epoch'] + 1, p['epochs']),
                'epochs': p['epochs'], 'step': p['step'], 'steps': p['steps'], 'val_top1': p.get('val_top1'),
+               'step_in_epoch': p.get('step_in_epoch'), 'steps_per_epoch': p.get('steps_per_epoch'),
                'images_per_s': p.get('images_per_s'), 'seconds_per_step': p.get('step_seconds'),
                'updated_s_ago': max(0., now - p['time']), 'eta_s': remaining}
         if remaining is not None and current and st.state != State.REQUEUED:  # else its work is all ahead
@@ -150,10 +151,13 @@ def _interval(seconds: Optional[float]) -> str:
 
 
 def cell_text(p: Dict[str, Any]) -> str:
-    """`epoch 2/5 step 312/780 top-1 75.31 690 img/s elapsed 01:02 ETA 01:30`."""
+    """`epoch 2/5 step 156/390 top-1 75.31 690 img/s elapsed 01:02 ETA 01:30`: the step within the epoch, as
+    `fat train` logs it (the progress bar and the ETA count the run's steps)."""
     if 'steps' not in p:
         return 'starting' + (f", elapsed {_interval(p['elapsed_s'])}" if 'elapsed_s' in p else '')
-    parts = [f"epoch {p['epoch']}/{p['epochs']}", f"step {p['step']}/{p['steps']}"]
+    step = (f"step {p['step_in_epoch']}/{p['steps_per_epoch']}" if p.get('steps_per_epoch')
+            else f"step {p['step']}/{p['steps']}")  # a progress file written before it carried the epoch's steps
+    parts = [f"epoch {p['epoch']}/{p['epochs']}", step]
     if p.get('phase') == 'eval':
         parts.append('evaluating')
     if p.get('val_top1') is not None:

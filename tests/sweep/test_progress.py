@@ -90,7 +90,7 @@ def test_progress_eta_and_the_grids_expected_finish(sweep, job, capsys):
     assert doc['grid']['eta_s'] == pytest.approx(134, abs=5) and doc['grid']['expected_finish']
     assert cli_main(['sweep', 'status', grid_file, '--workdir', workdir]) == 0
     text = capsys.readouterr().out.splitlines()
-    assert text[0].startswith(f'{running.id}  RUNNING') and 'epoch 1/2 step 40/100 32 img/s elapsed 00:3' in text[0]
+    assert text[0].startswith(f'{running.id}  RUNNING') and 'epoch 1/2 step 40/50 32 img/s elapsed 00:3' in text[0]
     assert 'ETA 00:3' in text[0] and text[-2].startswith('grid: 1/4 finished, 1 running, 1 pending, 1 not launched')
     assert 'expected finish in 02:1' in text[-2] and text[-1].startswith('4 cells: 1 DONE, 1 RUNNING, 1 PENDING')
 
@@ -142,7 +142,7 @@ def test_watch_draws_bars_in_place_on_a_terminal_lines_elsewhere_and_exits_as_wa
         text = out.getvalue()
         assert f'1 cell: 1 {final}' in text.splitlines()[-1]
         if isinstance(out, _Terminal):  # two bars (the cell's, the grid's), redrawn over themselves
-            assert text.count('\x1b[2F\x1b[J') == 2 and ' 40%|' in text and '| epoch 1/2 step 40/100' in text
+            assert text.count('\x1b[2F\x1b[J') == 2 and ' 40%|' in text and '| epoch 1/2 step 40/50' in text
         else:  # a line when something changed
             assert '\x1b[' not in text and text.count(f'] {cell.id}  RUNNING  lr=0.001 seed=0  epoch 1/2') >= 1
 
