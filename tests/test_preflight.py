@@ -1,6 +1,7 @@
 """Bad input to `fat train` and `fat sweep` is one line, exit 2, nothing written (fat/preflight.py): an unknown model,
 a FASA variant given to a timm peer, data that is not there; and a timm peer trains as a baseline with FAT's recipe.
 """
+import csv
 import json
 import subprocess
 import sys
@@ -9,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from fat.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _bad_train(tmp_path: Path, capsys, *overrides: str) -> str:
@@ -86,3 +89,24 @@ def test_launch_refuses_a_grid_whose_data_is_not_there_and_plan_warns(tmp_path, 
     err = capsys.readouterr().err
     assert err.count('\n') == 1 and 'data: ImageNet-style data not found' in err
     assert not (tmp_path / 'w').exists()
+
+
+def test_a_model_axis_mixing_fat_and_a_peer_runs_through_the_report(tmp_path, capsys):
+    """plan -> launch (the in-process debug executor) -> collect -> report, FAT and a timm peer in one `model` axis:
+    both trained, both counted (the peer's MACs failed on a `fasa` keyword before), both in the table and figure."""
+    from fat.report import build_report
+    grid = _grid(tmp_path, 'name: mixed\npreset: smoke\nbase: {epochs: 1}\naxes: {model: [fat_proxy, resnet10t]}\n'
+                           'seeds: [0, 1]\n')
+    args = [str(grid), '--workdir', str(tmp_path / 'runs')]
+    assert main(['sweep', 'plan', *args, '--cluster', 'debug']) == 0
+    assert main(['sweep', 'launch', *args, '--cluster', 'debug']) == 0
+    assert main(['sweep', 'collect', *args, '--out', str(tmp_path / 'results')]) == 0
+    assert 'not measured' not in capsys.readouterr().out
+    written, _, problems = build_report(tmp_path / 'results', REPO / 'analysis', None)
+    (name,) = problems
+    assert problems[name] == 0
+    table = next(p for p in written if p.name == f'{name}.csv')
+    rows = {r['model']: r for r in csv.DictReader(table.open())}
+    assert set(rows) == {'fat_proxy', 'resnet10t'}
+    assert all(float(rows[m]['macs_paper']) > 0 and rows[m]['n'] == '2' for m in rows), rows
+    assert any(p.name == f"ablation_macs-{name.split('ablation-', 1)[1]}.png" for p in written)

@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 from fat.checks import check_choice, check_type, close_hint
 from fat.environment import record
-from fat.preflight import check_model, check_model_args, check_sizes, check_train
+from fat.preflight import check_model, check_model_args, check_sizes, check_train, is_fat
 from fat.rundir import Status, write_result
 from fat.train import config as train_config
 from fat.variants import resolve_fasa_stages
@@ -164,7 +164,9 @@ def _recorded(cfg: Mapping[str, Any], measure: Callable[[Mapping[str, Any]], Dic
 
 def model_kwargs(cfg: Mapping[str, Any]) -> Dict[str, Any]:
     """The timm.create_model keyword arguments a cell's config implies (for counting its parameters and MACs)."""
-    kwargs = dict(cfg.get('model_args') or {}, fasa=cfg.get('fasa', 'fasa'))
+    kwargs = dict(cfg.get('model_args') or {})
+    if is_fat(cfg['model']):  # a timm peer takes no `fasa`
+        kwargs['fasa'] = cfg.get('fasa', 'fasa')
     for key in ('num_classes', 'in_chans'):
         if cfg.get(key) is not None:
             kwargs[key] = cfg[key]
