@@ -21,7 +21,7 @@ from fat.io import write_json_atomic
 
 __all__ = ['CONFIG', 'ENVIRONMENT', 'LOG', 'PROGRESS', 'RESULT', 'LAST_CHECKPOINT', 'PREV_CHECKPOINT',
            'BEST_CHECKPOINT', 'Status', 'State', 'ACTIVE', 'read_result', 'write_result', 'read_environment',
-           'append_environment']
+           'append_environment', 'read_log', 'CURVE_KEYS', 'curves_path']
 
 CONFIG, ENVIRONMENT, LOG, PROGRESS, RESULT = (
     'config.json', 'environment.json', 'log.jsonl', 'progress.json', 'result.json')
@@ -90,6 +90,32 @@ def write_result(run_dir: PathLike, result: Mapping[str, Any]) -> None:
         raise ValueError(f"a result needs a status of {', '.join(s.value for s in Status)}, "
                          f"got {result.get('status')!r}")
     write_json_atomic(Path(run_dir) / RESULT, dict(result), durable=True, indent=2)
+
+
+CURVE_KEYS = ('val_top1', 'train_loss')  # the per-epoch log keys that collect keeps and the report plots
+
+
+def curves_path(collection: PathLike) -> Path:
+    """Where `fat sweep collect` puts the learning curves of the collection `results/<name>.csv`:
+    `results/curves/<name>.csv` (one row per cell and epoch)."""
+    return Path(collection).parent / 'curves' / Path(collection).name
+
+
+def read_log(run_dir: PathLike) -> Optional[Dict[int, Dict[str, Any]]]:
+    """The run's per-epoch records (`log.jsonl`, one JSON line per epoch) by epoch, the last line of an epoch winning
+    (a resumed run writes an epoch again); None without a log. A torn last line of a killed run is skipped."""
+    try:
+        lines = (Path(run_dir) / LOG).read_text().splitlines()
+    except OSError:
+        return None
+    epochs: Dict[int, Dict[str, Any]] = {}
+    for line in lines:
+        try:
+            record = json.loads(line)
+            epochs[int(record['epoch'])] = record
+        except (ValueError, KeyError, TypeError):
+            continue
+    return dict(sorted(epochs.items()))
 
 
 def read_environment(run_dir: PathLike) -> List[Dict[str, Any]]:

@@ -83,7 +83,7 @@ def test_figures_of_the_grids_are_written(report: Path):
             assert (report / 'figures' / f'{stem}.pdf').read_bytes().startswith(b'%PDF')
             assert f'figures/{stem}.png' in index
     assert '### FASA ablation' in index and '### K/V window sizes x learning rate' in index
-    assert 'no log.jsonl' not in index  # the learning curves found every cell's log
+    assert 'Learning curves: no' not in index  # collect brought every cell's curve into results/curves/
 
 
 def test_report_is_deterministic(report: Path):

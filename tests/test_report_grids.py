@@ -171,14 +171,20 @@ def test_bad_input_is_a_note_and_a_count(tmp_path: Path, grid_analysis: Path):
                                          for g in ('nobase', 'nometric')}
 
 
-def _cell_dirs(work: Path, frame: pd.DataFrame) -> None:
-    """Cell directories with the per-epoch log of fat.train (one JSON line per epoch, a resumed epoch repeated)."""
+def _cell_dirs(work: Path, frame: pd.DataFrame, collection: Path) -> None:
+    """Cell directories with the per-epoch log of fat.train (one JSON line per epoch, a resumed epoch repeated), and
+    the curves file `fat sweep collect` makes of them beside the collection (read with `fat.rundir.read_log`)."""
+    from fat.rundir import CURVE_KEYS, curves_path, read_log
     for i, row in frame.iterrows():
         d = work / row['cell']
         d.mkdir(parents=True)
         lines = [dict(epoch=e, train_loss=2.0 / e + 0.01 * i, val_top1=row['top1'] - 5 / e) for e in (1, 2, 3)]
         lines.insert(1, dict(epoch=2, train_loss=9.0, val_top1=0.0))  # replaced by the later line of epoch 2
-        (d / 'log.jsonl').write_text(''.join(json.dumps(x) + '\n' for x in lines))
+        (d / 'log.jsonl').write_text(''.join(json.dumps(x) + '\n' for x in lines) + '{"epoch": 4, "tor')  # torn
+    curves = [{'cell': c, 'epoch': e, **{k: r.get(k) for k in CURVE_KEYS}}
+              for c in frame['cell'] for e, r in read_log(work / c).items()]
+    curves_path(collection).parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(curves).to_csv(curves_path(collection), index=False)
 
 
 def test_fat_report_on_a_user_grid_writes_its_table_and_three_figures(tmp_path: Path, grid_analysis: Path,
@@ -190,7 +196,8 @@ def test_fat_report_on_a_user_grid_writes_its_table_and_three_figures(tmp_path: 
     frame = _collected(results / 'kernels-pt2.14-cpu-test.csv', rows, ('kernel_sizes', 'lr', 'seed', 'status', 'top1'))
     frame['dir'] = [str(work / c) for c in frame['cell']]
     frame.to_csv(results / 'kernels-pt2.14-cpu-test.csv', index=False)
-    _cell_dirs(work, frame)
+    _cell_dirs(work, frame, results / 'kernels-pt2.14-cpu-test.csv')
+    shutil.rmtree(work)  # the report reads results/ alone: a clone has no run directories
     assert main(['report', '--results', str(results), '--analysis', str(grid_analysis), '--pins', str(PINS)]) == 0
     out = capsys.readouterr().out
     assert 'ablation-kernels-pt2.14-cpu-test: 0 data problems' in out
@@ -203,14 +210,13 @@ def test_fat_report_on_a_user_grid_writes_its_table_and_three_figures(tmp_path: 
     header = (results / 'tables' / f'ablation-{stem}.md').read_text().split('\n')[4]
     assert [h.strip() for h in header.strip('|').split('|')][:3] == ['kernel_sizes', 'lr', 'vs']
     index = (results / 'report.md').read_text()
-    assert 'no log.jsonl' not in index and 'band spans the lowest to the highest seed' in index
+    assert 'Learning curves: no' not in index and 'band spans the lowest to the highest seed' in index
     curves = _tables(results)[f'ablation-{stem}'].meta['curves']
     assert len(curves) == 9 * 3 and not (curves['val_top1'] == 0.0).any()  # 9 cells x 3 epochs, the last line wins
-    # without the cell directories the curves figure says why instead of failing
-    for path in work.rglob('log.jsonl'):
-        path.unlink()
+    # without the curves file the curves figure says why instead of failing
+    (results / 'curves' / f'{stem}.csv').unlink()
     assert main(['report', '--results', str(results), '--analysis', str(grid_analysis), '--pins', str(PINS)]) == 0
-    assert 'no log.jsonl for 9 of 9 DONE cell(s)' in (results / 'report.md').read_text()
+    assert 'Learning curves: no curves file beside the collected CSV' in (results / 'report.md').read_text()
 
 
 def _collect_grid(tmp_path: Path, name: str, grid: str, top1: Dict[tuple, Sequence[float]]) -> Path:

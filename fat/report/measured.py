@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import pandas as pd
 
-from fat.rundir import LOG, State
+from fat.rundir import CURVE_KEYS, State, curves_path
 
 __all__ = ['Measurements', 'load_measurements', 'seed_stats', 'read_curves', 'BENCH_KEYS']
 
@@ -34,6 +34,7 @@ _BENCH_COLUMNS = {
 class Measurements:
     """Everything read from a results directory (and the complexity pins), with the files it came from."""
     grids: Dict[str, pd.DataFrame] = field(default_factory=dict)  # collected CSV's stem -> its rows
+    curves: Dict[str, pd.DataFrame] = field(default_factory=dict)  # collected CSV's stem -> its learning curves
     bench: pd.DataFrame = field(default_factory=lambda: _normalise_bench(pd.DataFrame(), ''))
     complexity: pd.DataFrame = field(
         default_factory=lambda: pd.DataFrame(columns=['model', 'fasa', 'img_size', 'params', 'convention', 'macs']))
@@ -152,6 +153,10 @@ def load_measurements(results: Path, pins: Optional[Path] = None) -> Measurement
             bench_frames.append(_normalise_bench(frame, path.name))
         elif 'status' in frame.columns:
             m.grids[path.stem] = frame
+            if curves_path(path).is_file():
+                curves = _read_csv(curves_path(path), m, cwd)
+                if curves is not None:
+                    m.curves[path.stem] = curves
             if 'samples_per_sec' in frame.columns:  # a grid of `bench` cells: its finished cells are bench rows
                 bench_frames.append(_normalise_bench(frame[frame['status'] == State.DONE], path.name))
         else:
@@ -176,37 +181,21 @@ def seed_stats(frame: pd.DataFrame, by: Sequence[str], metric: str) -> pd.DataFr
     return done.groupby(list(by), sort=False)[metric].agg(['mean', 'std', 'count']).rename(columns={'count': 'n'})
 
 
-CURVE_KEYS = ('val_top1', 'train_loss')  # fat.train's per-epoch log keys that the learning curves plot
-
-
-def read_curves(cells: pd.DataFrame) -> Tuple[pd.DataFrame, List[str]]:
-    """Per-epoch `val_top1` and `train_loss` of each cell from `<dir>/log.jsonl` (one JSON line per epoch; after a
-    resume the last line of an epoch wins), with the cell's point (`_point`) and seed; and notes on what was missing.
-    """
+def read_curves(cells: pd.DataFrame, curves: Optional[pd.DataFrame]) -> Tuple[pd.DataFrame, List[str]]:
+    """Per-epoch `val_top1` and `train_loss` of each of `cells` from its collection's curves file (`fat sweep
+    collect` writes `results/curves/<collection>.csv`), with the cell's point (`_point`) and seed; and notes on what
+    was missing."""
     columns = ['_point', 'seed', 'epoch', *CURVE_KEYS]
-    if 'dir' not in cells.columns:
-        return pd.DataFrame(columns=columns), ['Learning curves: no `dir` column in the collected CSV.']
-    records, missing = [], []
-    for _, cell in cells.iterrows():
-        path = Path(str(cell['dir'])) / LOG
-        try:
-            lines = path.read_text().splitlines()
-        except OSError:
-            missing.append(str(cell.get('cell', path.parent.name)))
-            continue
-        epochs: Dict[int, Dict[str, Any]] = {}
-        for line in lines:
-            try:
-                record = json.loads(line)
-                epochs[int(record['epoch'])] = record
-            except (ValueError, KeyError, TypeError):
-                continue  # a torn last line of a killed run
-        for epoch, record in sorted(epochs.items()):
-            records.append({'_point': cell['_point'], 'seed': cell.get('seed'), 'epoch': epoch,
-                            **{k: record.get(k) for k in CURVE_KEYS}})
+    if curves is None:
+        return pd.DataFrame(columns=columns), ['Learning curves: no curves file beside the collected CSV (results/'
+                                               'curves/; `fat sweep collect` writes it).']
+    keep = cells[['cell', '_point', *(['seed'] if 'seed' in cells.columns else [])]]
+    merged = keep.merge(curves, on='cell', how='inner').sort_values(['cell', 'epoch'], kind='stable')
+    if 'seed' not in merged.columns:
+        merged['seed'] = None
+    missing = sorted(set(cells['cell']) - set(merged['cell']))
     notes = []
     if missing:
         listed = ', '.join(missing[:5]) + (' ...' if len(missing) > 5 else '')
-        notes.append(f'Learning curves: no log.jsonl for {len(missing)} of {len(cells)} DONE cell(s) (their '
-                     f'directories are not on this machine: {listed}).')
-    return pd.DataFrame(records, columns=columns), notes
+        notes.append(f'Learning curves: no epoch logged for {len(missing)} of {len(cells)} DONE cell(s): {listed}.')
+    return merged[columns].reset_index(drop=True), notes

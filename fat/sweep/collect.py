@@ -7,6 +7,9 @@ job's world size and hosts (`node1,node2` for a two-node cell), and the environm
 A grid that declares a `baseline` gets a last column `baseline`, its JSON, the same in every row (`fat report`).
 Cells without a usable result keep their row, with `error` saying why; a corrupt file never stops the collection.
 Params and MACs are measured once per distinct model and cached in `<workdir>/.complexity-cache.json`.
+A training grid's learning curves (per epoch: `val_top1`, `train_loss` from each cell's `log.jsonl`) go beside it
+into `curves/<same name>.csv`, one row per cell and epoch, so that `fat report` needs only the results folder
+(a clone has no run directories).
 """
 import json
 from pathlib import Path
@@ -16,7 +19,7 @@ import pandas as pd
 
 from fat.environment import common_env_name, run_env_name
 from fat.io import atomic_path, write_json_atomic
-from fat.rundir import State, read_environment, read_result
+from fat.rundir import CURVE_KEYS, State, curves_path, read_environment, read_log, read_result
 
 from .launch import Sweep
 from .state import CellState
@@ -123,6 +126,16 @@ def _row(sweep: Sweep, st: CellState, cache: ComplexityCache) -> Tuple[Dict[str,
     return row, None if status == State.DONE else f'{cell.id} {status}: {error or st.detail or ""}'.rstrip(': ')
 
 
+def _write_curves(states: Sequence[CellState], out: Path) -> None:
+    """Each cell's per-epoch `CURVE_KEYS` from its log, in long format (cell, epoch, ...), atomically."""
+    rows = [{'cell': st.cell.id, 'epoch': epoch, **{k: record.get(k) for k in CURVE_KEYS}}
+            for st in states for epoch, record in (read_log(st.cell.dir) or {}).items()]
+    path = curves_path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        pd.DataFrame(rows, columns=['cell', 'epoch', *CURVE_KEYS]).to_csv(tmp, index=False)
+
+
 class Collection(NamedTuple):
     frame: pd.DataFrame
     incomplete: List[str]  # one line per cell that is not DONE
@@ -171,9 +184,12 @@ def collect(sweep: Sweep, states: Sequence[CellState], out: Path) -> Collection:
         frame['baseline'] = json.dumps({k: _value(v) for k, v in sweep.grid.baseline.items()})
     if out.suffix != '.csv':
         out = out / f'{sweep.grid.name}-{common_env_name(envs)}.csv'
+    if sweep.task.name == 'train':
+        _write_curves(states, out)
     with atomic_path(out) as tmp:
         frame.to_csv(tmp, index=False)
     replaced = _replaced(sweep, out)
     for path in replaced:
         path.unlink()
+        curves_path(path).unlink(missing_ok=True)
     return Collection(frame, incomplete, out, replaced)
