@@ -4,10 +4,18 @@ A problem with user input is one line naming the source and the key, with the va
 close, a "did you mean" hint. Commands that can find several problems at once (a grid, a profile) collect them in
 `Problems` and raise them together; the others raise the first as a `ValueError`. Torch-free.
 """
+import argparse
 import difflib
-from typing import Any, List, Sequence, Tuple
+from typing import Any, List, NoReturn, Sequence, Tuple
 
-__all__ = ['InputError', 'Problems', 'close_hint', 'check_choice', 'check_type', 'type_names']
+__all__ = ['InputError', 'Problems', 'OneLineParser', 'close_hint', 'check_choice', 'check_type', 'type_names']
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one line too (the usage is one `--help` away), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f'{self.prog}: error: {message} (see {self.prog} --help)\n')
 
 
 class InputError(ValueError):

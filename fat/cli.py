@@ -9,6 +9,7 @@ import sys
 from typing import Any, Dict, List, NamedTuple, Optional
 
 import fat
+from fat.checks import OneLineParser
 from fat.variants import variants_help
 
 
@@ -53,7 +54,7 @@ def chosen_command(argv: List[str]) -> Optional[str]:
 
 def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
     """The `fat` parser, with `command`'s module imported and registered; every other command is listed only."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog='fat', description=fat.__doc__, epilog=variants_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--version', action='version', version=f'fat-harness {fat.__version__}')

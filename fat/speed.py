@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Mapping, Tuple
 
 from fat import yaml12
 from fat.checks import close_hint
+from fat.preflight import check_model
 
 __all__ = ['load', 'contenders', 'register']
 
@@ -75,6 +76,10 @@ def contenders(run: List[Mapping[str, Any]], lists: Mapping[str, List[str]], whe
         if not (isinstance(models, list) and models and all(isinstance(m, str) for m in models)):
             raise ValueError(f'{at}.models: a non-empty list of model names, or the name of one')
         for model in models:
+            try:
+                check_model(model)  # before minutes of building and compiling the others
+            except ValueError as e:
+                raise ValueError(f'{at}.models: {e}') from None
             c = dict(model=model, mode=mode, setting=setting)
             if c not in out:
                 out.append(c)

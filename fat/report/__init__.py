@@ -58,6 +58,8 @@ def build_report(
     from .figures import build_figures, write_figure
     from .tables import build_tables, write_table
     a = load_analysis(Path(analysis))
+    if not Path(results).is_dir():  # a typo must not grow a second, empty report
+        raise FileNotFoundError(f'results directory not found: {results}')
     m = load_measurements(Path(results), pins)
     tables = build_tables(a, m)
     figures = build_figures(a, tables)

@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from submitit.core.utils import FailedJobError, FailedSubmissionError
 from tqdm import tqdm
 
-from fat.checks import InputError
+from fat.checks import InputError, OneLineParser
 from fat.preflight import check_data
 from fat.rundir import ACTIVE, State
 
@@ -178,7 +178,7 @@ def _collect(args: argparse.Namespace) -> int:
     return 0
 
 
-class _IntermixedParser(argparse.ArgumentParser):
+class _IntermixedParser(OneLineParser):
     """Parses options and `key=value` overrides in any order (`GRID --cluster local epochs=1 --dry-run`), which
     plain argparse refuses once an option separates two positionals."""
     _inner = False
