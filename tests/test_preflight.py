@@ -110,3 +110,16 @@ def test_a_model_axis_mixing_fat_and_a_peer_runs_through_the_report(tmp_path, ca
     assert set(rows) == {'fat_proxy', 'resnet10t'}
     assert all(float(rows[m]['macs_paper']) > 0 and rows[m]['n'] == '2' for m in rows), rows
     assert any(p.name == f"ablation_macs-{name.split('ablation-', 1)[1]}.png" for p in written)
+
+
+def test_a_run_is_not_resumed_across_a_change_of_compile(tmp_path, capsys):
+    """inductor draws drop-path/dropout masks from another random stream than eager: a run checkpointed eager and
+    resumed compiled would silently take another trajectory under a config that compares equal (issue 29 item 8)."""
+    out = tmp_path / 'run'
+    assert main(['train', '--output-dir', str(out), '--preset', 'smoke', 'epochs=1']) == 0
+    (out / 'result.json').unlink()  # an unfinished run: its checkpoint is where a resume starts
+    capsys.readouterr()
+    assert main(['train', '--output-dir', str(out), '--preset', 'smoke', 'epochs=1', 'compile=inductor']) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and "was trained with compile=None; resuming it with compile='inductor'" in err
+    assert not (out / 'result.json').exists()

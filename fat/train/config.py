@@ -151,8 +151,9 @@ def _interval(text: str) -> Callable[[float], bool]:
 
 _WITHIN = {text: _interval(text) for text in {*_BOUNDS.values(), *(t for _, t in _LIST_BOUNDS.values())}}
 
-# keys that may change between a run's invocations without changing its results
-# (`compile` changes float round-off only: a run may be resumed compiled or eager)
+# keys that may change between a run's invocations without changing its results, and that leave a grid cell's id
+# alone (`compile` changes the random stream of drop path and dropout, so a run is not resumed across a change of
+# it: fat.train.run refuses that; a cell keeps its id)
 RUNTIME_KEYS = ('output_dir', 'data_dir', 'workers', 'checkpoint_steps', 'checkpoint_minutes', 'log_interval',
                 'tensorboard', 'tensorboard_dir', 'wandb', 'wandb_project', 'compile')
 

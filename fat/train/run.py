@@ -14,7 +14,7 @@ from fat.distributed import Placement
 from fat.distributed import setup as setup_distributed
 from fat.environment import record as environment_record
 from fat.io import write_json_atomic
-from fat.rundir import CONFIG, RESULT, Status, append_environment, read_result, write_result
+from fat.rundir import CONFIG, LAST_CHECKPOINT, RESULT, Status, append_environment, read_result, write_result
 
 from .config import config_diff, resolve_config
 from .trainer import Trainer
@@ -35,10 +35,16 @@ def main(cfg: Mapping[str, Any]) -> Dict[str, Any]:
         raise ValueError("config key 'output_dir' is required")
     out_dir = Path(cfg['output_dir'])
     if (out_dir / CONFIG).exists():
-        changed = config_diff(json.loads((out_dir / CONFIG).read_text()), cfg)
+        stored = json.loads((out_dir / CONFIG).read_text())
+        changed = config_diff(stored, cfg)
         if changed:
             raise ValueError(
                 f"{out_dir} holds a run with a different config ({', '.join(changed)}); use a new output_dir")
+        if stored.get('compile') != cfg['compile'] and (out_dir / LAST_CHECKPOINT).exists():
+            # inductor draws drop-path and dropout masks from its own random stream, not eager's
+            raise ValueError(f"{out_dir} was trained with compile={stored.get('compile')!r}; resuming it with "
+                             f"compile={cfg['compile']!r} would take another random stream from here on: resume with "
+                             'the same setting, or use a new output_dir')
     result, _ = read_result(out_dir)
     if result is not None and result['status'] in (Status.DONE, Status.DIVERGED):
         return result
