@@ -3,6 +3,8 @@ a FASA variant given to a timm peer, data that is not there; and a timm peer tra
 """
 import csv
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -123,3 +125,21 @@ def test_a_run_is_not_resumed_across_a_change_of_compile(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count('\n') == 1 and "was trained with compile=None; resuming it with compile='inductor'" in err
     assert not (out / 'result.json').exists()
+
+
+def test_a_captured_local_launch_returns_while_its_cells_run(tmp_path):
+    """`fat sweep launch GRID --cluster local | cat` waited for every cell: the job controllers inherited the
+    launcher's stdout. Captured, the launch must return while its (30-epoch) cell is still running."""
+    grid = _grid(tmp_path, 'name: long\npreset: smoke\nbase: {epochs: 30}\n')
+    launcher = subprocess.Popen([sys.executable, '-m', 'fat.cli', 'sweep', 'launch', str(grid), '--cluster', 'local',
+                                 '--workdir', str(tmp_path / 'runs')], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True)  # its job controllers stay in its process group
+    try:
+        out, err = launcher.communicate(timeout=120)
+        assert launcher.returncode == 0 and 'submitted 1 cell' in out, err
+        assert not list((tmp_path / 'runs').rglob('result.json')), 'the launch returned only once its cell ended'
+    finally:
+        try:
+            os.killpg(launcher.pid, signal.SIGKILL)  # the cell's job, still training
+        except OSError:
+            pass

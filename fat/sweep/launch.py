@@ -241,13 +241,34 @@ def cluster_refusals(sweep: Sweep) -> List[str]:
     return [f'{sweep.grid.path}: slurm.{line}' for line in check_resources(sweep.resources, limits)]
 
 
+@contextlib.contextmanager
+def _detached_streams() -> Iterator[None]:
+    """stdout and stderr on /dev/null while the local executor starts its job controller, which inherits them: a
+    caller that captures the launch's output (`fat sweep launch ... | cat`, a subprocess) would otherwise wait until
+    every cell has finished. The jobs' own output goes to their logs in the grid's .submitit folder."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, null):
+            os.close(fd)
+
+
 def _submit(executor: Any, cluster: str, sweep: Sweep, group: List[Cell]) -> Dict[str, Any]:
     """Submit one array (Slurm: one cell per task; local/debug: one job running its cells in turn)."""
     if cluster == 'slurm':
         jobs = executor.submit_array([CellJob([str(cell.dir)]) for cell in group])
         pairs = list(zip(jobs, [[cell] for cell in group], strict=True))
     else:
-        jobs = [executor.submit(CellJob([str(cell.dir) for cell in group]))]
+        with _detached_streams() if cluster == 'local' else contextlib.nullcontext():
+            jobs = [executor.submit(CellJob([str(cell.dir) for cell in group]))]
         pairs = [(jobs[0], group)]
     record: Mapping[str, Any] = {'event': 'submitted', 'cluster': cluster, 'host': hostname(),
                                  'log_dir': str(sweep.log_folder)}
