@@ -63,3 +63,50 @@ def test_a_second_ctrl_c_stops_at_once_in_one_line(tmp_path):
     assert proc.returncode == 130, err[-3000:]
     assert 'Traceback' not in err, err[-3000:]
     assert err.strip().splitlines()[-1] in ('fat train: interrupted',) or 'interrupted at epoch' in err
+
+
+def _image_folder(root: Path) -> Path:
+    """ImageNet-style JPEGs: 2 classes, 32 training and 768 validation images each (evaluation lasts seconds)."""
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for split, count in (('train', 32), ('val', 768)):
+        for label in ('a', 'b'):
+            folder = root / split / label
+            folder.mkdir(parents=True)
+            for i in range(count):
+                Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(folder / f'{i}.jpg')
+    return root
+
+
+def test_sigterm_during_evaluation_checkpoints_and_resumes_exactly(tmp_path):
+    """slurmstepd signals every process of the step, evaluation's loader workers included: they died of SIGTERM and
+    the run ended FAILED ("DataLoader worker exited unexpectedly") with no checkpoint (issue 29 item 3). Now they leave
+    the signal to the main process, which finishes the evaluation, checkpoints, and stops; the rerun ends as a run
+    never stopped does."""
+    data = _image_folder(tmp_path / 'data')
+    run = ['--preset', 'smoke', 'dataset=imagenet', f'data_dir={data}', 'img_size=40', 'in_chans=3', 'train_subset=0',
+           'val_subset=0', 'epochs=2', 'workers=2', 'log_interval=1']
+
+    def start(out: Path) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, '-m', 'fat.cli', 'train', '--output-dir', str(out), *run],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+    stopped = start(tmp_path / 'stopped')
+    log = []
+    for line in stopped.stderr:  # the last training step of epoch 1 logged: evaluation starts
+        log.append(line)
+        if line.startswith('epoch 1/2 step 4/4'):
+            time.sleep(0.3)
+            os.killpg(stopped.pid, signal.SIGTERM)
+            break
+    log += stopped.stderr.readlines()
+    assert stopped.wait(timeout=120) == 128 + signal.SIGTERM, ''.join(log)[-3000:]
+    assert 'exited unexpectedly' not in ''.join(log)
+    state = torch.load(tmp_path / 'stopped' / 'checkpoint-last.pt', weights_only=False)
+    assert (state['epoch'], state['step_in_epoch']) == (1, 0)  # epoch 1 finished, evaluated and checkpointed
+    resumed, whole = start(tmp_path / 'stopped'), start(tmp_path / 'whole')
+    assert resumed.wait(timeout=300) == 0 and whole.wait(timeout=300) == 0
+    results = [json.loads((tmp_path / d / 'result.json').read_text()) for d in ('stopped', 'whole')]
+    keys = ('status', 'epochs', 'steps', 'final_top1', 'final_top5', 'best_top1')
+    assert [{k: r[k] for k in keys} for r in results][0] == {k: results[1][k] for k in keys}
