@@ -412,6 +412,24 @@ def test_the_loss_scaler_skips_a_non_finite_step_and_training_goes_on(tmp_path):
     assert any(not torch.equal(v, params[k]) for k, v in trainer.model.named_parameters())  # trained on
 
 
+def test_steps_skipped_for_overflowing_gradients_are_counted_and_a_run_of_them_is_divergence(tmp_path, monkeypatch):
+    """Defect: GradScaler also skips a step whose loss is finite but whose gradients overflow; those skips went
+    uncounted, so a run whose gradients always overflowed never changed its weights and still ended `done`."""
+    monkeypatch.setattr(train_loop, 'MAX_SKIPPED_IN_A_ROW', 2)
+    trainer = _scaled_trainer(tmp_path)
+    x, y = next(iter(trainer._train_loader()))
+    params = {k: v.clone() for k, v in trainer.model.named_parameters()}
+    weight = next(trainer.model.parameters())
+    hook = weight.register_hook(lambda g: torch.full_like(g, float('inf')))  # every gradient overflows
+    loss, = trainer.read_losses([trainer.train_step(x, y)])
+    assert math.isfinite(loss) and trainer.totals['skipped_steps'] == 1 and trainer.totals['overflow_streak'] == 1
+    assert all(torch.equal(v, params[k]) for k, v in trainer.model.named_parameters())  # the step was skipped
+    losses = [trainer.train_step(x, y) for _ in range(3)]
+    with pytest.raises(train_loop._Diverged, match=r'gradients overflowed at step 2 \(epoch 1\), 3 steps in a row'):
+        trainer.read_losses(losses)
+    hook.remove()
+
+
 def test_a_loss_scale_that_never_recovers_is_divergence(tmp_path, monkeypatch):
     monkeypatch.setattr(train_loop, 'MAX_SKIPPED_IN_A_ROW', 2)
     trainer = _scaled_trainer(tmp_path)

@@ -145,6 +145,7 @@ class Trainer:
         self.amp = cfg['amp'] and self.device.type == 'cuda'
         self.amp_dtype = getattr(torch, cfg['amp_dtype'])
         self.scaler = NativeScaler(device=self.device.type) if self.amp and self.amp_dtype == torch.float16 else None
+        self.scaler_skips: List[torch.Tensor] = []  # per step since the last read: whether the scaler skipped it
 
         mixup = cfg['mixup'] > 0 or cfg['cutmix'] > 0 or cfg['cutmix_minmax'] is not None
         self.mixup_fn = Mixup(
@@ -332,9 +333,11 @@ class Trainer:
             loss = self.criterion(self.ddp(x), y)
         self.optimizer.zero_grad(set_to_none=True)
         clip = self.cfg['clip_grad']
-        if self.scaler is not None:  # a non-finite loss: the scaler skips the step and lowers its scale
+        if self.scaler is not None:  # non-finite gradients (or loss): the scaler skips the step, lowers its scale
+            before = self._loss_scale()
             self.scaler(loss, self.optimizer, clip_grad=clip, clip_mode=self.cfg['clip_mode'],
                         parameters=self.model.parameters())
+            self.scaler_skips.append(self._loss_scale() < before)  # on the device: read with the losses
         else:
             loss.backward()
             if clip is not None:
@@ -346,6 +349,11 @@ class Trainer:
             self.ema.update(self.model, step=self.global_step)
         return loss.detach()
 
+    def _loss_scale(self) -> torch.Tensor:
+        """The fp16 loss scaler's scale, on the device (no host sync); it drops exactly when a step is skipped."""
+        scale = self.scaler._scaler._scale  # None until the first scaled step
+        return scale.clone() if scale is not None else torch.tensor(self.scaler._scaler.get_scale(), device=self.device)
+
     def read_losses(self, losses: List[torch.Tensor]) -> List[float]:
         """The mean over the ranks of each step's loss since the last read (`losses`, emptied), in one host sync and
         one all_reduce; they are accounted in step order, as if each had been read at its own step: averaged for the
@@ -355,17 +363,26 @@ class Trainer:
             return []
         t = torch.stack(losses).double()
         if self.place.world_size > 1:
-            dist.all_reduce(t)
-        values = (t / self.place.world_size).tolist()
+            dist.all_reduce(t)  # the ranks' scalers agree: they see the same all-reduced gradients
+        rows = [t / self.place.world_size]
+        if self.scaler_skips:
+            rows.append(torch.stack(self.scaler_skips).to(t.device, torch.float64))
+        read = torch.stack(rows).tolist()
+        values, skipped = read[0], read[1] if len(read) > 1 else [0.] * len(read[0])
         first = self.global_step - len(values)
         losses.clear()
-        for i, loss in enumerate(values):
-            if math.isfinite(loss):
-                self.totals['overflow_streak'] = 0
-                self.meters['loss_sum'] += loss
-                self.meters['loss_steps'] += 1
-            else:  # a step the loss scaler skipped has no loss to average
+        self.scaler_skips.clear()
+        for i, (loss, skip) in enumerate(zip(values, skipped, strict=True)):
+            if not math.isfinite(loss):  # a step the loss scaler skipped has no loss to average
                 self._nonfinite_loss(loss, first + i)
+                continue
+            if skip:  # a finite loss whose gradients overflowed: skipped all the same
+                self._skipped_step(f'gradients overflowed at step {first + i} (epoch {self.epoch + 1})',
+                                   first + i)
+            else:
+                self.totals['overflow_streak'] = 0
+            self.meters['loss_sum'] += loss
+            self.meters['loss_steps'] += 1
         return values
 
     def _nonfinite_loss(self, loss: float, step: int):
@@ -376,13 +393,18 @@ class Trainer:
         if self.scaler is None:
             self.global_step = step  # the result names the step that diverged, not the read that found it
             raise _Diverged(f'loss is {loss} {where}')
+        self._skipped_step(f'loss is {loss} {where}', step)
+
+    def _skipped_step(self, what: str, step: int):
+        """A step the fp16 loss scaler skipped (its weights unchanged): counted; more than MAX_SKIPPED_IN_A_ROW in a
+        row is divergence, since a run whose gradients always overflow would otherwise end `done` untrained."""
         streak = self.totals['overflow_streak'] = self.totals['overflow_streak'] + 1
         self.totals['skipped_steps'] += 1
         if streak > MAX_SKIPPED_IN_A_ROW:
             self.global_step = step
-            raise _Diverged(f'loss is {loss} {where}, {streak} steps in a row: the loss scale did not recover')
+            raise _Diverged(f'{what}, {streak} steps in a row: the loss scale did not recover')
         if self.place.primary:
-            _logger.warning(f'loss is {loss} {where}: the loss scaler skips this step')
+            _logger.warning(f'{what}: the loss scaler skips this step')
 
     def train_epoch(self):
         cfg, start = self.cfg, self.step_in_epoch
