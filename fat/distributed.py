@@ -72,12 +72,18 @@ def _cuda_problem() -> str:
 
 
 def cuda_index(local_rank: int, local_world_size: int, device_count: int) -> int:
-    """The GPU of a process: its local rank where it sees every GPU of the node, 0 where a site binds one GPU to
-    each task (CUDA_VISIBLE_DEVICES per task, `--gpu-bind`)."""
-    if device_count >= local_world_size and local_rank < device_count:
+    """The GPU of a process: its local rank where it sees every GPU of the node (as many as there are processes),
+    0 where a site binds one GPU to each task (CUDA_VISIBLE_DEVICES per task, `--gpu-bind`). More GPUs than processes
+    is refused: one process trains on one GPU, so the others would sit idle for the whole run."""
+    if device_count == local_world_size:
         return local_rank
     if device_count == 1:
         return 0
+    if device_count > local_world_size:
+        raise ValueError(
+            f'{local_world_size} process(es) on this node see {device_count} GPUs: one process trains on one GPU, so '
+            f'{device_count - local_world_size} would sit idle; start one process per GPU (torchrun --nproc-per-node '
+            f'{device_count}, or tasks_per_node in the grid) or hide the others (CUDA_VISIBLE_DEVICES)')
     raise ValueError(
         f'local rank {local_rank} of {local_world_size} processes on this node sees {device_count} GPUs: expected '
         f'one GPU per process or all of them (check the job\'s --gpus-per-node and CUDA_VISIBLE_DEVICES)')

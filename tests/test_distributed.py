@@ -128,7 +128,7 @@ def test_gpus_allocated_reads_slurm_and_cuda_variables(no_dist_env):
 @pytest.mark.parametrize('local_rank, local_world, count, index', [
     (3, 8, 8, 3),  # every GPU of the node visible: the local rank's
     (3, 8, 1, 0),  # one GPU bound to each task (CUDA_VISIBLE_DEVICES per task, --gpu-bind)
-    (0, 1, 4, 0),
+    (0, 1, 1, 0),
 ])
 def test_cuda_index_follows_the_binding(local_rank, local_world, count, index):
     assert cuda_index(local_rank, local_world, count) == index
@@ -137,6 +137,13 @@ def test_cuda_index_follows_the_binding(local_rank, local_world, count, index):
 def test_cuda_index_refuses_an_ambiguous_binding():
     with pytest.raises(ValueError, match='local rank 5 of 8 processes on this node sees 2 GPUs'):
         cuda_index(5, 8, 2)
+
+
+@pytest.mark.parametrize('local_rank, local_world, count', [(0, 1, 4), (1, 2, 8)])
+def test_cuda_index_refuses_gpus_no_process_would_use(local_rank, local_world, count):
+    """One process on a node with 4 visible GPUs trained on GPU 0 and left 3 idle for days (issue 29 item 1)."""
+    with pytest.raises(ValueError, match=f'{local_world} process\\(es\\) on this node see {count} GPUs'):
+        cuda_index(local_rank, local_world, count)
 
 
 def test_each_rank_saves_and_restores_its_own_gpu_random_state(monkeypatch):

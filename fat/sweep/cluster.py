@@ -40,6 +40,23 @@ CLUSTERS = ('slurm', 'local', 'debug')
 DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's default MaxArraySize
 
 
+def parse_gres(text: str) -> Dict[str, int]:
+    """`gpu:a100:8(S:0-1),nvme:1` -> {'gpu': 8, 'gpu:a100': 8, 'nvme': 1}: counts by name, and by name:type."""
+    counts: Dict[str, int] = {}
+    if text in ('(null)', 'N/A', 'NONE', ''):
+        return counts
+    for item in re.sub(r'\([^)]*\)', '', text).split(','):
+        parts = item.strip().split(':')
+        if not parts[0]:
+            continue
+        count = int(parts[-1]) if len(parts) > 1 and parts[-1].isdigit() else 1
+        names = parts[:-1] if len(parts) > 1 and parts[-1].isdigit() else parts
+        for key in {names[0], ':'.join(names)}:
+            counts[key] = counts.get(key, 0) + count
+    return counts
+
+
+
 @dataclass
 class Resources:
     """Merged resources of a grid: profile, then the grid's `slurm:` section, then the command line."""
@@ -49,9 +66,31 @@ class Resources:
     profile: Optional[str] = None
 
     @property
+    def gpus_per_node(self) -> int:
+        """The GPUs a node of the job gets, however the grid asks for them: `gpus_per_node`, or a `gres` of GPUs
+        (`gpu:8`, `gpu:a100:8`; sites often ask that way), or `gpus_per_task` (an sbatch option) x tasks."""
+        gres = parse_gres(str(self.values.get('gres') or '')).get('gpu', 0)
+        per_task = int(self.additional_parameters.get('gpus_per_task') or 0)
+        explicit = self.values.get('tasks_per_node') or 1
+        return self.values['gpus_per_node'] or gres or per_task * explicit
+
+    @property
     def tasks_per_node(self) -> int:
         """One task per GPU (DDP), else one task."""
-        return self.values.get('tasks_per_node') or max(1, self.values['gpus_per_node'])
+        return self.values.get('tasks_per_node') or max(1, self.gpus_per_node)
+
+    def idle_gpus(self) -> Optional[str]:
+        """Why this layout would leave GPUs idle or shared (one process trains on one GPU), or None."""
+        gpus, tasks = self.gpus_per_node, self.tasks_per_node
+        per_task = int(self.additional_parameters.get('gpus_per_task') or 0)
+        if per_task > 1:
+            return (f'gpus_per_task {per_task}: a training process uses one GPU, so {per_task - 1} of each task\'s '
+                    'would sit idle; ask for gpus_per_task: 1 (or gpus_per_node) and one task per GPU')
+        if gpus and tasks != gpus:
+            return (f'{tasks} task(s) per node for {gpus} GPUs per node: one process trains on one GPU, so '
+                    + (f'{gpus - tasks} GPU(s) would sit idle' if tasks < gpus else 'processes would share GPUs')
+                    + f' for the whole run; set tasks_per_node: {gpus}, or leave it out')
+        return None
 
     @property
     def local_parallelism(self) -> int:
@@ -135,7 +174,10 @@ def resolve_resources(section: Mapping[str, Any], grid_path: Path, p: Problems,
             p.add(label, 'may only be set in a profile (slurm/<name>.yaml), not in a grid')
         elif key != 'profile' and _check_resource(p, label, key, value):
             values[key] = value
-    return Resources(values, setup, extra, name)
+    resources = Resources(values, setup, extra, name)
+    if resources.idle_gpus():
+        p.add('slurm', resources.idle_gpus())
+    return resources
 
 
 def default_cluster() -> str:

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Set
 
-from .cluster import Resources, _run
+from .cluster import Resources, _run, parse_gres
 
 __all__ = ['Node', 'Partition', 'ClusterLimits', 'parse_scontrol', 'parse_minutes', 'parse_gres', 'check_resources']
 
@@ -48,22 +48,6 @@ def parse_minutes(text: str) -> Optional[int]:
 def format_minutes(minutes: int) -> str:
     days, rest = divmod(minutes, 1440)
     return (f'{days}-' if days else '') + f'{rest // 60:02d}:{rest % 60:02d}:00'
-
-
-def parse_gres(text: str) -> Dict[str, int]:
-    """`gpu:a100:8(S:0-1),nvme:1` -> {'gpu': 8, 'gpu:a100': 8, 'nvme': 1}: counts by name, and by name:type."""
-    counts: Dict[str, int] = {}
-    if text in _UNLIMITED:
-        return counts
-    for item in re.sub(r'\([^)]*\)', '', text).split(','):
-        parts = item.strip().split(':')
-        if not parts[0]:
-            continue
-        count = int(parts[-1]) if len(parts) > 1 and parts[-1].isdigit() else 1
-        names = parts[:-1] if len(parts) > 1 and parts[-1].isdigit() else parts
-        for key in {names[0], ':'.join(names)}:
-            counts[key] = counts.get(key, 0) + count
-    return counts
 
 
 def _int(text: Optional[str]) -> Optional[int]:

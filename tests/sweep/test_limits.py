@@ -141,3 +141,21 @@ def test_plan_flags_time_and_node_limits_on_the_two_node_cluster(two_nodes, writ
     assert len(lines) == 2, lines
     assert "slurm.timeout_min: 1441 (1-00:01:00) exceeds partition debug's MaxTime 1-00:00:00" in lines[0]
     assert "slurm.nodes: 3 exceeds partition debug's MaxNodes 2" in lines[1]
+
+
+@pytest.mark.parametrize('slurm, tasks', [({'gres': 'gpu:8'}, 8), ({'gres': 'gpu:a100:4'}, 4),
+                                          ({'gpus_per_node': 2}, 2), ({}, 1)])
+def test_tasks_follow_the_gpus_however_they_are_asked_for(tmp_path, slurm, tasks):
+    """`gres: gpu:8`, the common idiom, gave one task per node: one rank trained, seven GPUs idle (issue 29 item 1)."""
+    assert _resources(tmp_path, **slurm).tasks_per_node == tasks
+
+
+@pytest.mark.parametrize('slurm, message', [
+    ({'gres': 'gpu:8', 'tasks_per_node': 1}, '1 task(s) per node for 8 GPUs per node'),
+    ({'gpus_per_node': 4, 'tasks_per_node': 2}, '2 GPU(s) would sit idle'),
+    ({'gpus_per_node': 2, 'tasks_per_node': 4}, 'processes would share GPUs'),
+])
+def test_a_layout_that_leaves_gpus_idle_is_refused_at_plan(write_grid, capsys, slurm, message):
+    grid = write_grid('gpus', preset='smoke', slurm=dict(slurm, profile=h.LOCAL_PROFILE))
+    assert fat_main(['sweep', 'plan', str(grid), '--cluster', 'debug']) == 2
+    assert message in capsys.readouterr().err

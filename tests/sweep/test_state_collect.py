@@ -129,17 +129,19 @@ def test_collect_names_its_file_by_the_environment_and_replaces_only_its_own(swe
     grid, workdir, results = str(sweep.grid.path), str(sweep.workdir), tmp_path / 'results'
     args = ['sweep', 'collect', grid, '--workdir', workdir, '--out', str(results)]
     assert cli_main(args) == 0
-    assert [p.name for p in results.iterdir()] == ['disk-unrun.csv']  # nothing has started yet
+    assert [p.name for p in results.glob('*.csv')] == ['disk-unrun.csv']  # nothing has started yet
+    assert [p.name for p in (results / 'curves').iterdir()] == ['disk-unrun.csv']  # its learning curves (none yet)
     other = results / 'disk-pt2.14-cu128-a100_sxm4_40gb.csv'  # the same grid collected on another machine
     pd.DataFrame({'grid': ['disk'], 'status': ['DONE'], 'dir': ['/elsewhere/runs/disk/abc']}).to_csv(other)
     for cell in sweep.cells:
         _started(cell)
     assert cli_main(args) == 0
     assert f'removed {results / "disk-unrun.csv"}' in capsys.readouterr().out
-    assert sorted(p.name for p in results.iterdir()) == ['disk-pt2.14-cpu-amd_epyc_7b13.csv', other.name]
+    assert sorted(p.name for p in results.glob('*.csv')) == ['disk-pt2.14-cpu-amd_epyc_7b13.csv', other.name]
+    assert [p.name for p in (results / 'curves').iterdir()] == ['disk-pt2.14-cpu-amd_epyc_7b13.csv']  # replaced too
     _started(sweep.cells[0], device='cuda:0', gpus=['NVIDIA H100 80GB HBM3'])
     assert cli_main(args) == 0
-    assert sorted(p.name for p in results.iterdir()) == ['disk-mixed.csv', other.name]
+    assert sorted(p.name for p in results.glob('*.csv')) == ['disk-mixed.csv', other.name]
     table = pd.read_csv(results / 'disk-mixed.csv')
     assert 'cuda:0 (NVIDIA H100 80GB HBM3)' in table.loc[0, 'environment']
     record = json.loads((sweep.cells[0].dir / 'environment.json').read_text())[-1]
