@@ -21,7 +21,7 @@ from fat.io import write_json_atomic
 
 __all__ = ['CONFIG', 'ENVIRONMENT', 'LOG', 'PROGRESS', 'RESULT', 'LAST_CHECKPOINT', 'PREV_CHECKPOINT',
            'BEST_CHECKPOINT', 'Status', 'State', 'ACTIVE', 'read_result', 'write_result', 'read_environment',
-           'append_environment', 'read_log', 'CURVE_KEYS', 'curves_path']
+           'append_environment', 'read_log', 'CURVE_KEYS', 'curves_path', 'RANK_FAILURE']
 
 CONFIG, ENVIRONMENT, LOG, PROGRESS, RESULT = (
     'config.json', 'environment.json', 'log.jsonl', 'progress.json', 'result.json')
@@ -92,6 +92,7 @@ def write_result(run_dir: PathLike, result: Mapping[str, Any]) -> None:
     write_json_atomic(Path(run_dir) / RESULT, dict(result), durable=True, indent=2)
 
 
+RANK_FAILURE = 'failed-rank{}.json'  # a rank's own error, so that rank 0 records the first real one of a DDP run
 CURVE_KEYS = ('val_top1', 'train_loss')  # the per-epoch log keys that collect keeps and the report plots
 
 

@@ -3,8 +3,9 @@ returned, otherwise a Trainer resumed and run, its environment recorded, its res
 import json
 import logging
 import os
+import time
 from pathlib import Path
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, List, Mapping
 
 import torch
 import torch.distributed as dist
@@ -14,7 +15,16 @@ from fat.distributed import Placement
 from fat.distributed import setup as setup_distributed
 from fat.environment import record as environment_record
 from fat.io import write_json_atomic
-from fat.rundir import CONFIG, LAST_CHECKPOINT, RESULT, Status, append_environment, read_result, write_result
+from fat.rundir import (
+    CONFIG,
+    LAST_CHECKPOINT,
+    RANK_FAILURE,
+    RESULT,
+    Status,
+    append_environment,
+    read_result,
+    write_result,
+)
 
 from .config import config_diff, resolve_config
 from .trainer import Trainer
@@ -65,10 +75,23 @@ def main(cfg: Mapping[str, Any]) -> Dict[str, Any]:
             dist.destroy_process_group()
 
 
+def _rank_failures(out_dir: Path) -> List[Dict[str, Any]]:
+    """The failures each rank recorded (`RANK_FAILURE`), earliest first."""
+    found = []
+    for path in out_dir.glob(RANK_FAILURE.format('*')):
+        try:
+            found.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    return sorted(found, key=lambda f: f['time'])
+
+
 def _run(cfg: Dict[str, Any], out_dir: Path, place: Placement) -> Dict[str, Any]:
     if place.primary:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / RESULT).unlink(missing_ok=True)  # a failed run's: this attempt writes its own
+        for stale in out_dir.glob(RANK_FAILURE.format('*')):
+            stale.unlink()
         write_json_atomic(out_dir / CONFIG, cfg, durable=True, indent=2)
     if place.world_size > 1:
         dist.barrier()
@@ -84,7 +107,20 @@ def _run(cfg: Dict[str, Any], out_dir: Path, place: Placement) -> Dict[str, Any]
         error = f'{type(e).__name__}: {e}'
         if not isinstance(e, (ValueError, FileNotFoundError)):  # a bad config or missing data: the error says it all
             _logger.exception(f'run {out_dir} failed')
-        result = trainer.result(Status.FAILED, error=error) if trainer else dict(status=Status.FAILED, error=error)
+        extra: Dict[str, Any] = {}
+        if place.world_size > 1:
+            # a rank that fails alone (a corrupt image in its shard, its GPU out of memory) leaves the others failing
+            # on a closed connection, or waiting for a watchdog: each rank records its own error before it exits,
+            # and rank 0 records the first one, with its rank
+            write_json_atomic(out_dir / RANK_FAILURE.format(place.rank),
+                              dict(rank=place.rank, time=time.time(), error=error))
+            if place.primary:
+                failures = _rank_failures(out_dir)
+                first = failures[0] if failures else dict(rank=place.rank, error=error)
+                error = f"rank {first['rank']}: {first['error']}"
+                extra = dict(failed_rank=first['rank'], rank_errors={f['rank']: f['error'] for f in failures})
+        result = (trainer.result(Status.FAILED, error=error, **extra) if trainer
+                  else dict(status=Status.FAILED, error=error, **extra))
     if place.primary:
         write_result(out_dir, result)
     return result
