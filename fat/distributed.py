@@ -9,6 +9,7 @@ CPU trains for days at a hundredth of the speed.
 """
 import logging
 import os
+import socket
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -104,6 +105,23 @@ def _device(requested: str, local_rank: int, local_world_size: int) -> torch.dev
     return torch.device('cuda', cuda_index(local_rank, local_world_size, torch.cuda.device_count()))
 
 
+def check_gloo_interface(world_size: int, local_world_size: int) -> None:
+    """ValueError when a job spanning nodes would have gloo listen on loopback: without GLOO_SOCKET_IFNAME gloo
+    takes the address this host's name resolves to, and many sites resolve it to 127.0.1.1 (/etc/hosts), which
+    ranks on other nodes cannot reach: the group then fails, or hangs until its timeout (30 minutes)."""
+    if world_size <= local_world_size or os.environ.get('GLOO_SOCKET_IFNAME'):
+        return
+    host = socket.gethostname()
+    try:
+        address = socket.gethostbyname(host)
+    except OSError:
+        return  # gloo will say so itself
+    if address.startswith('127.'):
+        raise ValueError(f'this host\'s name ({host}) resolves to {address}, a loopback address: gloo would listen '
+                         'there and ranks on the other nodes could not reach it; set GLOO_SOCKET_IFNAME (and '
+                         'NCCL_SOCKET_IFNAME) to the cluster network\'s interface, e.g. in the profile\'s setup')
+
+
 def setup(requested_device: str) -> Placement:
     """Rank, device and process group (NCCL on CUDA, gloo on CPU) of this process, from torchrun's variables."""
     world_size = int(os.environ.get('WORLD_SIZE', 1))
@@ -112,6 +130,7 @@ def setup(requested_device: str) -> Placement:
     device = _device(requested_device, local_rank, local_world_size)
     if device.type == 'cuda':
         torch.cuda.set_device(device)
+    check_gloo_interface(world_size, local_world_size)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend='nccl' if device.type == 'cuda' else 'gloo',
                                 device_id=device if device.type == 'cuda' else None)

@@ -232,3 +232,19 @@ def test_no_rank_leaves_a_preempted_job_before_rank_0_has_checkpointed_and_reque
     exits = [json.loads((tmp_path / f'exit-{r}').read_text()) for r in range(2)]
     assert exits[1]['ckpt'] and exits[1]['time'] >= requeued, (exits, requeued)
     assert not (out / 'result.json').exists()  # stopped, not ended
+
+
+def test_a_multi_node_job_whose_host_name_resolves_to_loopback_names_gloo_socket_ifname(monkeypatch):
+    """A simulation (one machine): the host name is made to resolve to 127.0.1.1, as /etc/hosts does on many sites,
+    for a job of 2 nodes x 2 processes. gloo would listen there and hang until its 30-minute timeout (issue 29 item 4).
+    """
+    import socket
+
+    from fat.distributed import check_gloo_interface
+    monkeypatch.delenv('GLOO_SOCKET_IFNAME', raising=False)
+    monkeypatch.setattr(socket, 'gethostbyname', lambda name: '127.0.1.1')
+    with pytest.raises(ValueError, match=r'resolves to 127\.0\.1\.1, a loopback address.*set GLOO_SOCKET_IFNAME'):
+        check_gloo_interface(world_size=4, local_world_size=2)
+    check_gloo_interface(world_size=2, local_world_size=2)  # one node: loopback is where its ranks meet
+    monkeypatch.setenv('GLOO_SOCKET_IFNAME', 'eth0')
+    check_gloo_interface(world_size=4, local_world_size=2)  # the interface is named: gloo uses it
