@@ -10,7 +10,8 @@ Parts (each in fresh `fat` processes, as a cluster job runs them):
   cpu_to_gpu_resume a run checkpointed on the CPU (device auto, GPUs hidden) resumes on the GPU with fp16 AMP
   ddp_nccl_syncbn   two ranks, NCCL, SyncBatchNorm, a preemption and an exact resume (two GPUs: NCCL refuses two
                     ranks on one GPU; the dry run uses gloo)
-  bench_eager       `fat bench` on the device (AMP fp16 on CUDA)
+  bench_eager       `fat bench` on the device (AMP fp16 on CUDA), 2 rounds with their contention records (calibration
+                    kernel on the device, SM clock where NVML answers)
   bench_compile     the same with torch.compile
   oom_backoff       `fat bench` at a batch no GPU holds: it backs off to one that fits (CUDA only)
   step_syncs        a training epoch (bf16 AMP, mixup, clipping) under CUDA's sync debug mode: the host waits for the
@@ -161,11 +162,16 @@ class Check:
         record = json.loads(out.stdout.strip().splitlines()[-1])
         if not record['samples_per_sec'] > 0:
             raise PartError(f'no throughput: {record}')
+        if not (record['calibration_ms'] > 0 and record['round_calibration']):  # fat.contention on this device
+            raise PartError(f'no contention record: {record}')
         return record
 
     def bench_eager(self) -> str:
-        r = self._bench()
-        return f"{r['model']} {r['precision']} batch {r['batch_size']}: {r['samples_per_sec']:.0f} img/s"
+        r = self._bench('--rounds', '2')
+        clock = f", SM clock {r['round_clock_mhz']} MHz" if r['round_clock_mhz'] else ', SM clock not readable'
+        return (f"{r['model']} {r['precision']} batch {r['batch_size']}: {r['samples_per_sec']:.0f} img/s; "
+                f"calibration {r['calibration_ms']} ms, per round {r['round_calibration']}x{clock}"
+                + (f"; CONTENDED: {r['contended']}" if r['contended'] else ''))
 
     def bench_compile(self) -> str:
         r = self._bench('--compile')
