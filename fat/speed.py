@@ -6,6 +6,7 @@ device, precision, threads, batch sizes, warm-up and timed steps per round, roun
 ``{mode, setting, models}`` (``models`` is a list or the name of one), each model of it one contender.
 """
 import argparse
+import os
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Tuple
 
@@ -93,6 +94,10 @@ def _speed(args: argparse.Namespace) -> int:
     print(f'{len(run)} contenders, {options}', flush=True)
     if args.dry_run:
         return 0
+    load1, cores = os.getloadavg()[0], os.cpu_count() or 1
+    print(f'load average {load1:.2f} on {cores} cores' + (
+        ': other work is running; its rounds will be re-timed, or flagged and never ranked' if load1 > 0.5 else ''),
+        flush=True)
     from fat import bench
     records = bench.compare(run, log=lambda line: print(line, flush=True), keep_going=True, **options)
     for r in records:
