@@ -86,6 +86,13 @@ def metrics(cell_dir: Path) -> Dict[str, Any]:
     return {k: result.get(k) for k in RESULT_KEYS}
 
 
+def train_reference(config: Dict[str, Any]) -> None:
+    """Run `config` uninterrupted (in a reference process of conftest's `reference`); its status must be done."""
+    from fat.train import main
+    result = main(config)
+    assert result['status'] == 'done', result
+
+
 def starts(cell_dir: Path) -> List[Dict[str, Any]]:
     return [r for r in read_records(cell_dir) if r.get('event') == 'started']
 

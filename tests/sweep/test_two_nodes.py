@@ -65,6 +65,7 @@ def test_two_node_cell_ends_as_two_tasks_on_one_node(straight, two_nodes):
     assert _same_weights(a, b)
     assert now['two'].hosts == ['node1', 'node2'] and now['two'].world_size == 2
     assert len(now['one'].hosts) == 1 and now['one'].world_size == 2
+    assert [len(h.starts(c.dir)) for c in (a, b)] == [1, 1]  # each ran as one job start, its tasks joined
     # rank 0 ran on node1 and rank 1 on node2, each in its own namespace (the trainer records rank 0's host)
     env = json.loads((a.dir / 'environment.json').read_text())[-1]
     assert env['world_size'] == 2 and env['hardware']['hostname'] == 'node1'
