@@ -14,8 +14,8 @@ import fat  # noqa: F401  (registers the models)
 from fat.models import FASA_VARIANTS
 
 MODELS = timm.list_models('fat_*')
-# fat_b1..b3 differ from fat_b0 only in widths, depths and heads: traced and scripted, they run the same code at several
-# times the cost, so those checks of theirs run with `-m slow`
+# fat_b1..b3 differ from fat_b0 only in widths, depths and heads: traced, scripted or checkpointed at 384 px they run
+# the same code at several times the cost, so those checks of theirs run with `-m slow`
 BY_CODE_PATH = [pytest.param(m, marks=pytest.mark.slow) if m in ('fat_b1', 'fat_b2', 'fat_b3') else m for m in MODELS]
 PRESETS = list(FASA_VARIANTS)
 # timm's per-check target input sizes
@@ -55,7 +55,7 @@ def test_import_registers_with_grayscale_and_class_count():
     assert model(torch.randn(2, 1, 64, 64)).shape == (2, 10)
 
 
-@pytest.mark.parametrize('name', MODELS)
+@pytest.mark.parametrize('name', BY_CODE_PATH)
 def test_forward_and_grad_checkpointing_equal(name):
     torch.manual_seed(0)
     model = timm.create_model(name).eval()
