@@ -115,6 +115,13 @@ def checkpoint_step(cell_dir: Path) -> int:
     return torch.load(cell_dir / 'checkpoint-last.pt', map_location='cpu', weights_only=False)['global_step']
 
 
+def same_weights(a: Path, b: Path) -> bool:
+    """Whether run directories `a` and `b` end with bit-equal model weights (their checkpoint-last.pt)."""
+    import torch
+    wa, wb = (torch.load(d / 'checkpoint-last.pt', map_location='cpu', weights_only=False)['model'] for d in (a, b))
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
 def cancel_unfinished(sweeps: List[Sweep]) -> None:
     """scancel the jobs of cells that are not DONE (a failed test's); DONE cells' jobs may still be ending: leave
     them to end by themselves."""
