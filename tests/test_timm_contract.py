@@ -14,6 +14,9 @@ import fat  # noqa: F401  (registers the models)
 from fat.models import FASA_VARIANTS
 
 MODELS = timm.list_models('fat_*')
+# fat_b1..b3 differ from fat_b0 only in widths, depths and heads: traced, scripted or checkpointed at 384 px they run
+# the same code at several times the cost, so those checks of theirs run with `-m slow`
+BY_CODE_PATH = [pytest.param(m, marks=pytest.mark.slow) if m in ('fat_b1', 'fat_b2', 'fat_b3') else m for m in MODELS]
 PRESETS = list(FASA_VARIANTS)
 # timm's per-check target input sizes
 FWD_SIZE, BWD_SIZE, JIT_SIZE, FEAT_SIZE, FX_SIZE = 384, 128, 128, 96, 128
@@ -52,7 +55,7 @@ def test_import_registers_with_grayscale_and_class_count():
     assert model(torch.randn(2, 1, 64, 64)).shape == (2, 10)
 
 
-@pytest.mark.parametrize('name', MODELS)
+@pytest.mark.parametrize('name', BY_CODE_PATH)
 def test_forward_and_grad_checkpointing_equal(name):
     torch.manual_seed(0)
     model = timm.create_model(name).eval()
@@ -122,7 +125,7 @@ def _script(name: str, **kwargs):
     return model, torch.jit.script(model)
 
 
-@pytest.mark.parametrize('name', MODELS)
+@pytest.mark.parametrize('name', BY_CODE_PATH)
 def test_torchscript(name):
     model, scripted = _script(name)
     x = _randn(model, JIT_SIZE)
@@ -215,7 +218,7 @@ def _assert_fx_forward_bit_equal(model: torch.nn.Module):
     assert torch.equal(traced, eager)
 
 
-@pytest.mark.parametrize('name', MODELS)
+@pytest.mark.parametrize('name', BY_CODE_PATH)
 def test_fx_forward_is_bit_equal(name):
     _assert_fx_forward_bit_equal(timm.create_model(name).eval())
 
@@ -225,7 +228,7 @@ def test_fx_forward_every_preset(preset):
     _assert_fx_forward_bit_equal(timm.create_model('fat_b0', fasa=preset).eval())
 
 
-@pytest.mark.parametrize('name', MODELS)
+@pytest.mark.parametrize('name', BY_CODE_PATH)
 def test_fx_backward_reaches_every_parameter(name):
     model = timm.create_model(name, num_classes=42)
     x = _randn(model, FX_SIZE, batch_size=2)

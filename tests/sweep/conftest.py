@@ -3,9 +3,11 @@
 `slurm_cluster` starts `slurm/cluster.sh up` once per session where it can (root, apt: Debian/Ubuntu); elsewhere
 the Slurm tests skip with the reason, except under CI=true, where they fail.
 """
+import multiprocessing
 import os
 import shutil
 import subprocess
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, Optional, Sequence
 
@@ -20,6 +22,7 @@ from sweep_helpers import (
     TWO_NODES_SCRIPT,
     cancel_unfinished,
     metrics,
+    train_reference,
 )
 
 from fat.sweep.cells import Cell
@@ -108,8 +111,8 @@ def two_nodes(slurm_two_nodes: Path, monkeypatch: pytest.MonkeyPatch) -> Iterato
 
 @pytest.fixture(autouse=True)
 def _torch_state() -> Iterator[None]:
-    """Runs in this process (reference runs, the debug executor) set process-wide torch state (threads,
-    deterministic algorithms): leave it as it was for the tests that follow."""
+    """Runs in this process (the debug executor) set process-wide torch state (threads, deterministic algorithms):
+    leave it as it was for the tests that follow."""
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     yield
     torch.set_num_threads(threads)
@@ -127,17 +130,29 @@ def write_grid(tmp_path: Path) -> Callable[..., Path]:
     return write
 
 
-@pytest.fixture(scope='session')
-def reference(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Sequence[Cell]], Dict[str, Dict[str, Any]]]:
-    """reference(cells) -> {cell id: result metrics of an uninterrupted run} (each cell run once, in-process)."""
-    from fat.train import main
-    root = tmp_path_factory.mktemp('reference')
-    cache: Dict[str, Dict[str, Any]] = {}
+class _References:
+    """reference(cells) -> {cell id: result metrics of an uninterrupted run}. Each cell runs once, in a pool of two
+    fresh processes (the trainer sets process-wide torch state, and its signal handlers need a main thread);
+    `start(cells)` begins them early, so that they use the cores while a test waits on its scheduler."""
 
-    def get(cells: Sequence[Cell]) -> Dict[str, Dict[str, Any]]:
+    def __init__(self, pool: ProcessPoolExecutor, root: Path):
+        self.pool, self.root, self.runs = pool, root, {}
+
+    def start(self, cells: Sequence[Cell]) -> None:
         for cell in cells:
-            if cell.id not in cache:
-                main(dict(cell.config, output_dir=str(root / cell.id), tensorboard_dir=None))  # not the cell's
-                cache[cell.id] = metrics(root / cell.id)
-        return {cell.id: cache[cell.id] for cell in cells}
-    return get
+            if cell.id not in self.runs:  # not the cell's tensorboard_dir: the cell's own run writes there
+                config = dict(cell.config, output_dir=str(self.root / cell.id), tensorboard_dir=None)
+                self.runs[cell.id] = self.pool.submit(train_reference, config)
+
+    def __call__(self, cells: Sequence[Cell]) -> Dict[str, Dict[str, Any]]:
+        self.start(cells)
+        for cell in cells:
+            self.runs[cell.id].result()  # a run that raised raises here
+        return {cell.id: metrics(self.root / cell.id) for cell in cells}
+
+
+@pytest.fixture(scope='module')
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_References]:
+    pool = ProcessPoolExecutor(2, mp_context=multiprocessing.get_context('spawn'))
+    yield _References(pool, tmp_path_factory.mktemp('reference'))
+    pool.shutdown(wait=False, cancel_futures=True)  # its processes exit (~2 s of torch's teardown) while tests go on

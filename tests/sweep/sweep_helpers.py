@@ -86,6 +86,13 @@ def metrics(cell_dir: Path) -> Dict[str, Any]:
     return {k: result.get(k) for k in RESULT_KEYS}
 
 
+def train_reference(config: Dict[str, Any]) -> None:
+    """Run `config` uninterrupted (in a reference process of conftest's `reference`); its status must be done."""
+    from fat.train import main
+    result = main(config)
+    assert result['status'] == 'done', result
+
+
 def starts(cell_dir: Path) -> List[Dict[str, Any]]:
     return [r for r in read_records(cell_dir) if r.get('event') == 'started']
 
@@ -106,6 +113,13 @@ def checkpoint_step(cell_dir: Path) -> int:
     """The global step of the cell's newest checkpoint."""
     import torch
     return torch.load(cell_dir / 'checkpoint-last.pt', map_location='cpu', weights_only=False)['global_step']
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    """Whether run directories `a` and `b` end with bit-equal model weights (their checkpoint-last.pt)."""
+    import torch
+    wa, wb = (torch.load(d / 'checkpoint-last.pt', map_location='cpu', weights_only=False)['model'] for d in (a, b))
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 def cancel_unfinished(sweeps: List[Sweep]) -> None:

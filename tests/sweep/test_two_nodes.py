@@ -6,17 +6,15 @@ import json
 import re
 import subprocess
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Tuple
 
 import pandas as pd
 import pytest
 import sweep_helpers as h
-import torch
 import yaml
 from submitit.core.utils import JobPaths
 
 from fat.cli import main as fat_main
-from fat.sweep.cells import Cell
 from fat.sweep.launch import Sweep, launch, prepare
 
 pytestmark = [pytest.mark.slurm, pytest.mark.two_nodes]
@@ -26,15 +24,6 @@ GRID = {'name': 'two', 'preset': 'smoke', 'base': h.TRAIN_BASE, 'axes': {'fasa':
         'slurm': {'profile': h.TWO_NODES_PROFILE}}
 ONE_NODE = ['slurm.nodes=1', 'slurm.tasks_per_node=2']  # the same cell as two tasks on one node
 _STOP_RE = re.compile(r'(SIGTERM|SIGUSR2): checkpoint written at step (\d+); stopping')
-
-
-def _weights(cell: Cell) -> Dict[str, torch.Tensor]:
-    return torch.load(cell.dir / 'checkpoint-last.pt', map_location='cpu', weights_only=False)['model']
-
-
-def _same_weights(a: Cell, b: Cell) -> bool:
-    wa, wb = _weights(a), _weights(b)
-    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 @pytest.fixture(scope='module')
@@ -62,9 +51,10 @@ def test_two_node_cell_ends_as_two_tasks_on_one_node(straight, two_nodes):
     assert [st.state for st in now.values()] == ['DONE', 'DONE'], {k: (st.state, st.detail) for k, st in now.items()}
     a, b = two.cells[0], one.cells[0]
     assert h.metrics(a.dir) == h.metrics(b.dir)
-    assert _same_weights(a, b)
+    assert h.same_weights(a.dir, b.dir)
     assert now['two'].hosts == ['node1', 'node2'] and now['two'].world_size == 2
     assert len(now['one'].hosts) == 1 and now['one'].world_size == 2
+    assert [len(h.starts(c.dir)) for c in (a, b)] == [1, 1]  # each ran as one job start, its tasks joined
     # rank 0 ran on node1 and rank 1 on node2, each in its own namespace (the trainer records rank 0's host)
     env = json.loads((a.dir / 'environment.json').read_text())[-1]
     assert env['world_size'] == 2 and env['hardware']['hostname'] == 'node1'
@@ -108,7 +98,7 @@ def test_requeued_and_preempted_two_node_cells_resume_exactly(straight, two_node
         resumed = h.resumed_from(cell.dir)
         assert resumed[0] is None and resumed[1]['global_step'] == step, (signame, resumed, step)
         assert h.metrics(cell.dir) == expected, signame
-        assert _same_weights(cell, reference.cells[0]), signame
+        assert h.same_weights(cell.dir, reference.cells[0].dir), signame
 
 
 def test_lost_node_fails_or_requeues_the_cell_and_relaunch_resumes_from_its_last_checkpoint(straight, two_nodes,
@@ -134,7 +124,7 @@ def test_lost_node_fails_or_requeues_the_cell_and_relaunch_resumes_from_its_last
     h.wait_states(sweep, ['DONE'], timeout=300)
     assert h.resumed_from(cell.dir)[-1]['global_step'] == step
     assert h.metrics(cell.dir) == h.metrics(reference.cells[0].dir)
-    assert _same_weights(cell, reference.cells[0])
+    assert h.same_weights(cell.dir, reference.cells[0].dir)
 
 
 def test_status_and_collect_show_hosts_and_world_size(straight, two_nodes, tmp_path, capsys):
