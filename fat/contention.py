@@ -7,8 +7,9 @@ reveal it (every round is low). So every timed round records what it actually go
   timing thread does the work (torch's intra-op work runs on it and on its OpenMP team), so a share below
   `CPU_SHARE_MIN` means the scheduler gave its core to other work for more than a tenth of the round.
 * ``calibration``: a fixed kernel (float32 matmuls of 256x256, about 10-20 ms on one core) timed just before and just
-  after the round, as a ratio to the fastest calibration of the run; above `CALIBRATION_MAX` the same work ran
-  more than 10 % slower than it can here (another process on the core or its SMT sibling, memory bandwidth, the
+  after the round, as a ratio to the run's reference (the median of 5 calibrations at its start: the fastest one
+  would be an outlier, and quiet rounds would sit near the bound); above `CALIBRATION_MAX` the same work ran more
+  than 10 % slower than at the start (another process on the core or its SMT sibling, memory bandwidth, the
   clock). The worse of the two (before, after) counts.
 * ``load1``: the 1-minute load average at the round's end. Recorded, not judged: it lags by a minute and counts
   this process itself.
@@ -21,6 +22,7 @@ of other work pass) while it stays contended; a round still contended after that
 the figure it belongs to is flagged: reported with the reason, never ranked (`fat.report`).
 """
 import os
+import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence, Tuple, TypeVar
@@ -94,10 +96,10 @@ class Monitor:
         else:
             a = torch.randn(256, 256)
             self._kernel, self._repeats = (lambda: a @ a), 40
-        self.reference = min(self.calibrate() for _ in range(3))
+        self.reference = statistics.median(self.calibrate() for _ in range(5))
 
     def calibrate(self) -> float:
-        """Seconds the calibration kernel takes now; the run's fastest so far becomes the reference."""
+        """Seconds the calibration kernel takes now."""
         sync = torch.cuda.synchronize if self.device.type == 'cuda' else (lambda: None)
         with torch.inference_mode():
             sync()
@@ -106,7 +108,6 @@ class Monitor:
                 self._kernel()
             sync()
             seconds = time.perf_counter() - start
-        self.reference = min(getattr(self, 'reference', seconds), seconds)
         return seconds
 
     def measure(self, round_: Callable[[], T]) -> Tuple[T, Check]:
