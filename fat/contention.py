@@ -7,10 +7,11 @@ reveal it (every round is low). So every timed round records what it actually go
   timing thread does the work (torch's intra-op work runs on it and on its OpenMP team), so a share below
   `CPU_SHARE_MIN` means the scheduler gave its core to other work for more than a tenth of the round.
 * ``calibration``: a fixed kernel (float32 matmuls of 256x256, about 10-20 ms on one core) timed just before and just
-  after the round, as a ratio to the run's reference (the median of 5 calibrations at its start: the fastest one
-  would be an outlier, and quiet rounds would sit near the bound); above `CALIBRATION_MAX` the same work ran more
-  than 10 % slower than at the start (another process on the core or its SMT sibling, memory bandwidth, the
-  clock). The worse of the two (before, after) counts.
+  after the round, as a ratio to the run's reference: the median of every calibration so far (5 at the start, then
+  2 per timed attempt). Not the fastest one, an outlier that sat quiet rounds near the bound; not the start's alone,
+  which a slow start inflated so that later slowdowns of 25 % passed. Above `CALIBRATION_MAX` the same work ran
+  more than 10 % slower than it usually does here (another process on the core or its SMT sibling, memory
+  bandwidth, the clock). The worse of the two (before, after) counts.
 * ``load1``: the 1-minute load average at the round's end. Recorded, not judged: it lags by a minute and counts
   this process itself.
 
@@ -29,10 +30,11 @@ from typing import Callable, List, Optional, Sequence, Tuple, TypeVar
 
 import torch
 
-__all__ = ['CPU_SHARE_MIN', 'CALIBRATION_MAX', 'Check', 'Monitor', 'judge', 'summarize_checks']
+__all__ = ['CPU_SHARE_MIN', 'CALIBRATION_MAX', 'SPREAD_MAX', 'Check', 'Monitor', 'judge', 'summarize_checks']
 
 CPU_SHARE_MIN = 0.90  # a round whose timing thread ran less than this fraction of its wall time is contended
-CALIBRATION_MAX = 1.10  # a round whose calibration ran more than this times the run's fastest is contended
+CALIBRATION_MAX = 1.10  # a round whose calibration ran more than this times the run's reference is contended
+SPREAD_MAX = 10.0  # % : a figure whose rounds span more than this (max - min, in % of their median) is unsteady
 
 T = TypeVar('T')
 
@@ -96,7 +98,12 @@ class Monitor:
         else:
             a = torch.randn(256, 256)
             self._kernel, self._repeats = (lambda: a @ a), 40
-        self.reference = statistics.median(self.calibrate() for _ in range(5))
+        self.samples = [self.calibrate() for _ in range(5)]
+
+    @property
+    def reference(self) -> float:
+        """Seconds the calibration kernel usually takes in this run: the median of its calibrations so far."""
+        return statistics.median(self.samples)
 
     def calibrate(self) -> float:
         """Seconds the calibration kernel takes now."""
@@ -123,6 +130,7 @@ class Monitor:
             after = self.calibrate()
             share = cpu / wall if wall > 0 else 1.0
             calibration = max(before, after) / self.reference
+            self.samples += [before, after]
             reasons = judge(share, calibration, self.device.type != 'cuda', self.cpu_share_min, self.calibration_max)
             if not reasons or attempt > self.retries:
                 return result, Check(round(share, 3), round(calibration, 3), round(os.getloadavg()[0], 2), attempt,
