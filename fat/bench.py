@@ -356,11 +356,15 @@ class _Contender:
 
     def time(self, num_warmup: int, num_iters: int, progress: bool, monitor: Monitor) -> Check:
         """One round: warm-up steps, then timed steps, re-timed while contended (`fat.contention`); the kept
-        attempt's step times and its check are recorded, the page faults of every attempt counted."""
-        time_steps(self.step, 0, num_warmup, self.device, desc=f'{self.desc} warm-up', progress=progress)
+        attempt's step times and its check are recorded, the page faults of every attempt counted. The calibration
+        kernel runs before the warm-up (and after the timed steps), so that the warm-up, not it, leaves the caches
+        to the timed steps."""
         faults = minor_faults()
-        times, check = monitor.measure(
-            lambda: time_steps(self.step, num_iters, 0, self.device, desc=self.desc, progress=progress))
+
+        def attempt() -> List[float]:
+            time_steps(self.step, 0, num_warmup, self.device, desc=f'{self.desc} warm-up', progress=progress)
+            return time_steps(self.step, num_iters, 0, self.device, desc=self.desc, progress=progress)
+        times, check = monitor.measure(attempt)
         self.faults += minor_faults() - faults
         self.steps += num_iters * check.attempts
         self.rounds.append(times)
