@@ -14,8 +14,17 @@ from fat.distributed import Placement
 from fat.distributed import setup as setup_distributed
 from fat.environment import record as environment_record
 from fat.io import write_json_atomic
-from fat.rundir import CONFIG, RESULT, Status, append_environment, read_result, write_result
+from fat.rundir import (
+    CONFIG,
+    RESULT,
+    UNREADABLE_CHECKPOINTS,
+    Status,
+    append_environment,
+    read_result,
+    write_result,
+)
 
+from .checkpoint import UnreadableCheckpoints
 from .config import config_diff, resolve_config
 from .trainer import Trainer
 
@@ -28,7 +37,8 @@ def main(cfg: Mapping[str, Any]) -> Dict[str, Any]:
     """Run, or resume, the training run `cfg` in `cfg['output_dir']`; returns the result written to result.json.
 
     A directory holding a finished run (status done or diverged) returns its result without training; a failed
-    or interrupted one resumes from its last readable checkpoint. Exceptions are recorded as status `failed`.
+    or interrupted one resumes from its last readable checkpoint. Exceptions are recorded as status `failed`; so is
+    a directory whose checkpoints exist but none loads (with their names: `fat.rundir.set_aside_unreadable`).
     """
     cfg = resolve_config(cfg)
     if not cfg['output_dir']:
@@ -78,7 +88,9 @@ def _run(cfg: Dict[str, Any], out_dir: Path, place: Placement) -> Dict[str, Any]
         error = f'{type(e).__name__}: {e}'
         if not isinstance(e, (ValueError, FileNotFoundError)):  # a bad config or missing data: the error says it all
             _logger.exception(f'run {out_dir} failed')
-        result = trainer.result(Status.FAILED, error=error) if trainer else dict(status=Status.FAILED, error=error)
+        extra = {UNREADABLE_CHECKPOINTS: e.names} if isinstance(e, UnreadableCheckpoints) else {}
+        result = trainer.result(Status.FAILED, error=error, **extra) if trainer else dict(
+            status=Status.FAILED, error=error)
     if place.primary:
         write_result(out_dir, result)
     return result

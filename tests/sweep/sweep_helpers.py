@@ -105,7 +105,7 @@ def alive(pid: int) -> bool:
 def checkpoint_step(cell_dir: Path) -> int:
     """The global step of the cell's newest checkpoint."""
     import torch
-    return torch.load(cell_dir / 'checkpoint-last.pt', map_location='cpu', weights_only=False)['global_step']
+    return torch.load(cell_dir / 'checkpoint-last.pt', map_location='cpu', weights_only=True)['global_step']
 
 
 def cancel_unfinished(sweeps: List[Sweep]) -> None:

@@ -29,7 +29,7 @@ _STOP_RE = re.compile(r'(SIGTERM|SIGUSR2): checkpoint written at step (\d+); sto
 
 
 def _weights(cell: Cell) -> Dict[str, torch.Tensor]:
-    return torch.load(cell.dir / 'checkpoint-last.pt', map_location='cpu', weights_only=False)['model']
+    return torch.load(cell.dir / 'checkpoint-last.pt', map_location='cpu', weights_only=True)['model']
 
 
 def _same_weights(a: Cell, b: Cell) -> bool:
