@@ -26,7 +26,7 @@ purpose; read the diff before committing it):
     for g in report_golden report_golden_windows; do cp -r tests/data/$g/runs/$g /tmp/golden-out/
         .venv/bin/fat sweep collect tests/data/$g/grid.yaml --workdir /tmp/golden-out --out /tmp/golden-out/results
         cp /tmp/golden-out/results/tables/ablation-$g-* tests/data/$g/expected/ 2>/dev/null; done
-    .venv/bin/fat report --results /tmp/golden-out/results
+    .venv/bin/fat report --results /tmp/golden-out/results --workdir /tmp/golden-out
     for g in report_golden report_golden_windows; do cp /tmp/golden-out/results/tables/ablation-$g-pt* \
         tests/data/$g/expected/; done
 """
@@ -54,7 +54,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
         assert main(['sweep', 'collect', str(REPO / 'tests' / 'data' / grid / 'grid.yaml'), '--workdir',
                      str(work / 'runs'), '--out', str(results)]) == 0
     assert main(['report', '--results', str(results), '--analysis', str(REPO / 'analysis'),
-                 '--pins', str(REPO / 'results' / 'complexity-pins.json')]) == 0
+                 '--pins', str(REPO / 'results' / 'complexity-pins.json'), '--workdir', str(work / 'runs')]) == 0
     return results
 
 
@@ -92,7 +92,8 @@ def test_report_is_deterministic(report: Path):
     files = sorted(p for p in report.rglob('*') if p.is_file() and p.name not in collected)
     before = {p: p.read_bytes() for p in files}
     assert main(['report', '--results', str(report), '--analysis', str(REPO / 'analysis'),
-                 '--pins', str(REPO / 'results' / 'complexity-pins.json')]) == 0
+                 '--pins', str(REPO / 'results' / 'complexity-pins.json'),
+                 '--workdir', str(report.parent / 'runs')]) == 0
     assert sorted(p for p in report.rglob('*') if p.is_file() and p.name not in collected) == files
     changed = [str(p.relative_to(report)) for p in files if p.read_bytes() != before[p]]
     assert not changed, f'not reproducible: {changed}'

@@ -4,7 +4,7 @@ input as notes and counts, and `fat report` on a user grid with cell logs writin
 import json
 import shutil
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import pandas as pd
 import pytest
@@ -46,8 +46,8 @@ def grid_analysis(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return copy
 
 
-def _tables(results: Path) -> Dict[str, Table]:
-    return {t.name: t for t in build_tables(load_analysis(ANALYSIS), load_measurements(results, PINS))}
+def _tables(results: Path, workdir: Optional[Path] = None) -> Dict[str, Table]:
+    return {t.name: t for t in build_tables(load_analysis(ANALYSIS), load_measurements(results, PINS, workdir))}
 
 
 def _runs(point: str, values: Sequence[float], seeds: Sequence[int] = (0, 1, 2)) -> List[tuple]:
@@ -182,16 +182,18 @@ def _cell_dirs(work: Path, frame: pd.DataFrame) -> None:
 
 
 def test_fat_report_on_a_user_grid_writes_its_table_and_three_figures(tmp_path: Path, grid_analysis: Path,
-                                                                        capsys: pytest.CaptureFixture):
+                                                                        capsys: pytest.CaptureFixture,
+                                                                        monkeypatch: pytest.MonkeyPatch):
     results, work = tmp_path / 'results', tmp_path / 'runs'
     rows = [(str(k), lr, s, 'DONE', v) for k, lr, values in [
         ('[3,5,7,9]', 0.004, [80.1, 81.0, 80.4]), ('[5,5,7,9]', 0.004, [80.6, 81.9, 80.8]),
         ('[3,5,7,9]', 0.002, [79.0, 79.8, 79.1])] for s, v in enumerate(values)]
     frame = _collected(results / 'kernels-pt2.14-cpu-test.csv', rows, ('kernel_sizes', 'lr', 'seed', 'status', 'top1'))
-    frame['dir'] = [str(work / c) for c in frame['cell']]
+    frame['dir'] = [f'kernels/{c}' for c in frame['cell']]  # as collect writes it: relative to the work directory
     frame.to_csv(results / 'kernels-pt2.14-cpu-test.csv', index=False)
-    _cell_dirs(work, frame)
-    assert main(['report', '--results', str(results), '--analysis', str(grid_analysis), '--pins', str(PINS)]) == 0
+    _cell_dirs(work / 'kernels', frame)
+    assert main(['report', '--results', str(results), '--analysis', str(grid_analysis), '--pins', str(PINS),
+                 '--workdir', str(work)]) == 0
     out = capsys.readouterr().out
     assert 'ablation-kernels-pt2.14-cpu-test: 0 data problems' in out
     stem = 'kernels-pt2.14-cpu-test'
@@ -204,12 +206,21 @@ def test_fat_report_on_a_user_grid_writes_its_table_and_three_figures(tmp_path: 
     assert [h.strip() for h in header.strip('|').split('|')][:3] == ['kernel_sizes', 'lr', 'vs']
     index = (results / 'report.md').read_text()
     assert 'no log.jsonl' not in index and 'band spans the lowest to the highest seed' in index
-    curves = _tables(results)[f'ablation-{stem}'].meta['curves']
+    curves = _tables(results, work)[f'ablation-{stem}'].meta['curves']
     assert len(curves) == 9 * 3 and not (curves['val_top1'] == 0.0).any()  # 9 cells x 3 epochs, the last line wins
+    # without --workdir: the grid file's `workdir` (ablations/kernels.yaml, from the current directory), else runs/
+    monkeypatch.chdir(tmp_path)
+    report = ['report', '--results', str(results), '--analysis', str(grid_analysis), '--pins', str(PINS)]
+    assert main(report) == 0 and 'no log.jsonl' not in (results / 'report.md').read_text()
+    (tmp_path / 'ablations').mkdir()
+    (tmp_path / 'ablations' / 'kernels.yaml').write_text('name: kernels\nworkdir: elsewhere\n')
+    assert main(report) == 0
+    assert 'no log.jsonl for 9 of 9 DONE cell(s) (their directories are not in elsewhere:' in \
+        (results / 'report.md').read_text()
     # without the cell directories the curves figure says why instead of failing
     for path in work.rglob('log.jsonl'):
         path.unlink()
-    assert main(['report', '--results', str(results), '--analysis', str(grid_analysis), '--pins', str(PINS)]) == 0
+    assert main([*report, '--workdir', str(work)]) == 0
     assert 'no log.jsonl for 9 of 9 DONE cell(s)' in (results / 'report.md').read_text()
 
 

@@ -48,6 +48,7 @@ def build_report(
         results: Path,
         analysis: Path = Path('analysis'),
         pins: Optional[Path] = DEFAULT_PINS,
+        workdir: Optional[Path] = None,
 ) -> Tuple[List[Path], List[Path], Dict[str, int]]:
     """Regenerate every table and figure under `results`; returns (files written, stale files removed, data
     problems per grid table).
@@ -58,7 +59,7 @@ def build_report(
     from .figures import build_figures, write_figure
     from .tables import build_tables, write_table
     a = load_analysis(Path(analysis))
-    m = load_measurements(Path(results), pins)
+    m = load_measurements(Path(results), pins, workdir)
     tables = build_tables(a, m)
     figures = build_figures(a, tables)
     results = Path(results)
@@ -74,7 +75,7 @@ def build_report(
 
 
 def _report(args: argparse.Namespace) -> int:
-    written, stale, problems = build_report(args.results, args.analysis, args.pins)
+    written, stale, problems = build_report(args.results, args.analysis, args.pins, args.workdir)
     for path in written:
         print(f'wrote {path}')
     for path in stale:
@@ -97,4 +98,7 @@ def register(subparsers: Any) -> None:
     p.add_argument('--pins', type=Path, default=DEFAULT_PINS,
                    help=f'params/MACs regression file of `fat flops --pins` (default: {DEFAULT_PINS}; '
                         'skipped if absent)')
+    p.add_argument('--workdir', type=Path, default=None,
+                   help="where the collected grids' cell directories are, for the learning curves (a collected CSV "
+                        "names them relative to it; default: each grid file's `workdir`, else runs)")
     p.set_defaults(func=_report)

@@ -13,6 +13,7 @@ note and a count, never a verdict.
 import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
 
 import pandas as pd
@@ -21,7 +22,7 @@ from fat.rundir import State
 
 from . import stats
 from .analysis import Analysis
-from .measured import Measurements, read_curves
+from .measured import Measurements, grid_workdir, read_curves
 from .tables import DASH, Table, _frames, _not_found
 
 __all__ = ['ablation', 'is_training_grid', 'grid_axes']
@@ -235,10 +236,11 @@ def ablation(name: str, spec: Mapping[str, Any], a: Analysis, m: Measurements) -
         note = ('No collected training grid in results/ (a `fat sweep collect` CSV of `train` cells); run a grid, '
                 'then `fat sweep collect ablations/GRID.yaml`.')
         return [Table(name, spec['title'], data, display, [note, *_not_found(spec, a)])]
-    return [_grid_table(name, spec, collection, frame, a) for collection, frame in sorted(grids.items())]
+    return [_grid_table(name, spec, collection, frame, a, m.workdir) for collection, frame in sorted(grids.items())]
 
 
-def _grid_table(name: str, spec: Mapping[str, Any], collection: str, frame: pd.DataFrame, a: Analysis) -> Table:
+def _grid_table(name: str, spec: Mapping[str, Any], collection: str, frame: pd.DataFrame, a: Analysis,
+                workdir: Optional[Path]) -> Table:
     grid = str(frame['grid'].dropna().iloc[0]) if 'grid' in frame.columns and frame['grid'].notna().any() else \
         collection
     own = dict((spec.get('grids') or {}).get(grid) or {})
@@ -348,7 +350,7 @@ def _grid_table(name: str, spec: Mapping[str, Any], collection: str, frame: pd.D
     env = collection[len(grid) + 1:] if collection.startswith(f'{grid}-') else ''
     described = own.get('describe')
     subtitle = f'Grid `{grid}`' + (f' in `{env}`' if env else '') + (f': {described}' if described else '') + '.'
-    curves, curve_notes = read_curves(frame[frame['status'] == State.DONE])
+    curves, curve_notes = read_curves(frame[frame['status'] == State.DONE], workdir or grid_workdir(grid_file))
     meta = dict(axes=axes, baseline=base, problems=len(problems), metric_label=metric_label, grid=grid,
                 curves=curves, curve_notes=curve_notes, labels={ax: {v: _axis_label(a, own, ax, v, short=True)
                                                                      for v in dict.fromkeys(p[i] for p in points)}

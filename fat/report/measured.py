@@ -12,7 +12,7 @@ import pandas as pd
 
 from fat.rundir import LOG, State
 
-__all__ = ['Measurements', 'load_measurements', 'seed_stats', 'read_curves', 'BENCH_KEYS']
+__all__ = ['Measurements', 'load_measurements', 'seed_stats', 'read_curves', 'grid_workdir', 'BENCH_KEYS']
 
 # a benchmark environment: the rows of one file that share these make one column of the speed table
 BENCH_KEYS = ('mode', 'setting', 'device_type', 'device', 'precision', 'tf32', 'layout', 'compiled', 'reparam',
@@ -38,6 +38,7 @@ class Measurements:
         default_factory=lambda: pd.DataFrame(columns=['model', 'fasa', 'img_size', 'params', 'convention', 'macs']))
     inputs: List[str] = field(default_factory=list)
     problems: List[str] = field(default_factory=list)
+    workdir: Optional[Path] = None  # where the collected grids' cell directories are (None: `grid_workdir`)
 
     def grid(self, name: str) -> Optional[pd.DataFrame]:
         """The rows of every collection of grid `name` (one per environment it ran in), or None."""
@@ -133,13 +134,14 @@ def _read_flops_jsonl(path: Path, m: Measurements, cwd: Path) -> List[Dict[str, 
     return records
 
 
-def load_measurements(results: Path, pins: Optional[Path] = None) -> Measurements:
+def load_measurements(results: Path, pins: Optional[Path] = None, workdir: Optional[Path] = None) -> Measurements:
     """Read every measured input under `results` (and the complexity `pins` file, if it exists).
 
     Collected grids are the CSV files directly under `results` that have a `status` column; benchmark rows come
-    from `bench-*.csv` files and from the DONE cells of collected `bench` grids.
+    from `bench-*.csv` files and from the DONE cells of collected `bench` grids. `workdir`: where their cell
+    directories are (None: each grid's own, `grid_workdir`).
     """
-    m = Measurements()
+    m = Measurements(workdir=workdir)
     cwd = Path.cwd()
     results = Path(results)
     bench_frames = []
@@ -178,16 +180,29 @@ def seed_stats(frame: pd.DataFrame, by: Sequence[str], metric: str) -> pd.DataFr
 CURVE_KEYS = ('val_top1', 'train_loss')  # fat.train's per-epoch log keys that the learning curves plot
 
 
-def read_curves(cells: pd.DataFrame) -> Tuple[pd.DataFrame, List[str]]:
-    """Per-epoch `val_top1` and `train_loss` of each cell from `<dir>/log.jsonl` (one JSON line per epoch; after a
-    resume the last line of an epoch wins), with the cell's point (`_point`) and seed; and notes on what was missing.
+def grid_workdir(grid_file: Path) -> Path:
+    """Where `fat sweep` put a grid's cell directories: the grid file's `workdir`, else runs/ (both relative to the
+    current directory, as for `fat sweep`)."""
+    from fat.sweep.spec import DEFAULT_WORKDIR, load_grid
+    try:
+        grid, _ = load_grid(Path(grid_file))
+    except (OSError, ValueError):  # no readable grid file here: the default
+        return Path(DEFAULT_WORKDIR)
+    return Path(grid.workdir or DEFAULT_WORKDIR)
+
+
+def read_curves(cells: pd.DataFrame, workdir: Path) -> Tuple[pd.DataFrame, List[str]]:
+    """Per-epoch `val_top1` and `train_loss` of each cell from `<workdir>/<dir>/log.jsonl` (`fat sweep collect` writes
+    `dir` relative to the grid's work directory; an absolute one, from older collections, is taken as it is; one JSON
+    line per epoch, after a resume the last line of an epoch wins), with the cell's point (`_point`) and seed; and
+    notes on what was missing.
     """
     columns = ['_point', 'seed', 'epoch', *CURVE_KEYS]
     if 'dir' not in cells.columns:
         return pd.DataFrame(columns=columns), ['Learning curves: no `dir` column in the collected CSV.']
     records, missing = [], []
     for _, cell in cells.iterrows():
-        path = Path(str(cell['dir'])) / LOG
+        path = Path(workdir) / str(cell['dir']) / LOG
         try:
             lines = path.read_text().splitlines()
         except OSError:
@@ -207,5 +222,5 @@ def read_curves(cells: pd.DataFrame) -> Tuple[pd.DataFrame, List[str]]:
     if missing:
         listed = ', '.join(missing[:5]) + (' ...' if len(missing) > 5 else '')
         notes.append(f'Learning curves: no log.jsonl for {len(missing)} of {len(cells)} DONE cell(s) (their '
-                     f'directories are not on this machine: {listed}).')
+                     f'directories are not in {workdir}: {listed}; `fat report --workdir` names another).')
     return pd.DataFrame(records, columns=columns), notes

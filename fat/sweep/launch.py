@@ -38,7 +38,7 @@ from .cluster import (
 )
 from .job import CellJob
 from .limits import ClusterLimits, check_resources
-from .spec import Grid, load_grid, parse_overrides
+from .spec import DEFAULT_WORKDIR, Grid, load_grid, parse_overrides
 from .state import CellState, Scheduler, cell_states
 from .tasks import TASKS, Task
 from .workdir import private_files, refusal
@@ -85,7 +85,7 @@ def prepare(path: Path, overrides: Sequence[str] = (), workdir: Optional[Path] =
     p.lines[:0] = command_line.lines
     task = TASKS.get(grid.task)
     resources = resolve_resources(grid.slurm, grid.path, p, grid.slurm_overrides)
-    root = Path(workdir or grid.workdir or 'runs').absolute()
+    root = Path(workdir or grid.workdir or DEFAULT_WORKDIR).absolute()
     cells = expand(grid, task, root, p) if task is not None else []
     p.raise_if_any()
     return Sweep(grid, task, cells, resources, root)

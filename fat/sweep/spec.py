@@ -27,11 +27,12 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 from fat import yaml12
 from fat.checks import InputError, Problems, close_hint
 
-__all__ = ['Grid', 'parse_value', 'parse_overrides', 'load_grid']
+__all__ = ['Grid', 'parse_value', 'parse_overrides', 'load_grid', 'DEFAULT_WORKDIR']
 
 GRID_KEYS = ('name', 'description', 'task', 'preset', 'base', 'axes', 'zip', 'include', 'exclude', 'seeds',
              'slurm', 'workdir', 'shared_workdir', 'baseline')
 TASKS = ('train', 'flops', 'bench')
+DEFAULT_WORKDIR = 'runs'  # a grid's work directory when neither `--workdir` nor the grid's `workdir` names one
 _NAME_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]*$')
 
 
