@@ -25,6 +25,7 @@ from fat.rundir import State, read_environment, read_result
 from .launch import Sweep
 from .state import CellState
 from .tasks import model_kwargs
+from .workdir import grid_files
 
 __all__ = ['collect', 'Collection', 'COLUMNS', 'ComplexityCache']
 
@@ -182,7 +183,8 @@ def collect(sweep: Sweep, states: Sequence[CellState], out: Path) -> Collection:
         rows.append(row)
         if note:
             incomplete.append(note)
-    cache.save()
+    with grid_files(sweep.grid.shared_workdir):  # in the work directory: a later launch finds it ours alone
+        cache.save()
     incomplete += cache.errors.values()
     frame = pd.DataFrame(rows)
     axes = [k for k in dict.fromkeys([*sweep.grid.varied_keys, 'seed']) if k in frame.columns]
@@ -198,7 +200,8 @@ def collect(sweep: Sweep, states: Sequence[CellState], out: Path) -> Collection:
         out = out / f'{sweep.grid.name}-{common_env_name(envs)}.csv'
     with atomic_path(out) as tmp:
         frame.to_csv(tmp, index=False)
-    replaced = _replaced(sweep, out)
+    with grid_files(sweep.grid.shared_workdir):
+        replaced = _replaced(sweep, out)
     for path in replaced:
         path.unlink()
     return Collection(frame, incomplete, out, replaced)

@@ -41,7 +41,7 @@ from .limits import ClusterLimits, check_resources
 from .spec import DEFAULT_WORKDIR, Grid, load_grid, parse_overrides
 from .state import CellState, Scheduler, cell_states
 from .tasks import TASKS, Task
-from .workdir import private_files, refusal
+from .workdir import grid_files, refusal
 
 __all__ = ['Sweep', 'prepare', 'launch', 'launch_lock', 'LaunchReport', 'SUBMIT_STATES', 'submits', 'cluster_refusals']
 
@@ -206,7 +206,7 @@ def launch(sweep: Sweep, cluster: Optional[str] = None, dry_run: bool = False, s
     if report.refused and not dry_run:
         raise InputError(report.refused)
     lock = contextlib.nullcontext() if dry_run else launch_lock(sweep.root)
-    with contextlib.nullcontext() if dry_run or shared else private_files(), lock:
+    with contextlib.nullcontext() if dry_run else grid_files(shared), lock:
         sched = Scheduler.snapshot(use_slurm=cluster == 'slurm' or default_cluster() == 'slurm')
         if cluster == 'slurm' and sched.queue is None and not dry_run:
             raise ValueError('squeue failed, so queued cells cannot be told from ended ones: nothing submitted')

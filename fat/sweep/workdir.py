@@ -4,9 +4,10 @@ Anyone who can write a grid's folders can run code as its owner: Slurm runs the 
 `<workdir>/<grid>/.submitit`, and a `--snapshot` launch's jobs import the code under `.snapshots/`; they can also
 change what `fat sweep collect` and `fat report` read. So `fat sweep launch` writes everything (folders, payloads,
 and, through the umask its jobs inherit, what they write) without group or world write, and refuses a work
-directory whose existing folders others can write. A team that shares a work directory says so in the grid
-(`shared_workdir: true`): the check is skipped and the user's own umask applies (docs/sweeps.md states the risk).
-Checkpoints are safe to read either way (fat.train.checkpoint reads them without running code).
+directory whose existing folders others can write (`collect` writes its files there the same way). A team that
+shares a work directory says so in the grid (`shared_workdir: true`): the check is skipped and the user's own umask
+applies (docs/sweeps.md states the risk). Checkpoints are safe to read either way (fat.train.checkpoint reads them
+without running code).
 """
 import contextlib
 import os
@@ -14,7 +15,7 @@ import stat
 from pathlib import Path
 from typing import Iterator, List, Optional, Tuple
 
-__all__ = ['writable_by_others', 'refusal', 'private_files', 'OTHERS_WRITE']
+__all__ = ['writable_by_others', 'refusal', 'private_files', 'grid_files', 'OTHERS_WRITE']
 
 OTHERS_WRITE = stat.S_IWGRP | stat.S_IWOTH
 
@@ -70,3 +71,8 @@ def private_files() -> Iterator[None]:
         yield
     finally:
         os.umask(old)
+
+
+def grid_files(shared_workdir: bool) -> contextlib.AbstractContextManager:
+    """How a verb writes into a grid's work directory: `private_files`, or, for a shared one, the user's umask."""
+    return contextlib.nullcontext() if shared_workdir else private_files()

@@ -39,6 +39,11 @@ def test_launch_creates_nothing_others_can_write(write_grid, tmp_path, group_uma
     # the folders, the job payloads Slurm/submitit run, and what the jobs wrote (they inherit the umask)
     assert _writable_by_others(tmp_path / 'runs') == []
     assert (sweep.cells[0].dir / 'result.json').stat().st_mode & 0o777 == 0o644
+    # collect, before or after a launch, writes into the work directory the same way
+    unrun = prepare(write_grid('unrun', **FLOPS), [], tmp_path / 'runs')
+    assert cli_main(['sweep', 'collect', str(unrun.grid.path), '--workdir', str(tmp_path / 'runs'),
+                     '--out', str(tmp_path / 'results')]) == 0
+    assert (unrun.root / '.collections.json').is_file() and _writable_by_others(tmp_path / 'runs') == []
 
 
 def test_a_work_directory_others_can_write_is_refused_unless_the_grid_shares_it(write_grid, tmp_path, capsys):
