@@ -26,12 +26,14 @@ def group_umask():
 
 
 def _writable_by_others(top: Path):
-    return sorted(str(p.relative_to(top)) for p in [top, *top.rglob('*')] if p.lstat().st_mode & 0o022)
+    """What under `top` others can write (a symlink's own mode means nothing: its target is checked)."""
+    return sorted(str(p.relative_to(top)) for p in [top, *top.rglob('*')]
+                  if not p.is_symlink() and p.stat().st_mode & 0o022)
 
 
-def test_launch_creates_nothing_others_can_write(write_grid, tmp_path, group_umask):
-    sweep = prepare(write_grid('own', **FLOPS, axes={'fasa': ['fasa', 'global_only']}), [], tmp_path / 'runs')
-    launch(sweep, 'local')
+def _launch_and_check(write_grid, tmp_path: Path, cluster: str):
+    sweep = prepare(write_grid('own', **FLOPS), [], tmp_path / 'runs')
+    launch(sweep, cluster)
     assert os.umask(0o002) == 0o002  # the process's own umask is given back
     h.wait_states(sweep, ['DONE'], timeout=120)
     payloads = list((sweep.root / '.submitit').rglob('*.pkl'))
@@ -39,11 +41,21 @@ def test_launch_creates_nothing_others_can_write(write_grid, tmp_path, group_uma
     # the folders, the job payloads Slurm/submitit run, and what the jobs wrote (they inherit the umask)
     assert _writable_by_others(tmp_path / 'runs') == []
     assert (sweep.cells[0].dir / 'result.json').stat().st_mode & 0o777 == 0o644
+
+
+def test_launch_creates_nothing_others_can_write(write_grid, tmp_path, group_umask):
+    _launch_and_check(write_grid, tmp_path, 'local')
     # collect, before or after a launch, writes into the work directory the same way
     unrun = prepare(write_grid('unrun', **FLOPS), [], tmp_path / 'runs')
     assert cli_main(['sweep', 'collect', str(unrun.grid.path), '--workdir', str(tmp_path / 'runs'),
                      '--out', str(tmp_path / 'results')]) == 0
     assert (unrun.root / '.collections.json').is_file() and _writable_by_others(tmp_path / 'runs') == []
+
+
+@pytest.mark.slurm
+def test_slurm_jobs_get_the_launchs_umask(slurm_cluster, write_grid, tmp_path, group_umask):
+    """sbatch passes the umask to the job (SLURM_UMASK): what the job writes is the owner's alone too."""
+    _launch_and_check(write_grid, tmp_path, 'slurm')
 
 
 def test_a_work_directory_others_can_write_is_refused_unless_the_grid_shares_it(write_grid, tmp_path, capsys):
