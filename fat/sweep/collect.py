@@ -153,7 +153,7 @@ def _replaced(sweep: Sweep, out: Path) -> List[Path]:
     except (OSError, ValueError, TypeError):
         written = set()
     found = {p for p in written | _older_collections(sweep, out) if p.parent == out.parent and p != out}
-    write_json_atomic(record, sorted(str(p) for p in written - found | {out}))
+    write_json_atomic(record, sorted(str(p) for p in (written - found) | {out}))
     return sorted(p for p in found if p.is_file())
 
 

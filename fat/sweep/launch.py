@@ -205,8 +205,9 @@ def launch(sweep: Sweep, cluster: Optional[str] = None, dry_run: bool = False, s
     report.refused = ([unsafe] if unsafe else []) + (cluster_refusals(sweep) if cluster == 'slurm' else [])
     if report.refused and not dry_run:
         raise InputError(report.refused)
+    files = contextlib.nullcontext() if dry_run else grid_files(shared)  # the lock file's folder included
     lock = contextlib.nullcontext() if dry_run else launch_lock(sweep.root)
-    with contextlib.nullcontext() if dry_run else grid_files(shared), lock:
+    with files, lock:
         sched = Scheduler.snapshot(use_slurm=cluster == 'slurm' or default_cluster() == 'slurm')
         if cluster == 'slurm' and sched.queue is None and not dry_run:
             raise ValueError('squeue failed, so queued cells cannot be told from ended ones: nothing submitted')
