@@ -15,11 +15,14 @@ it off). A record gives the median step time (the latency of one batch), its spr
 ``samples_per_sec`` = batch size / median step time and timm's statistic ``samples_per_sec_mean`` = samples / total
 timed time (the mean step; timm's published CSVs use it, over 10 warm-up and 40 timed steps). `compare` times several
 contenders in one process round-robin, so that every contender sees the same machine, and records the spread of
-timm's statistic across the rounds. A training step is forward, cross-entropy on random targets, backward and an
-optimizer step. On CUDA an out-of-memory error backs off the batch size (timm's `decay_batch_step`) and retries; the
-record keeps the batch size asked for.
+timm's statistic across the rounds. Every round is checked for contention (`fat.contention`: the timing thread's CPU
+share, a calibration kernel before and after, the load average), re-timed while contended, and a figure with a round
+that stayed contended carries the reasons in ``contended``. A training step is forward, cross-entropy on random
+targets, backward and an optimizer step. On CUDA an out-of-memory error backs off the batch size (timm's
+`decay_batch_step`) and retries; the record keeps the batch size asked for.
 
-Result files are named by the environment they were measured in, in timm's convention:
+Result files are named by the environment they were measured in, in timm's convention (`fat bench` writes them
+under ``runs/bench/`` unless told otherwise; `fat speed` under ``results/``, where `fat report` reads them):
 ``results/bench-{infer|train}-{precision}-{nchw|nhwc}-pt{X.Y}-{cpu-<cpu>|cu<ver>-<gpu>}[-dynamo].csv``, and each row
 also carries the torch / timm versions, the device name, the thread count, whether FAT's native CPU kernels were
 on (`fat.models.native`; ``FAT_NATIVE=0`` turns them off), the allocator setting (`tune_malloc`) and the minor page
@@ -33,6 +36,7 @@ import ctypes
 import json
 import resource
 import statistics
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -50,6 +54,7 @@ from tqdm import tqdm
 
 import fat
 from fat.checks import close_hint
+from fat.contention import Check, Monitor, summarize_checks
 from fat.environment import cpu_name, env_name
 from fat.io import atomic_path
 from fat.models.fuse import FusedFasa, fuse_model, reparameterize_peer
@@ -69,7 +74,8 @@ SETTINGS: Dict[str, Dict[str, Any]] = {
 }
 FIELDS = (
     'model', 'mode', 'setting', 'samples_per_sec', 'samples_per_sec_mean', 'spread_pct', 'rounds',
-    'round_samples_per_sec', 'step_time_ms', 'step_time_iqr_ms', 'step_time_min_ms', 'step_time_max_ms',
+    'round_samples_per_sec', 'contended', 'retimed', 'round_cpu_share', 'round_calibration', 'calibration_ms',
+    'round_load', 'round_clock_mhz', 'step_time_ms', 'step_time_iqr_ms', 'step_time_min_ms', 'step_time_max_ms',
     'batch_size', 'requested_batch_size', 'img_size', 'in_chans', 'param_count', 'model_kwargs', 'precision',
     'channels_last', 'compile', 'reparam', 'tf32', 'native_kernels', 'malloc', 'page_faults_per_step', 'opt',
     'num_warmup', 'num_iters', 'device', 'device_name', 'num_threads', 'torch', 'timm', 'fat_harness',
@@ -344,21 +350,29 @@ class _Contender:
         self.model, self.device, self.batch_size = model, device, batch_size
         self.desc = f'{model_name} {mode} {options["setting"]} b{batch_size}'
         self.rounds: List[List[float]] = []
-        self.faults = 0
+        self.checks: List[Check] = []
+        self.faults = self.steps = 0
         time_steps(self.step, 0, 1, device, desc=f'{self.desc} compile/first step', progress=options['progress'])
 
-    def time(self, num_warmup: int, num_iters: int, progress: bool) -> None:
-        """One round: warm-up steps, then timed steps (their times and page faults kept)."""
+    def time(self, num_warmup: int, num_iters: int, progress: bool, monitor: Monitor) -> Check:
+        """One round: warm-up steps, then timed steps, re-timed while contended (`fat.contention`); the kept
+        attempt's step times and its check are recorded, the page faults of every attempt counted."""
         time_steps(self.step, 0, num_warmup, self.device, desc=f'{self.desc} warm-up', progress=progress)
         faults = minor_faults()
-        self.rounds.append(time_steps(self.step, num_iters, 0, self.device, desc=self.desc, progress=progress))
+        times, check = monitor.measure(
+            lambda: time_steps(self.step, num_iters, 0, self.device, desc=self.desc, progress=progress))
         self.faults += minor_faults() - faults
+        self.steps += num_iters * check.attempts
+        self.rounds.append(times)
+        self.checks.append(check)
+        return check
 
     def result(self) -> Dict[str, Any]:
         times = [t for r in self.rounds for t in r]
         return dict(summarize(times, self.batch_size, self.rounds if len(self.rounds) > 1 else ()),
-                    img_size=self.img_size, in_chans=self.in_chans, param_count=self.param_count,
-                    native_kernels=self.native_kernels, page_faults_per_step=round(self.faults / len(times)))
+                    **summarize_checks(self.checks), img_size=self.img_size, in_chans=self.in_chans,
+                    param_count=self.param_count, native_kernels=self.native_kernels,
+                    page_faults_per_step=round(self.faults / max(1, self.steps)))
 
 
 def _build(model_name: str, mode: str, batch_size: int, img_size: Optional[int], device: torch.device,
@@ -398,14 +412,17 @@ def _setup_device(dev: torch.device, precision: str, tf32: Optional[bool], num_t
 
 
 def _record(name: str, mode: str, contender: _Contender, requested: int, options: Dict[str, Any],
-            model_kwargs: Dict[str, Any], tf32: bool) -> Dict[str, Any]:
+            model_kwargs: Dict[str, Any], tf32: bool, calibration_ms: float) -> Dict[str, Any]:
     result = contender.result()
     dev = contender.device
     return dict(
         model=name, mode=mode, setting=options['setting'],
         **{k: result[k] for k in ('samples_per_sec', 'samples_per_sec_mean', 'spread_pct', 'rounds',
-                                  'round_samples_per_sec', 'step_time_ms', 'step_time_iqr_ms', 'step_time_min_ms',
-                                  'step_time_max_ms')},
+                                  'round_samples_per_sec', 'contended', 'retimed', 'round_cpu_share',
+                                  'round_calibration')},
+        calibration_ms=round(1e3 * calibration_ms, 3),
+        **{k: result[k] for k in ('round_load', 'round_clock_mhz', 'step_time_ms', 'step_time_iqr_ms',
+                                  'step_time_min_ms', 'step_time_max_ms')},
         batch_size=contender.batch_size, requested_batch_size=requested, img_size=result['img_size'],
         in_chans=result['in_chans'], param_count=result['param_count'],
         model_kwargs=json.dumps(model_kwargs, sort_keys=True, default=str), precision=options['precision'],
@@ -438,6 +455,7 @@ def run(
         num_threads: Optional[int] = None,
         opt: str = 'adamw',
         retry: bool = True,
+        retries: int = 2,
         progress: bool = False,
         **model_kwargs: Any,
 ) -> Dict[str, Any]:
@@ -461,6 +479,7 @@ def run(
         num_threads: CPU threads for torch (default: torch's current setting).
         opt: Optimizer of the training step (a `timm.optim` name).
         retry: Back off the batch size on CUDA out-of-memory.
+        retries: Re-time a contended round (`fat.contention`) up to this many times before flagging it.
         progress: Show a tqdm progress bar.
         **model_kwargs: Passed to `timm.create_model` (e.g. ``fasa='global_only'``, ``num_classes=10``).
 
@@ -473,7 +492,7 @@ def run(
                       batch_size=batch_size, img_size=img_size, device=device, precision=precision,
                       channels_last=channels_last, compile=compile, compile_mode=compile_mode, reparam=reparam,
                       tf32=tf32, num_warmup=num_warmup, num_iters=num_iters, num_threads=num_threads, opt=opt,
-                      retry=retry, progress=progress)
+                      retry=retry, retries=retries, progress=progress)
     return records[0]
 
 
@@ -496,21 +515,26 @@ def compare(
         num_threads: Optional[int] = None,
         opt: str = 'adamw',
         retry: bool = True,
+        retries: int = 2,
         progress: bool = False,
         log: Optional[Callable[[str], None]] = None,
+        keep_going: bool = False,
 ) -> List[Dict[str, Any]]:
     """Time several contenders in one process, round-robin: every contender is built, prepared and warmed up
     (compiled) first, then each round times each of them (``num_warmup`` + ``num_iters`` steps), starting one
-    contender later than the round before, so that all of them see the same machine. One record per contender, in
-    the order given, with timm's statistic per round and its spread.
+    contender later than the round before, so that all of them see the same machine. A round that did not get the
+    machine (`fat.contention`) is re-timed in its place, up to ``retries`` times, and flagged if it stays contended.
+    One record per contender, in the order given, with timm's statistic per round, its spread and each round's
+    contention check.
 
     Args:
         contenders: Dicts with ``model`` and optional ``mode`` ('infer'), ``setting`` ('fused') and ``model_kwargs``.
         rounds: Rounds of timing.
         batch_size: Inference batch (default: 256 on CUDA, 16 on CPU); ``train_batch_size`` the training one
             (default: the same).
-        log: Called with a line per contender built and per contender timed (e.g. ``print``); with it, a contender
-            that fails to build (other than for bad input) is logged and left out instead of raising.
+        log: Called with a line per contender built and per round timed (e.g. ``print``).
+        keep_going: A contender that fails to build (other than for bad input) is logged and left out instead of
+            raising (needs ``log``).
         The others: as `run`.
     """
     dev = resolve_device(device)
@@ -522,6 +546,7 @@ def compare(
     for c in contenders:
         _check_choice('mode', c.get('mode', 'infer'), MODES)
     tf32_on = _setup_device(dev, precision, tf32, num_threads)
+    monitor = Monitor(dev, retries)
     built = []
     # every compiled contender keeps its own graph: static shapes (no dynamic batch or width dimension traced after
     # a first model of the same class), and room for one entry per contender in dynamo's per-function cache
@@ -541,7 +566,7 @@ def compare(
             try:
                 contender = _build(c['model'], mode, bs, img_size, dev, options, kwargs, retry)
             except Exception as e:  # noqa: BLE001 -- with a log, one contender that fails leaves the others' run
-                if log is None or isinstance(e, ValueError):
+                if log is None or not keep_going or isinstance(e, ValueError):
                     raise
                 log(f"FAILED to build {c['model']} {mode} {options['setting']}: {type(e).__name__}: {e}")
                 continue
@@ -551,12 +576,15 @@ def compare(
         for r in range(rounds):
             for i in range(len(built)):
                 contender = built[(i + r) % len(built)][-1]
-                contender.time(num_warmup, num_iters, progress)
+                check = contender.time(num_warmup, num_iters, progress, monitor)
                 if log:
                     last = contender.rounds[-1]
+                    retimed = f', timed {check.attempts}x' if check.attempts > 1 else ''
+                    flag = f" CONTENDED: {', '.join(check.reasons)}" if check.contended else ''
                     log(f'round {r + 1}/{rounds} {contender.desc}: {contender.batch_size * len(last) / sum(last):.2f} '
-                        'samples/s (mean step)')
-    return [_record(name, mode, contender, bs, options, kwargs, tf32_on)
+                        f'samples/s (mean step); CPU share {check.cpu_share:.2f}, calibration '
+                        f'{check.calibration:.2f}x, load {check.load1:.2f}{retimed}{flag}')
+    return [_record(name, mode, contender, bs, options, kwargs, tf32_on, monitor.reference)
             for name, mode, bs, options, kwargs, contender in built]
 
 
@@ -586,7 +614,8 @@ def _bench(args: argparse.Namespace) -> int:
                 contenders, args.rounds, batch_size=batch_size, img_size=args.img_size, device=args.device,
                 precision=args.precision, channels_last=args.channels_last, compile=args.compile,
                 compile_mode=args.compile_mode, reparam=args.reparam, tf32=args.tf32, num_warmup=args.warmup,
-                num_iters=args.iters, num_threads=args.threads, opt=args.opt, progress=not args.no_progress):
+                num_iters=args.iters, num_threads=args.threads, opt=args.opt, retries=args.retries,
+                progress=not args.no_progress, log=lambda line: print(line, file=sys.stderr, flush=True)):
             records.append(record)
             if args.json:
                 print(json.dumps(record))
@@ -596,7 +625,8 @@ def _bench(args: argparse.Namespace) -> int:
                 print(f"{record['model']:<24} {record['mode']:<5} {record['setting']:<8} b{record['batch_size']:<4} "
                       f"{record['img_size']}px {record['samples_per_sec']:>9.2f} samples/s (median; mean "
                       f"{record['samples_per_sec_mean']:.2f}{spread})  {record['step_time_ms']:>9.2f} ms/step "
-                      f"(IQR {record['step_time_iqr_ms']:.2f})", flush=True)
+                      f"(IQR {record['step_time_iqr_ms']:.2f})"
+                      + (f"  CONTENDED ({record['contended']})" if record['contended'] else ''), flush=True)
     if not args.no_save:
         for path in save(records, args.results_dir):
             print(f'wrote {path}')
@@ -614,7 +644,8 @@ def save(records: Sequence[Dict[str, Any]], results_dir: str = 'results') -> Lis
 def register(subparsers: Any) -> None:
     """Add `fat bench` to the `fat` command."""
     p = subparsers.add_parser(
-        'bench', description=__doc__.split('\n\n')[0] + ' Results go to results/bench-*.csv, named by the environment.')
+        'bench', description=__doc__.split('\n\n')[0] + ' Results go to runs/bench/bench-*.csv, named by the '
+        'environment; the committed comparison in results/ is written by `fat speed` (or --results-dir results).')
     p.add_argument('models', nargs='+', metavar='MODEL', help='timm model names or patterns (e.g. "fat_b*")')
     p.add_argument('--mode', default='infer', help='infer (default), train or both')
     p.add_argument('--batch-size', type=int, nargs='+', metavar='N',
@@ -625,6 +656,9 @@ def register(subparsers: Any) -> None:
     p.add_argument('--setting', nargs='+', default=['fused'], metavar='NAME',
                    help=f"{', '.join(SETTINGS)}: the same for every model (default: fused; several: each model in "
                         "each; the module docstring says what each does)")
+    p.add_argument('--retries', type=int, default=2, metavar='N',
+                   help='re-time a round that did not get the machine (its thread ran < 90 %% of the wall time, or a '
+                        'calibration kernel ran > 10 %% slow) up to N times, then flag its figure (default: 2)')
     p.add_argument('--rounds', type=int, default=1, metavar='N',
                    help='time every contender N times, round-robin in one process, and record the spread (default: 1)')
     p.add_argument('--channels-last', action=argparse.BooleanOptionalAction, default=None,
@@ -646,7 +680,9 @@ def register(subparsers: Any) -> None:
     p.add_argument('--fasa', help='FASA variant for fat_* models')
     p.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs, metavar='KEY=VALUE',
                    help='more timm.create_model arguments')
-    p.add_argument('--results-dir', default='results', help='where the CSV goes (default: results)')
+    p.add_argument('--results-dir', default='runs/bench',
+                   help='where the CSV goes (default: runs/bench, so that an ad-hoc run never replaces a row of the '
+                        "committed comparison in results/, which `fat speed` writes; give results to add to it)")
     p.add_argument('--no-save', action='store_true', help='print only, write no CSV')
     p.add_argument('--json', action='store_true', help='print one JSON record per line')
     p.add_argument('--no-progress', action='store_true', help='no progress bar')

@@ -2,7 +2,7 @@
 `fat --help` shows. Only the chosen command's module is imported, and its `register(subparsers)` adds that
 command's parser (made with the table's help line), so `fat --help` and the light commands (`fat sweep status`)
 start without importing torch. A subcommand's handler returns an exit code. Bad input raises `ValueError` (or
-`FileNotFoundError`/`PermissionError`), which becomes one line on stderr and exit code 2."""
+`FileNotFoundError`/`PermissionError`), which becomes one line on stderr and exit code 2; Ctrl-C one line and 130."""
 import argparse
 import importlib
 import sys
@@ -74,6 +74,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (ValueError, FileNotFoundError, PermissionError) as e:
         print(f'fat {args.command}: error: {e}', file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback (`fat train` checkpoints on the first one itself)
+        print(f'fat {args.command}: interrupted', file=sys.stderr)
+        return 130
 
 
 if __name__ == '__main__':

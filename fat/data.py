@@ -19,13 +19,10 @@ from timm.data import auto_augment as _timm_auto_augment
 from torch.utils.data import Dataset, Subset, TensorDataset
 from torchvision.datasets import ImageFolder
 
+from fat.preflight import FASHION_MNIST_DIR, FASHION_MNIST_FILES, fashion_mnist_missing
+
 __all__ = ['FASHION_MNIST_DIR', 'SeededSamples', 'build_datasets', 'build_transforms', 'eval_dataset']
 
-FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
-_FASHION_MNIST_FILES = {
-    'train': ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz'),
-    'val': ('t10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz'),
-}
 _SYNTHETIC_SIZES = {'train': 512, 'val': 128}
 _SUBSET_SEED = 0  # subsets are fixed, whatever the run's seed, so that seeds differ only in the training itself
 
@@ -110,12 +107,10 @@ def _read_idx(path: Path) -> np.ndarray:
 
 
 def _fashion_mnist(root: Path, split: str) -> ImageTensorDataset:
-    images, labels = (root / name for name in _FASHION_MNIST_FILES[split])
+    images, labels = (root / name for name in FASHION_MNIST_FILES[split])
     for path in (images, labels):
         if not path.is_file():
-            raise FileNotFoundError(
-                f'Fashion-MNIST not found: {path} is missing; install it with `apt-get install dataset-fashion-mnist` '
-                f'(into {FASHION_MNIST_DIR}) or set data_dir to a folder holding the four *-ubyte.gz files')
+            raise fashion_mnist_missing(path)
     return ImageTensorDataset(
         torch.from_numpy(_read_idx(images).copy()), torch.from_numpy(_read_idx(labels).astype(np.int64)))
 

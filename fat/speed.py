@@ -17,7 +17,7 @@ __all__ = ['load', 'contenders', 'register']
 # profile key -> fat.bench.compare keyword
 _PROFILE_KEYS = {'device': 'device', 'precision': 'precision', 'threads': 'num_threads', 'batch_size': 'batch_size',
                  'train_batch_size': 'train_batch_size', 'img_size': 'img_size', 'warmup': 'num_warmup',
-                 'iters': 'num_iters', 'rounds': 'rounds', 'tf32': 'tf32'}
+                 'iters': 'num_iters', 'rounds': 'rounds', 'retries': 'retries', 'tf32': 'tf32'}
 _RUN_KEYS = ('mode', 'setting', 'models')
 
 
@@ -89,11 +89,12 @@ def _speed(args: argparse.Namespace) -> int:
     if args.dry_run:
         return 0
     from fat import bench
-    records = bench.compare(run, log=lambda line: print(line, flush=True), **options)
+    records = bench.compare(run, log=lambda line: print(line, flush=True), keep_going=True, **options)
     for r in records:
         spread = f"range {r['spread_pct']} % over {r['rounds']} rounds" if r['rounds'] > 1 else 'one round'
+        flag = f"  CONTENDED, not ranked ({r['contended']})" if r['contended'] else ''
         print(f"{r['model']:<30} {r['mode']:<5} {r['setting']:<8} {r['samples_per_sec_mean']:>9.2f} samples/s "
-              f"(timm's mean step; {spread}); median step {r['samples_per_sec']:.2f}", flush=True)
+              f"(timm's mean step; {spread}); median step {r['samples_per_sec']:.2f}{flag}", flush=True)
     for path in bench.save(records, args.results_dir):
         print(f'wrote {path}')
     return 0

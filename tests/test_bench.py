@@ -19,7 +19,9 @@ from fat.cli import main
 from fat.models import FASA_VARIANTS
 from fat.models.fuse import FusedFasa, FusedFatBlock, FusedFatStage, fuse_model
 
-TINY = dict(img_size=32, batch_size=2, num_warmup=1, num_iters=2)
+# retries=0: these tests are not about contention (tests/test_contention.py is); a loaded test machine must not slow
+# them down with re-timings
+TINY = dict(img_size=32, batch_size=2, num_warmup=1, num_iters=2, retries=0)
 
 
 def _perturbed(name: str = 'fat_b0', **kwargs) -> nn.Module:
@@ -180,12 +182,12 @@ def test_out_of_memory_backs_off_the_batch_size(monkeypatch):
         return contender(model_name, mode, batch_size, *args)
 
     monkeypatch.setattr(bench, '_Contender', fake)
-    record = bench.run('fat_b0', img_size=32, batch_size=16, num_warmup=0, num_iters=1)
+    record = bench.run('fat_b0', img_size=32, batch_size=16, num_warmup=0, num_iters=1, retries=0)
     assert tried == [16, 12, 8, 6, 4]  # timm's decay_batch_step
     assert record['batch_size'] == 4 and record['requested_batch_size'] == 16
     tried.clear()
     with pytest.raises(torch.cuda.OutOfMemoryError):
-        bench.run('fat_b0', img_size=32, batch_size=16, num_warmup=0, num_iters=1, retry=False)
+        bench.run('fat_b0', img_size=32, batch_size=16, num_warmup=0, num_iters=1, retry=False, retries=0)
     assert tried == [16]
 
 
@@ -206,7 +208,7 @@ def test_results_file_names_encode_the_environment():
 
 def test_cli_writes_and_merges_the_csv(tmp_path, capsys):
     args = ['bench', 'fat_b0', '--img-size', '32', '--batch-size', '1', '2', '--warmup', '0', '--iters', '1',
-            '--results-dir', str(tmp_path), '--no-progress', '--model-kwargs', 'num_classes=10']
+            '--results-dir', str(tmp_path), '--no-progress', '--model-kwargs', 'num_classes=10', '--retries', '0']
     assert main(args) == 0
     assert main(args[:5] + ['2'] + args[7:] + ['--no-reparam']) == 0
     files = list(tmp_path.iterdir())
@@ -221,6 +223,16 @@ def test_cli_writes_and_merges_the_csv(tmp_path, capsys):
     assert sorted((r['batch_size'], r['reparam']) for r in rows) == [('1', 'True'), ('2', 'False'), ('2', 'True')]
     assert all(r['model_kwargs'] == '{"num_classes": 10}' for r in rows)
     assert 'samples/s' in capsys.readouterr().out
+
+
+def test_an_ad_hoc_run_never_replaces_the_committed_comparison(tmp_path, monkeypatch):
+    """`fat bench` without --results-dir writes under runs/bench/, not results/ (where it replaced a committed row
+    of the speed comparison, which `fat speed` writes)."""
+    monkeypatch.chdir(tmp_path)
+    assert main(['bench', 'fat_b0', '--img-size', '32', '--batch-size', '1', '--warmup', '0', '--iters', '1',
+                 '--no-progress', '--retries', '0']) == 0
+    assert len(list((tmp_path / 'runs' / 'bench').glob('bench-infer-*.csv'))) == 1
+    assert not (tmp_path / 'results').exists()
 
 
 def test_tuned_malloc_stops_the_page_faults_of_large_reallocations(tmp_path):
@@ -243,6 +255,7 @@ def test_tuned_malloc_stops_the_page_faults_of_large_reallocations(tmp_path):
     assert tuned == 'True' and int(default) > pages and int(warm) < pages // 10, (default, warm)
     subprocess.run([sys.executable, '-m', 'fat.cli', 'bench', 'fat_b0', '--img-size', '32', '--batch-size', '2',
                     '--warmup', '1', '--iters', '2', '--no-progress', '--tuned-malloc', '--results-dir', str(tmp_path),
+                    '--retries', '0',
                     '--model-kwargs', 'num_classes=10'], check=True, capture_output=True)
     with next(tmp_path.iterdir()).open() as f:
         assert [r['malloc'] for r in csv.DictReader(f)] == ['tuned']
@@ -301,7 +314,7 @@ def test_every_compiled_size_is_traced_with_static_shapes():
 
     for batch_size in (2, 3):
         bench.run('resnet10t', batch_size=batch_size, img_size=32, compile='fat_test_record_shapes', num_warmup=1,
-                  num_iters=1, reparam=False)
+                  num_iters=1, reparam=False, retries=0)
     assert traced == [False, False]
 
 
@@ -336,7 +349,7 @@ def test_every_setting_prepares_fat_and_a_peer_alike(monkeypatch, capsys):
 
     monkeypatch.setitem(bench.SETTINGS, 'best', dict(bench.SETTINGS['best'], compile='fat_test_record_graph'))
     assert main(['bench', 'fat_b0', 'test_resnet', '--setting', *bench.SETTINGS, '--img-size', '32', '--batch-size',
-                 '1', '--warmup', '0', '--iters', '1', '--json', '--no-save', '--no-progress']) == 0
+                 '1', '--warmup', '0', '--iters', '1', '--json', '--no-save', '--no-progress', '--retries', '0']) == 0
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     options = ('setting', 'channels_last', 'compile', 'reparam', 'precision', 'batch_size', 'num_threads')
     by_setting = {}
@@ -382,7 +395,8 @@ def test_summarize_gives_timms_statistic_and_the_spread_across_rounds():
 def test_compare_times_contenders_round_robin():
     lines = []
     records = bench.compare([dict(model='fat_b0', setting='as_built'), dict(model='test_resnet', setting='as_built')],
-                            rounds=2, img_size=32, batch_size=1, num_warmup=0, num_iters=2, log=lines.append)
+                            rounds=2, img_size=32, batch_size=1, num_warmup=0, num_iters=2, retries=0,
+                            log=lines.append)
     timed = [line.split(':')[0] for line in lines if line.startswith('round')]
     assert timed == ['round 1/2 fat_b0 infer as_built b1', 'round 1/2 test_resnet infer as_built b1',
                      'round 2/2 test_resnet infer as_built b1', 'round 2/2 fat_b0 infer as_built b1']

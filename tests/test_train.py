@@ -269,11 +269,10 @@ def test_missing_dataset_is_one_line_naming_path_and_remedy(tmp_path, capsys):
     out = tmp_path / 'run'
     code = cli_main(['train', '--output-dir', str(out), 'dataset=fashion_mnist', f'data_dir={tmp_path / "none"}'])
     err = capsys.readouterr().err
-    assert code == 1 and err.count('\n') == 1
+    assert code == 2 and err.count('\n') == 1
     assert str(tmp_path / 'none' / 'train-images-idx3-ubyte.gz') in err
     assert 'apt-get install dataset-fashion-mnist' in err
-    result = json.loads((out / 'result.json').read_text())
-    assert result['status'] == 'failed' and 'FileNotFoundError' in result['error']
+    assert not out.exists()  # refused before the run directory exists (fat/preflight.py)
 
 
 def test_run_directory_and_idempotent_rerun(tmp_path):

@@ -258,6 +258,9 @@ def throughput_vs_accuracy(name: str, spec: Mapping[str, Any], a: Analysis, tabl
                     ax.plot([low, high], [y, y], color=look['colour'], linewidth=1.2, alpha=0.6, zorder=2)
                     xs += [low, high]
                 _marker(ax, x, y, look['colour'], look['marker'], filled=measured)
+                if r['model'] in speed.meta.get('contended', {}).get(env, ()):  # shown, never ranked
+                    ax.plot([x], [y], marker='x', color='black', markersize=9, linestyle='none', zorder=4)
+                    handles.setdefault('contended', _handle('contended (not ranked)', 'black', 'x', True))
                 handles.setdefault(look['label'], _handle(look['label'], look['colour'], look['marker'], False))
             if xs:
                 _log_x(ax, xs)
@@ -271,7 +274,8 @@ def throughput_vs_accuracy(name: str, spec: Mapping[str, Any], a: Analysis, tabl
         fig.suptitle(spec['title'])
     return [(name, fig, ['Top-1: the published figure of each model. Throughput: one environment per panel, '
                          'filled where measured here, hollow where published; a horizontal bar through a measured '
-                         "point is the range of timm's statistic over the rounds of its run."])]
+                         "point is the range of timm's statistic over the rounds of its run; a black cross marks a "
+                         'contended figure (fat/contention.py), which no rank statement uses.'])]
 
 
 BUILDERS: Dict[str, Callable[..., List[Tuple[str, Figure, List[str]]]]] = {

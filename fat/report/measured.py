@@ -1,8 +1,8 @@
 """What this harness measured, read from files: collected grids (`fat sweep collect` ->
-`results/<grid>-<environment>.csv`),
-benchmark CSVs (`fat bench` -> `results/bench-*.csv`), and params/MACs (`fat flops --pins` regression file and
-`fat flops --json` records saved as `results/flops-*.jsonl`). Nothing is measured here. Readers tolerate missing
-files and columns (the tables say what is absent); unreadable files are listed in `Measurements.problems`."""
+`results/<grid>-<environment>.csv`), benchmark CSVs (`fat speed`, `fat bench --results-dir results` ->
+`results/bench-*.csv`), and params/MACs (`fat flops --pins` regression file and `fat flops --json` records saved as
+`results/flops-*.jsonl`). Nothing is measured here. Readers tolerate missing files and columns (the tables say what
+is absent); unreadable files are listed in `Measurements.problems`."""
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +22,8 @@ BENCH_KEYS = ('mode', 'setting', 'device_type', 'device', 'precision', 'tf32', '
 _BENCH_COLUMNS = {
     'model': 'model', 'mode': 'mode', 'setting': 'setting', 'img_size': 'img_size', 'throughput': 'samples_per_sec',
     'throughput_mean': 'samples_per_sec_mean', 'spread_pct': 'spread_pct', 'rounds': 'rounds', 'tf32': 'tf32',
-    'iters': 'num_iters', 'round_throughputs': 'round_samples_per_sec',
+    'iters': 'num_iters', 'round_throughputs': 'round_samples_per_sec', 'contended': 'contended',
+    'round_cpu_shares': 'round_cpu_share', 'round_calibrations': 'round_calibration', 'retimed': 'retimed',
     'batch_size': 'batch_size', 'model_kwargs': 'model_kwargs', 'device_type': 'device', 'device': 'device_name',
     'precision': 'precision', 'channels_last': 'channels_last', 'compiled': 'compile', 'reparam': 'reparam',
     'native_kernels': 'native_kernels', 'malloc': 'malloc', 'threads': 'num_threads', 'torch': 'torch',

@@ -175,12 +175,23 @@ def _bench_range(group: pd.DataFrame, model: str, img_size: int) -> Optional[Tup
 
 
 def _bench_cell(group: pd.DataFrame, model: str, img_size: int) -> str:
-    """The throughput and, measured over several rounds, the range across them in % of their median."""
+    """The throughput and, measured over several rounds, the range across them in % of their median; 'contended'
+    where a round stayed contended (`fat.contention`)."""
     value = _bench_value(group, model, img_size)
     row = _bench_row(group, model, img_size)
     spread = row.get('spread_pct') if row is not None else None
     fmt = '.2f' if value is not None and value < 10 else '.1f'  # batch-1 CPU figures are a few img/s
-    return _num(value, fmt) + (f' ({float(spread):.0f} %)' if _present(spread) else '')
+    flag = ' contended' if row is not None and _present(row.get('contended')) else ''
+    return _num(value, fmt) + (f' ({float(spread):.0f} %)' if _present(spread) else '') + flag
+
+
+def _bench_rounds(group: pd.DataFrame, model: str, img_size: int) -> List[float]:
+    """timm's statistic in each round of the model's row (one value for a one-round row)."""
+    row = _bench_row(group, model, img_size)
+    try:
+        return [float(v) for v in str(row.get('round_throughputs')).split(';')] if row is not None else []
+    except ValueError:
+        return [] if row is None else [float(_bench_value(group, model, img_size))]
 
 
 # -- builders
@@ -253,7 +264,7 @@ def classification(name: str, spec: Mapping[str, Any], a: Analysis, m: Measureme
         notes.append('Params and GMACs measured: `fat flops` (fat/complexity.py), one image at the Res. column'
                      + (f"; not counted for {', '.join(missing)}" if missing else '') + '.')
     notes.append(f'Throughput: inference, measured here on {env_label} (`fat bench`).' if env_rows is not None
-                 else 'Throughput: no inference benchmark file in results/ (`fat bench` writes results/bench-*.csv).')
+                 else 'Throughput: no inference benchmark file in results/ (`fat speed` writes results/bench-*.csv).')
     notes += _convention_notes(a, ['paper', 'fvcore', *conventions])
     notes += _not_found(spec, a)
     return [Table(name, spec['title'], data, display, notes, cite.keys)]
@@ -293,7 +304,16 @@ def speed(name: str, spec: Mapping[str, Any], a: Analysis, m: Measurements) -> L
         notes.append('(x %): the run-to-run spread of a figure measured in several rounds of one run (round-robin '
                      "over the column's models): the range of timm's statistic over the rounds, in % of their median.")
     if not measured:
-        notes.append(f'Measured here: no {mode} benchmark file in results/ (`fat bench` writes results/bench-*.csv).')
+        notes.append(f'Measured here: no {mode} benchmark file in results/ (`fat speed` writes results/bench-*.csv).')
+    contended = {env: sorted(set(group.loc[group['contended'].map(_present), 'model'])) for env, _, group in measured}
+    if any(contended.values()):
+        notes.append('contended: a round of the figure got less than 90 % of a core or ran a calibration kernel more '
+                     'than 10 % slow, and stayed so when re-timed (fat/contention.py; the reasons are in the CSV). '
+                     'Shown, never ranked.')
+    unchecked = [env for env, _, group in measured if not group['round_cpu_shares'].map(_present).any()]
+    if unchecked:
+        notes.append(f"{', '.join(unchecked)}: measured before contention checks were recorded (no calibration "
+                     'record): shown, not ranked.')
     for env, key in published:
         src = a.sources[key]
         claims = a.claims[(a.claims['source'] == key) & a.claims['model'].isin(models)]
@@ -305,7 +325,57 @@ def speed(name: str, spec: Mapping[str, Any], a: Analysis, m: Measurements) -> L
         notes.append(f'{env}: {envs[env]} (published [{cite.number(key)}]; other hardware than the M columns: '
                      'compare within a column, not across).')
     notes += _not_found(spec, a)
-    return [Table(name, spec['title'], data, display, notes, cite.keys, meta={'envs': envs, 'ranges': ranges})]
+    meta = {'envs': envs, 'ranges': ranges, 'contended': contended}
+    tables = [Table(name, spec['title'], data, display, notes, cite.keys, meta=meta)]
+    if spec.get('ranks'):
+        tables.append(_speed_ranks(f'{name}_ranks', spec, a, m, measured))
+    return tables
+
+
+def _speed_ranks(name: str, spec: Mapping[str, Any], a: Analysis, m: Measurements,
+                 measured: Sequence[Tuple[str, str, pd.DataFrame]]) -> Table:
+    """Each FAT model against the peers of its MAC class in each measured column (`fat.report.speed_ranks`)."""
+    from .speed_ranks import RULE, Timed, figure_problem, rank_row
+    within, convention = float(spec['ranks']['within_macs']), spec['ranks']['convention']
+
+    def macs(model: str) -> Optional[float]:
+        return m.macs(model, convention, a.models[model]['img_size'])
+
+    rows, cells, skipped = [], [], []
+    for env, _, group in measured:
+        timed = {}
+        for model in [*spec['models'], *(spec.get('peers') or [])]:
+            size = a.models[model]['img_size']
+            value = _bench_value(group, model, size)
+            if value is not None:
+                timed[model] = Timed(model, a.label(model), value, _bench_rounds(group, model, size),
+                                     figure_problem(_bench_row(group, model, size)))
+        for model in spec['models']:
+            own = macs(model)
+            if model not in timed or own is None:
+                continue
+            peers = [t for p, t in timed.items() if p in (spec.get('peers') or [])
+                     and macs(p) is not None and own / within <= macs(p) <= own * within]
+            if not peers:
+                skipped.append(f'{a.label(model)} in {env}')
+                continue
+            row = rank_row(env, timed[model], peers, within)
+            rows.append(dict(row, macs_g=round(own / 1e9, 2)))
+            cells.append(dict(env=env, model=a.label(model), macs_g=f'{own / 1e9:.2f}', **{
+                k: row[k] or DASH for k in ('rank', 'above', 'below', 'not_resolved', 'not_ranked')}))
+    columns = {'env': 'Column', 'model': 'Model', 'macs_g': f'GMACs ({convention})', 'rank': 'rank',
+               'above': 'above', 'below': 'below', 'not_resolved': 'not resolved', 'not_ranked': 'not ranked'}
+    data, display = _frames({'columns': {**columns, 'statement': 'statement'}}, rows, cells)
+    display = display.drop(columns=['statement'])
+    notes = [f"Peers: the speed table's peers within {within:g}x of the FAT model's MACs (`{convention}` convention, "
+             'counted here), measured in the same column (one machine, one run, round-robin); img/s in brackets.',
+             RULE]
+    notes += [f'Column {env}: {label}.' for env, label, _ in measured
+              if any(r['env'] == env for r in rows)]
+    if skipped:
+        notes.append(f"No peer of its MAC class measured: {', '.join(skipped)}.")
+    notes += [r['statement'] for r in rows]
+    return Table(name, f"{spec['title']}: ranks within the MAC class", data, display, notes)
 
 
 def claims_table(name: str, spec: Mapping[str, Any], a: Analysis, m: Measurements) -> List[Table]:

@@ -14,6 +14,7 @@ from submitit.core.utils import FailedJobError, FailedSubmissionError
 from tqdm import tqdm
 
 from fat.checks import InputError
+from fat.preflight import check_data
 from fat.rundir import ACTIVE, State
 
 from .cells import describe
@@ -66,16 +67,38 @@ def _refused(report: LaunchReport) -> int:
     return 1 if report.refused else 0
 
 
+def _data_problems(sweep: Sweep) -> List[str]:
+    """What the training cells' data would fail on (`fat.preflight.check_data`), once per dataset and folder."""
+    if sweep.task.name != 'train':
+        return []
+    problems = {}
+    for cell in sweep.cells:
+        key = (cell.config['dataset'], cell.config.get('data_dir'))
+        if key not in problems:
+            try:
+                check_data(cell.config)
+                problems[key] = None
+            except (ValueError, OSError) as e:
+                problems[key] = f'data: {e}'
+    return [p for p in problems.values() if p]
+
+
 def _plan(args: argparse.Namespace) -> int:
-    report = launch(_sweep(args), args.cluster, dry_run=True, array_size_limit=args.max_array_size)
+    sweep = _sweep(args)
+    report = launch(sweep, args.cluster, dry_run=True, array_size_limit=args.max_array_size)
     _print_states(report.states, args.json, report.source, plan=True, refused=report.refused)
     if not args.json:
         print(report.text())
+    for problem in _data_problems(sweep):  # the grid may be planned where its data is not (launch refuses it)
+        print(f'warning: {problem}; launch will refuse it here', file=sys.stderr)
     return _refused(report)
 
 
 def _launch(args: argparse.Namespace) -> int:
     sweep = _sweep(args)
+    problems = [] if args.dry_run else _data_problems(sweep)
+    if problems:  # every cell would fail in the queue: nothing is submitted
+        raise InputError(problems)
     try:
         report = launch(sweep, args.cluster, dry_run=args.dry_run, snapshot=args.snapshot,
                         array_size_limit=args.max_array_size, restart_unreadable=args.restart_unreadable)
@@ -91,22 +114,42 @@ def _launch(args: argparse.Namespace) -> int:
     return _refused(report)
 
 
+def _never_launched(states: List[CellState], args: argparse.Namespace) -> bool:
+    """Whether no cell of the grid was ever launched: then status, wait and --watch say so and exit 1 alike."""
+    if all(st.state == State.NOT_LAUNCHED for st in states):
+        print(f'nothing launched: fat sweep launch {args.grid}', file=sys.stderr)
+        return True
+    return False
+
+
+def _source(states: List[CellState], sched: Scheduler) -> str:
+    """Where the states came from: the scheduler's answer only matters for cells launched on Slurm."""
+    if any(st.cluster == 'slurm' for st in states):
+        return sched.source
+    return 'disk and process table (no cell launched on Slurm)'
+
+
 def _status(args: argparse.Namespace) -> int:
     sweep = _sweep(args)
     use_slurm = default_cluster() == 'slurm'
     if args.watch:
+        states = sweep.states(use_slurm)
+        if _never_launched(states, args):
+            return 1
         return watch(lambda: sweep.states(use_slurm), args.poll, args.stalled_after)
     sched = Scheduler.snapshot(use_slurm)
     states = cell_states(sweep.cells, sched)
     grid = annotate(states, args.stalled_after)
-    _print_states(states, args.json, sched.source, grid=grid)
-    return 0
+    _print_states(states, args.json, _source(states, sched), grid=grid)
+    return 1 if _never_launched(states, args) else 0
 
 
 def _wait(args: argparse.Namespace) -> int:
     """Poll until no cell is queued or running; exit status 0 only when every cell is DONE."""
     sweep = _sweep(args)
     states = sweep.states()
+    if _never_launched(states, args):
+        return 1
     with tqdm(total=len(states), desc=f'{sweep.grid.name}: finished cells', unit='cell', disable=None) as bar:
         while True:
             ended = sum(st.state not in ACTIVE for st in states)

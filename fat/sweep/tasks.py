@@ -13,55 +13,12 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 from fat.checks import check_choice, check_type, close_hint
 from fat.environment import record
+from fat.preflight import check_model, check_model_args, check_sizes, check_train
 from fat.rundir import Status, write_result
 from fat.train import config as train_config
-from fat.variants import FAT_ARGS, FAT_STAGE_ARGS, MODEL_NAMES, resolve_fasa_stages
+from fat.variants import resolve_fasa_stages
 
 __all__ = ['TASKS', 'Task', 'check_model', 'check_model_args', 'check_sizes', 'model_kwargs']
-
-FAT_MODELS = ('fat_b0', 'fat_b1', 'fat_b2', 'fat_b3')
-
-
-def check_model(name: Any) -> None:
-    """ValueError unless `name` is a model timm can build (the FAT models are registered by `import fat`).
-    A FAT model is known without importing timm (seconds); any other name needs timm's registry."""
-    if isinstance(name, str) and name.split('.', 1)[0] in MODEL_NAMES:  # `fat_b0` or `fat_b0.<pretrained tag>`
-        return
-    import timm
-    if not isinstance(name, str) or not timm.is_model(name):
-        raise ValueError(f"unknown model {name!r}{close_hint(name, timm.list_models())}; valid: "
-                         f"{', '.join(FAT_MODELS)} or any timm model")
-
-
-def check_model_args(name: str, args: Mapping[str, Any]) -> None:
-    """ValueError naming a keyword the model does not take, or a FAT per-stage value of the wrong size, found
-    without building the model: FAT's keywords are known without torch (`fat.variants.FAT_ARGS`); a timm peer
-    is built once on the meta device (no memory, no weights) per distinct (model, arguments)."""
-    if not args:
-        return
-    if name.split('.', 1)[0] in MODEL_NAMES:
-        for key, value in args.items():
-            if key not in FAT_ARGS:
-                raise ValueError(f"model_args: {name} takes no argument {key!r}{close_hint(key, FAT_ARGS)}; "
-                                 f"valid: {', '.join(FAT_ARGS)}")
-            if key in FAT_STAGE_ARGS and not (
-                    isinstance(value, list) and len(value) == 4
-                    and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in value)):
-                raise ValueError(f'model_args: {key} expects one positive number per stage (4), got {value!r}')
-        return
-    _check_peer_args(name, json.dumps(dict(args), sort_keys=True))
-
-
-@functools.cache
-def _check_peer_args(name: str, args_json: str) -> None:
-    import timm
-    import torch
-    try:
-        with torch.device('meta'):
-            timm.create_model(name, **json.loads(args_json))
-    except (TypeError, ValueError, AssertionError) as e:
-        raise ValueError(f'model_args: {name} refuses {args_json}: {e}') from None
-
 
 def _check_keys(overrides: Mapping[str, Any], defaults: Mapping[str, Any]) -> None:
     for key in overrides:
@@ -76,13 +33,6 @@ def _check_type(key: str, value: Any, default: Any) -> Any:
         return value
     types = (list,) if isinstance(default, (list, tuple)) else (type(default),)
     return check_type(f'config key {key!r}', value, types, optional=True)
-
-
-def check_sizes(cfg: Mapping[str, Any]) -> None:
-    """A cell's image size and its model's arguments, before any cell is written (see `check_model_args`)."""
-    if cfg.get('img_size') is not None and cfg['img_size'] < 1:
-        raise ValueError(f"config key 'img_size' must be >= 1, got {cfg['img_size']}")
-    check_model_args(cfg['model'], cfg.get('model_args') or {})
 
 
 class Task:
@@ -143,8 +93,7 @@ class TrainTask(Task):
 
         def cell(point: Mapping[str, Any]) -> Dict[str, Any]:
             cfg = resolve(point)
-            check_model(cfg['model'])
-            check_sizes(cfg)
+            check_train(cfg)
             return cfg
         return cell
 
@@ -174,6 +123,7 @@ class FlopsTask(Task):
 class BenchTask(Task):
     """Throughput and latency (`fat.bench.run`); its keyword arguments are this task's config keys."""
     name = 'bench'
+    runtime_keys = ('output_dir', 'retries')  # re-timing a contended round does not change what is measured
 
     def _signature(self) -> inspect.Signature:
         try:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Tuple
 
 from fat import yaml12
+from fat.preflight import check_data, check_train
 from fat.rundir import Status, set_aside_unreadable
 
 from .config import _TYPES, DEFAULTS, PRESETS, resolve_config, valid_values
@@ -41,6 +42,9 @@ def _train_command(args: argparse.Namespace) -> int:
         # the same command line maps to the same directory, so running it again resumes
         digest = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:8]
         cfg['output_dir'] = str(Path('runs') / f"{cfg['model']}-{cfg['dataset']}-{digest}")
+    # the model, its keywords and the data, before the run directory exists: bad input leaves nothing behind
+    check_train(cfg)
+    check_data(cfg)
     if args.restart_unreadable:
         for path in set_aside_unreadable(cfg['output_dir']):
             print(f'set aside {path} (it does not load): the run starts again from step 0', file=sys.stderr)

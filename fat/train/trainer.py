@@ -33,6 +33,7 @@ from fat import models  # noqa: F401 (importing it registers the FAT models with
 from fat.data import SeededSamples, build_datasets, build_transforms, eval_dataset
 from fat.distributed import Placement, wait_for_primary_exit
 from fat.io import atomic_path, write_json_atomic, write_text_atomic
+from fat.preflight import is_fat
 from fat.rundir import BEST_CHECKPOINT, LAST_CHECKPOINT, LOG, PROGRESS, Status
 
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -48,12 +49,15 @@ PROGRESS_S = 1.0
 
 
 def _ignore_stop_signals(_worker_id: int):
-    # loader workers leave SIGTERM/SIGUSR2 to the main process, which checkpoints and then stops them
+    # loader workers leave SIGTERM/SIGUSR2/SIGINT to the main process, which checkpoints and then stops them (a
+    # terminal's Ctrl-C and slurmstepd signal every process of the group, workers included)
     for sig in _STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
 
 
-_STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+# SIGINT (Ctrl-C) is a stop request like SIGTERM: a checkpoint at the next step, then exit 130; a second one stops
+# at once, without the checkpoint
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT)
 
 
 # consecutive non-finite losses the fp16 loss scaler may skip before the run counts as diverged (its scale is then
@@ -91,7 +95,7 @@ class Trainer:
         self.val_loader = DataLoader(
             Subset(val_set, range(place.rank, len(val_set), place.world_size)), batch_size=cfg['batch_size'],
             num_workers=0 if isinstance(val_set, TensorDataset) else cfg['workers'],
-            pin_memory=self.device.type == 'cuda')
+            pin_memory=self.device.type == 'cuda', worker_init_fn=_ignore_stop_signals)
         self.sampler = DistributedSampler(
             self.train_set, num_replicas=place.world_size, rank=place.rank, shuffle=True, seed=cfg['seed'])
         self.steps_per_epoch = len(self.sampler) // cfg['batch_size']
@@ -102,8 +106,9 @@ class Trainer:
         model_args = dict(cfg['model_args'])
         if cfg['drop_path'] is not None:
             model_args['drop_path_rate'] = cfg['drop_path']
+        fasa = dict(fasa=cfg['fasa']) if is_fat(cfg['model']) else {}  # a timm peer trains as a baseline
         model = timm.create_model(
-            cfg['model'], num_classes=self.num_classes, in_chans=self.in_chans, fasa=cfg['fasa'], **model_args)
+            cfg['model'], num_classes=self.num_classes, in_chans=self.in_chans, **fasa, **model_args)
         self.fasa_variant = getattr(model, 'fasa_variant', None)
         self.params = sum(p.numel() for p in model.parameters())
         model.to(self.device)
@@ -239,6 +244,12 @@ class Trainer:
     # -- signals -------------------------------------------------------------------------------------------
 
     def _on_signal(self, signum: int, _frame: Any):
+        if signum == signal.SIGINT:
+            if signal.SIGINT in self.stop_signals:
+                raise KeyboardInterrupt  # the second Ctrl-C: stop now
+            if self.place.primary:  # os.write: a print here could re-enter a print the signal interrupted
+                os.write(2, b'\ninterrupt: stopping after this step with a checkpoint (Ctrl-C again: stop at once, '
+                            b'without it)\n')
         self.stop_signals.add(signum)
 
     def _stop_votes(self) -> Tuple[float, float]:
@@ -269,12 +280,16 @@ class Trainer:
         resuming from the checkpoint. Ranks other than 0 leave the requeue to rank 0 (as submitit's handler does) and
         exit only once rank 0 has: see `fat.distributed.wait_for_primary_exit`.
         """
-        signum = signal.SIGUSR2 if requeue else signal.SIGTERM
+        interrupted = not requeue and self.stop_signals == {signal.SIGINT}
+        signum = signal.SIGUSR2 if requeue else signal.SIGINT if interrupted else signal.SIGTERM
         previous = self._previous_handlers.get(signum)
         self.restore_signal_handlers()
         if self.place.world_size > 1:
             dist.barrier()  # rank 0 has written the checkpoint
         _logger.info(f'{signal.Signals(signum).name}: checkpoint written at step {self.global_step}; stopping')
+        if interrupted and self.place.primary:
+            print(f'interrupted at epoch {self.epoch + 1} step {self.step_in_epoch} (checkpoint written); rerun the '
+                  'same command to resume', file=sys.stderr, flush=True)
         if not self.place.primary:
             # leave last: under srun's KillOnBadExit the exit of any rank kills rank 0, mid-requeue
             wait_for_primary_exit(self.place)

@@ -111,13 +111,19 @@ def test_running_local_job_and_pending(sweep):
 
 def test_status_and_collect_commands(sweep, capsys):
     grid, workdir = str(sweep.grid.path), str(sweep.workdir)
-    assert cli_main(['sweep', 'status', grid, '--workdir', workdir, '--json']) == 0
-    doc = json.loads(capsys.readouterr().out)
+    # a grid never launched: status, --watch and wait all exit 1 with the same hint (status exited 0 before)
+    assert cli_main(['sweep', 'status', grid, '--workdir', workdir, '--json']) == 1
+    captured = capsys.readouterr()
+    doc = json.loads(captured.out)
     assert doc['summary'] == '8 cells: 8 NOT_LAUNCHED' and len(doc['cells']) == 8
-    assert cli_main(['sweep', 'status', grid, '--workdir', workdir]) == 0
+    assert captured.err == f'nothing launched: fat sweep launch {grid}\n'
+    assert cli_main(['sweep', 'status', grid, '--workdir', workdir]) == 1
     out = capsys.readouterr().out.splitlines()
-    assert out[-1].startswith('8 cells: 8 NOT_LAUNCHED (state source: ')
+    assert out[-1] == '8 cells: 8 NOT_LAUNCHED (state source: disk and process table (no cell launched on Slurm))'
     assert out[0].split()[:3] == [sweep.cells[0].id, 'NOT_LAUNCHED', 'lr=0.001']
+    for verb in (['status', '--watch'], ['wait']):
+        assert cli_main(['sweep', verb[0], grid, *verb[1:], '--workdir', workdir]) == 1
+        assert capsys.readouterr().err == f'nothing launched: fat sweep launch {grid}\n'
 
 
 def _started(cell, torch='2.14.1+cu130', device='cpu', cpu='AMD EPYC 7B13', gpus=()):
