@@ -24,9 +24,9 @@ __all__ = ['save_checkpoint', 'load_checkpoint', 'read_checkpoint', 'rng_state',
 _logger = logging.getLogger(__name__)
 _CKPT_KEYS = ('config', 'epoch', 'step_in_epoch', 'global_step', 'model', 'optimizer', 'scheduler', 'ranks', 'history')
 
-# Checkpoints written before 2026-12 hold NumPy's random state as an array (`np.random.get_state()`); reading them
-# needs exactly these globals (the array-rebuilding function under its NumPy 2 and NumPy 1 names, the array and dtype
-# types, the uint32 dtype of the state), which build arrays and nothing else. Newer checkpoints need none.
+# Checkpoints written before issue 30 (2026-12) hold NumPy's random state as an array (`np.random.get_state()`);
+# reading them needs exactly these globals (the array-rebuilding function under its NumPy 2 and NumPy 1 names, the
+# array and dtype types, the uint32 dtype of the state), which build arrays and nothing else. Newer ones need none.
 _reconstruct = np.zeros(0).__reduce__()[0]
 _OLD_NUMPY_STATE = [(_reconstruct, 'numpy._core.multiarray._reconstruct'),
                     (_reconstruct, 'numpy.core.multiarray._reconstruct'),
