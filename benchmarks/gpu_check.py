@@ -94,7 +94,7 @@ class Check:
         codes = [p.wait(timeout=PART_TIMEOUT_S) for p in procs]
         if codes != [128 + signal.SIGUSR2] * ranks:
             raise PartError(f'{out.name}: preempted processes exited {codes}, expected {128 + signal.SIGUSR2}')
-        return torch.load(out / 'checkpoint-last.pt', map_location='cpu', weights_only=False)['global_step']
+        return torch.load(out / 'checkpoint-last.pt', map_location='cpu', weights_only=True)['global_step']
 
     def same_run(self, a: Path, b: Path) -> None:
         ra, rb = (json.loads((d / 'result.json').read_text()) for d in (a, b))
@@ -102,7 +102,7 @@ class Check:
         if diff:
             raise PartError(f'resumed run differs from the uninterrupted one in {diff}: '
                             f'{[(ra.get(k), rb.get(k)) for k in diff]}')
-        sa, sb = (torch.load(d / 'checkpoint-last.pt', map_location='cpu', weights_only=False) for d in (a, b))
+        sa, sb = (torch.load(d / 'checkpoint-last.pt', map_location='cpu', weights_only=True) for d in (a, b))
         changed = [k for k, v in sa['model'].items() if not torch.equal(v, sb['model'][k])]
         if changed:
             raise PartError(f'resumed run ends with other weights: {changed[:3]}')
@@ -116,7 +116,7 @@ class Check:
         step = self.preempt(run, args)
         self.finish(run, args)
         self.same_run(run, ref)
-        scaler = torch.load(run / 'checkpoint-last.pt', map_location='cpu', weights_only=False)['scaler']
+        scaler = torch.load(run / 'checkpoint-last.pt', map_location='cpu', weights_only=True)['scaler']
         if result['amp'] != self.cuda or (scaler is not None) != (self.cuda and dtype == 'float16'):
             raise PartError(f"amp {result['amp']}, loss-scaler state {'saved' if scaler else 'absent'}")
         return (f"preempted at step {step} of {result['steps']}, resumed exactly on {result['device']}; "

@@ -11,8 +11,13 @@ A run directory (`fat train --output-dir`, a sweep cell's directory) holds::
     progress.json        where a running run is (epoch, step, images/s), rewritten as it goes
     checkpoint-last.pt   and -prev (the one before), -best (the best top-1)
     result.json          written last and atomically: `status` done | diverged | failed, and the metrics
+
+A run whose checkpoints exist but none loads ends failed with `unreadable_checkpoints` (their names) in its result,
+rather than starting over them; `set_aside_unreadable` sets them aside so that the next start begins at step 0.
 """
 import json
+import os
+import time
 from enum import Enum
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
@@ -21,13 +26,17 @@ from fat.io import write_json_atomic
 
 __all__ = ['CONFIG', 'ENVIRONMENT', 'LOG', 'PROGRESS', 'RESULT', 'LAST_CHECKPOINT', 'PREV_CHECKPOINT',
            'BEST_CHECKPOINT', 'Status', 'State', 'ACTIVE', 'read_result', 'write_result', 'read_environment',
-           'append_environment', 'read_log', 'CURVE_KEYS', 'curves_path', 'RANK_FAILURE']
+           'append_environment', 'UNREADABLE_CHECKPOINTS', 'set_aside_unreadable', 'read_log', 'CURVE_KEYS',
+           'curves_path', 'RANK_FAILURE']
 
 CONFIG, ENVIRONMENT, LOG, PROGRESS, RESULT = (
     'config.json', 'environment.json', 'log.jsonl', 'progress.json', 'result.json')
 LAST_CHECKPOINT, PREV_CHECKPOINT, BEST_CHECKPOINT = 'checkpoint-last.pt', 'checkpoint-prev.pt', 'checkpoint-best.pt'
 
 PathLike = Union[str, Path]
+
+# the result key of a run that failed because none of its checkpoints loads: their file names
+UNREADABLE_CHECKPOINTS = 'unreadable_checkpoints'
 
 
 class _Named(str, Enum):
@@ -131,3 +140,18 @@ def read_environment(run_dir: PathLike) -> List[Dict[str, Any]]:
 def append_environment(run_dir: PathLike, record: Mapping[str, Any]) -> None:
     """Add one start's environment record (atomically: a kill leaves the previous list)."""
     write_json_atomic(Path(run_dir) / ENVIRONMENT, read_environment(run_dir) + [dict(record)], durable=True, indent=2)
+
+
+def set_aside_unreadable(run_dir: PathLike) -> List[Path]:
+    """Where the run failed because none of its checkpoints loads: rename them out of the way (kept, as
+    `checkpoint-last.unreadable-<time>.pt`), so that the run starts again from step 0. Returns the new names."""
+    result, _ = read_result(run_dir)
+    if result is None or result['status'] != Status.FAILED:
+        return []
+    moved, stamp = [], time.strftime('%Y%m%d-%H%M%S')
+    for name in result.get(UNREADABLE_CHECKPOINTS) or []:
+        path = Path(run_dir) / Path(str(name)).name  # a file name, never a path elsewhere
+        if path.name in (LAST_CHECKPOINT, PREV_CHECKPOINT) and path.exists():
+            moved.append(path.with_name(f'{path.stem}.unreadable-{stamp}{path.suffix}'))
+            os.replace(path, moved[-1])
+    return moved

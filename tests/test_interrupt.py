@@ -43,7 +43,7 @@ def test_ctrl_c_checkpoints_at_the_next_step_and_the_rerun_resumes(tmp_path):
     last = err.strip().splitlines()[-1]
     assert last.startswith('interrupted at epoch 1 step ') and last.endswith('rerun the same command to resume')
     stopped = int(last.split(' step ')[1].split()[0])
-    state = torch.load(out / 'checkpoint-last.pt', weights_only=False)
+    state = torch.load(out / 'checkpoint-last.pt', weights_only=True)
     assert state['step_in_epoch'] == stopped >= 2 and not (out / 'result.json').exists()
 
     proc = _start(out)
@@ -103,7 +103,7 @@ def test_sigterm_during_evaluation_checkpoints_and_resumes_exactly(tmp_path):
     log += stopped.stderr.readlines()
     assert stopped.wait(timeout=120) == 128 + signal.SIGTERM, ''.join(log)[-3000:]
     assert 'exited unexpectedly' not in ''.join(log)
-    state = torch.load(tmp_path / 'stopped' / 'checkpoint-last.pt', weights_only=False)
+    state = torch.load(tmp_path / 'stopped' / 'checkpoint-last.pt', weights_only=True)
     assert (state['epoch'], state['step_in_epoch']) == (1, 0)  # epoch 1 finished, evaluated and checkpointed
     resumed, whole = start(tmp_path / 'stopped'), start(tmp_path / 'whole')
     assert resumed.wait(timeout=300) == 0 and whole.wait(timeout=300) == 0

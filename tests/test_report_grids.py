@@ -188,13 +188,14 @@ def _cell_dirs(work: Path, frame: pd.DataFrame, collection: Path) -> None:
 
 
 def test_fat_report_on_a_user_grid_writes_its_table_and_three_figures(tmp_path: Path, grid_analysis: Path,
-                                                                        capsys: pytest.CaptureFixture):
+                                                                        capsys: pytest.CaptureFixture,
+                                                                        monkeypatch: pytest.MonkeyPatch):
     results, work = tmp_path / 'results', tmp_path / 'runs'
     rows = [(str(k), lr, s, 'DONE', v) for k, lr, values in [
         ('[3,5,7,9]', 0.004, [80.1, 81.0, 80.4]), ('[5,5,7,9]', 0.004, [80.6, 81.9, 80.8]),
         ('[3,5,7,9]', 0.002, [79.0, 79.8, 79.1])] for s, v in enumerate(values)]
     frame = _collected(results / 'kernels-pt2.14-cpu-test.csv', rows, ('kernel_sizes', 'lr', 'seed', 'status', 'top1'))
-    frame['dir'] = [str(work / c) for c in frame['cell']]
+    frame['dir'] = [f'kernels/{c}' for c in frame['cell']]  # as collect writes it: relative to the work directory
     frame.to_csv(results / 'kernels-pt2.14-cpu-test.csv', index=False)
     _cell_dirs(work, frame, results / 'kernels-pt2.14-cpu-test.csv')
     shutil.rmtree(work)  # the report reads results/ alone: a clone has no run directories

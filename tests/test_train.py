@@ -333,7 +333,7 @@ def test_divergence_read_in_a_window_names_its_own_step_and_checkpoints_nothing_
     result = main(dict(TINY, clip_grad=None, log_interval=3, checkpoint_steps=3, output_dir=str(out)))
     assert result['status'] == 'diverged' and result['diverged_step'] == 5 and result['steps'] == 5
     assert 'loss is nan at step 5 (epoch 2)' in result['error'] and calls == list(range(7))
-    assert torch.load(out / 'checkpoint-last.pt', weights_only=False)['global_step'] == 4  # epoch 1's
+    assert torch.load(out / 'checkpoint-last.pt', weights_only=True)['global_step'] == 4  # epoch 1's
 
 
 def test_the_training_loop_reads_tensors_on_the_host_once_per_log_interval(tmp_path, monkeypatch):
@@ -384,7 +384,7 @@ def test_a_checkpoint_without_loss_scaler_state_resumes_with_one(tmp_path):
     GPU here: the trainer is given the loss scaler that fp16 AMP on CUDA would give it."""
     cfg = dict(TINY, epochs=1, output_dir=str(tmp_path / 'run'))
     main(cfg)
-    assert torch.load(tmp_path / 'run' / 'checkpoint-last.pt', weights_only=False)['scaler'] is None
+    assert torch.load(tmp_path / 'run' / 'checkpoint-last.pt', weights_only=True)['scaler'] is None
     trainer = Trainer(resolve_config(cfg), Placement())
     trainer.scaler = NativeScaler(device='cpu')
     assert trainer.resume() and trainer.epoch == 1

@@ -76,7 +76,7 @@ def _assert_same_run(a: Path, b: Path):
     curves = _curves(a)
     assert [s for s, _ in curves['train/loss']] == list(range(1, _metrics(b)['result']['steps'] + 1))
     assert curves == _curves(b)  # no point lost or repeated by the kills, every value as uninterrupted
-    sa, sb = (torch.load(p / 'checkpoint-last.pt', weights_only=False) for p in (a, b))
+    sa, sb = (torch.load(p / 'checkpoint-last.pt', weights_only=True) for p in (a, b))
     for key in ('model', 'ema'):
         for name, tensor in sa[key].items():
             assert torch.equal(tensor, sb[key][name]), f'{key}.{name}'

@@ -19,7 +19,7 @@ from fat.rundir import ACTIVE, State
 
 from .cells import describe
 from .cluster import CLUSTERS, default_cluster
-from .launch import SUBMIT_STATES, LaunchReport, Sweep, launch, prepare
+from .launch import LaunchReport, Sweep, launch, prepare, submits
 from .progress import STALLED_AFTER_S, annotate, cell_text, grid_text
 from .state import CellState, Scheduler, cell_states, summary
 from .watch import watch
@@ -32,7 +32,7 @@ _MAX_LISTED = 20  # incomplete cells listed by collect before "... and N more"
 def _print_states(states: List[CellState], as_json: bool, source: str, plan: bool = False,
                   refused: Sequence[str] = (), grid: Optional[Dict[str, Any]] = None) -> None:
     if as_json:
-        cells = [dict(st.as_dict(), action='submit' if st.state in SUBMIT_STATES else 'skip') if plan
+        cells = [dict(st.as_dict(), action='submit' if submits(st) else 'skip') if plan
                  else st.as_dict() for st in states]
         doc: Dict[str, Any] = {'cells': cells, 'summary': summary(states), 'source': source}
         if plan:
@@ -43,7 +43,7 @@ def _print_states(states: List[CellState], as_json: bool, source: str, plan: boo
         return
     lines = []
     for st in states:
-        action = ('submit ' if st.state in SUBMIT_STATES else 'skip   ') if plan else ''
+        action = ('submit ' if submits(st) else 'skip   ') if plan else ''
         extra = st.detail + (f' (log: {st.log})' if st.state == State.FAILED and st.log else '')
         if st.progress is not None and st.state != State.STALLED:
             extra = ' '.join(filter(None, (cell_text(st.progress), extra)))
@@ -101,7 +101,7 @@ def _launch(args: argparse.Namespace) -> int:
         raise InputError(problems)
     try:
         report = launch(sweep, args.cluster, dry_run=args.dry_run, snapshot=args.snapshot,
-                        array_size_limit=args.max_array_size)
+                        array_size_limit=args.max_array_size, restart_unreadable=args.restart_unreadable)
     except (FailedJobError, FailedSubmissionError) as e:  # sbatch refused (partition, account, ...): its words
         lines = [ln for ln in str(e).splitlines() if ln.strip()]
         print(f'fat sweep launch: error: sbatch failed: {lines[-1] if lines else e}', file=sys.stderr)
@@ -255,6 +255,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     v.add_argument('--snapshot', action='store_true',
                    help='run from a snapshot of the code (RsyncSnapshot): later edits do not reach queued jobs')
     v.add_argument('--max-array-size', type=_positive, help="cap arrays below the cluster's MaxArraySize")
+    v.add_argument('--restart-unreadable', action='store_true',
+                   help='cells that failed because none of their checkpoints loads: set those aside (renamed '
+                        '*.unreadable-<time>.pt) and start the cells again from step 0 (without it: skipped)')
 
     v = add('status', _status, 'state of every cell (DONE, DIVERGED, FAILED, RUNNING, STALLED, REQUEUED, PENDING, '
                                'NOT_LAUNCHED), the progress and ETA of running cells, the grid\'s expected finish')

@@ -3,17 +3,21 @@
 Every cell gets a row: its axes and seed, its state (`status`: DONE, DIVERGED, FAILED, CORRUPT, RUNNING, ...),
 parameters and MACs (convention `paper`: convolutions and linear layers, as the FAT paper counts; `fvcore`:
 fvcore's count with attention matmuls), final and best top-1/top-5, epochs, training time and throughput, the
-job's world size and hosts (`node1,node2` for a two-node cell), and the environment the run (last) started in.
+job's world size and hosts (`node1,node2` for a two-node cell), the environment the run (last) started in, and the cell
+directory relative to the work directory (`demo/a7d8f3caa149`: no path of this machine in a file meant to be
+shared).
 A grid that declares a `baseline` gets a last column `baseline`, its JSON, the same in every row (`fat report`).
 Cells without a usable result keep their row, with `error` saying why; a corrupt file never stops the collection.
-Params and MACs are measured once per distinct model and cached in `<workdir>/.complexity-cache.json`.
+Params and MACs are measured once per distinct model and cached in `<workdir>/.complexity-cache.json`. The CSVs
+written of a grid's cells are listed in `<workdir>/<grid>/.collections.json`: a new one replaces the earlier ones.
 A training grid's learning curves (per epoch: `val_top1`, `train_loss` from each cell's `log.jsonl`) go beside it
 into `curves/<same name>.csv`, one row per cell and epoch, so that `fat report` needs only the results folder
 (a clone has no run directories).
 """
 import json
+import os
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
 
 import pandas as pd
 
@@ -24,6 +28,7 @@ from fat.rundir import CURVE_KEYS, State, curves_path, read_environment, read_lo
 from .launch import Sweep
 from .state import CellState
 from .tasks import model_kwargs
+from .workdir import grid_files
 
 __all__ = ['collect', 'Collection', 'COLUMNS', 'ComplexityCache']
 
@@ -92,6 +97,11 @@ def _value(v: Any) -> Any:
     return v if v is None or isinstance(v, (str, int, float, bool)) else json.dumps(v, sort_keys=True)
 
 
+def _in_workdir(text: Optional[str], workdir: Path) -> Optional[str]:
+    """Paths under the work directory (a cell's files, its job's log), written relative to it."""
+    return text.replace(f'{workdir}{os.sep}', '') if text else text
+
+
 def _row(sweep: Sweep, st: CellState, cache: ComplexityCache) -> Tuple[Dict[str, Any], Optional[str]]:
     cell = st.cell
     row: Dict[str, Any] = {'grid': sweep.grid.name, 'cell': cell.id}
@@ -121,8 +131,8 @@ def _row(sweep: Sweep, st: CellState, cache: ComplexityCache) -> Tuple[Dict[str,
             row['params'] = result['params']
     row['world_size'], row['hosts'] = st.world_size, ','.join(st.hosts) or None  # where it (last) ran
     row['environment'], row['env_name'] = _environment(cell.dir, result)
-    row['error'] = error
-    row['dir'] = str(cell.dir)
+    row['error'] = _in_workdir(error, sweep.workdir)
+    row['dir'] = str(cell.dir.relative_to(sweep.workdir))
     return row, None if status == State.DONE else f'{cell.id} {status}: {error or st.detail or ""}'.rstrip(': ')
 
 
@@ -143,20 +153,36 @@ class Collection(NamedTuple):
     replaced: List[Path]  # earlier collections of the same cells, removed
 
 
+_COLLECTIONS = '.collections.json'  # in the grid's folder: the CSVs collected from its cells
+
+
 def _replaced(sweep: Sweep, out: Path) -> List[Path]:
-    """Earlier collections of this grid's work directory in `out`'s folder (another environment's name, or none):
-    the new file supersedes them. Collections of other work directories (another machine's) are kept."""
-    root, found = sweep.root.resolve(), []
+    """Earlier collections of this grid's cells in `out`'s folder (another environment's name, or none), which the
+    new file `out` supersedes; `out` is recorded as the latest. Collections of other work directories (another
+    machine's, copied here) are kept."""
+    record, out = sweep.root / _COLLECTIONS, out.resolve()
+    try:
+        written = {Path(p) for p in json.loads(record.read_text())}
+    except (OSError, ValueError, TypeError):
+        written = set()
+    found = {p for p in written | _older_collections(sweep, out) if p.parent == out.parent and p != out}
+    write_json_atomic(record, sorted(str(p) for p in (written - found) | {out}))
+    return sorted(p for p in found if p.is_file())
+
+
+def _older_collections(sweep: Sweep, out: Path) -> Set[Path]:
+    """Collections of this work directory written before they were recorded, when `dir` held absolute paths."""
+    root, found = sweep.root.resolve(), set()
     for path in out.parent.glob(f'{sweep.grid.name}*.csv'):
-        if path.stem != sweep.grid.name and not path.stem.startswith(f'{sweep.grid.name}-') or path == out:
+        if path.stem != sweep.grid.name and not path.stem.startswith(f'{sweep.grid.name}-'):
             continue
         try:
             dirs = pd.read_csv(path, usecols=['dir'])['dir'].astype(str)
         except (OSError, ValueError):
             continue  # not a collection of ours: leave it alone
-        if len(dirs) and all(Path(d).resolve().is_relative_to(root) for d in dirs):
-            found.append(path)
-    return sorted(found)
+        if len(dirs) and all(Path(d).is_absolute() and Path(d).resolve().is_relative_to(root) for d in dirs):
+            found.add(path.resolve())
+    return found
 
 
 def collect(sweep: Sweep, states: Sequence[CellState], out: Path) -> Collection:
@@ -170,7 +196,8 @@ def collect(sweep: Sweep, states: Sequence[CellState], out: Path) -> Collection:
         rows.append(row)
         if note:
             incomplete.append(note)
-    cache.save()
+    with grid_files(sweep.grid.shared_workdir):  # in the work directory: a later launch finds it ours alone
+        cache.save()
     incomplete += cache.errors.values()
     frame = pd.DataFrame(rows)
     axes = [k for k in dict.fromkeys([*sweep.grid.varied_keys, 'seed']) if k in frame.columns]
@@ -188,7 +215,8 @@ def collect(sweep: Sweep, states: Sequence[CellState], out: Path) -> Collection:
         _write_curves(states, out)
     with atomic_path(out) as tmp:
         frame.to_csv(tmp, index=False)
-    replaced = _replaced(sweep, out)
+    with grid_files(sweep.grid.shared_workdir):
+        replaced = _replaced(sweep, out)
     for path in replaced:
         path.unlink()
         curves_path(path).unlink(missing_ok=True)

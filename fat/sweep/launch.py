@@ -4,7 +4,9 @@ On Slurm, the grid's resources are first checked against the partition's limits 
 what the cluster would refuse is reported (dry) or raised (InputError), before anything is written or submitted.
 Launch submits only cells that are NOT_LAUNCHED or FAILED, under a lock per grid (a second launch waits,
 then finds the first one's jobs and submits nothing), as job arrays of at most the cluster's MaxArraySize,
-records each job id in its cell's `jobs.jsonl` as soon as its array is submitted, and returns.
+records each job id in its cell's `jobs.jsonl` as soon as its array is submitted, and returns. It writes nothing that
+others can write, and refuses a work directory that they already can (`fat.sweep.workdir`). A cell that failed
+because none of its checkpoints loads is submitted again only with `restart_unreadable`, which sets them aside.
 """
 import contextlib
 import fcntl
@@ -19,7 +21,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 from submitit.helpers import RsyncSnapshot
 
 from fat.checks import InputError, Problems
-from fat.rundir import RESULT, State, read_result
+from fat.rundir import RESULT, UNREADABLE_CHECKPOINTS, State, read_result, set_aside_unreadable
 
 from .cells import Cell, append_record, expand
 from .cluster import (
@@ -36,11 +38,12 @@ from .cluster import (
 )
 from .job import CellJob
 from .limits import ClusterLimits, check_resources
-from .spec import Grid, load_grid, parse_overrides
+from .spec import DEFAULT_WORKDIR, Grid, load_grid, parse_overrides
 from .state import CellState, Scheduler, cell_states
 from .tasks import TASKS, Task
+from .workdir import grid_files, refusal
 
-__all__ = ['Sweep', 'prepare', 'launch', 'launch_lock', 'LaunchReport', 'SUBMIT_STATES', 'cluster_refusals']
+__all__ = ['Sweep', 'prepare', 'launch', 'launch_lock', 'LaunchReport', 'SUBMIT_STATES', 'submits', 'cluster_refusals']
 
 SUBMIT_STATES = (State.NOT_LAUNCHED, State.FAILED)
 LOCK_TIMEOUT_S = 600.
@@ -82,10 +85,21 @@ def prepare(path: Path, overrides: Sequence[str] = (), workdir: Optional[Path] =
     p.lines[:0] = command_line.lines
     task = TASKS.get(grid.task)
     resources = resolve_resources(grid.slurm, grid.path, p, grid.slurm_overrides)
-    root = Path(workdir or grid.workdir or 'runs').absolute()
+    root = Path(workdir or grid.workdir or DEFAULT_WORKDIR).absolute()
     cells = expand(grid, task, root, p) if task is not None else []
     p.raise_if_any()
     return Sweep(grid, task, cells, resources, root)
+
+
+def _unreadable(st: CellState) -> bool:
+    """Whether the cell failed because none of its checkpoints loads."""
+    return st.state == State.FAILED and bool((st.result or {}).get(UNREADABLE_CHECKPOINTS))
+
+
+def submits(st: CellState, restart_unreadable: bool = False) -> bool:
+    """Whether a launch submits the cell: NOT_LAUNCHED or FAILED, but one whose checkpoints do not load only with
+    `restart_unreadable` (submitted as it is, it would fail again at once)."""
+    return st.state in SUBMIT_STATES and (restart_unreadable or not _unreadable(st))
 
 
 def _arrays(cells: Sequence[Cell], size: int) -> List[List[Cell]]:
@@ -169,7 +183,7 @@ def _set_aside(cell: Cell) -> None:
 
 
 def launch(sweep: Sweep, cluster: Optional[str] = None, dry_run: bool = False, snapshot: bool = False,
-           array_size_limit: Optional[int] = None) -> LaunchReport:
+           array_size_limit: Optional[int] = None, restart_unreadable: bool = False) -> LaunchReport:
     """Submit every cell that is neither finished nor queued; see the module docstring.
 
     Args:
@@ -177,6 +191,8 @@ def launch(sweep: Sweep, cluster: Optional[str] = None, dry_run: bool = False, s
         dry_run: plan the arrays (and render their sbatch scripts) without writing or submitting anything.
         snapshot: run the jobs from a snapshot of the code (later edits do not change queued jobs).
         array_size_limit: cap the array size below the cluster's MaxArraySize.
+        restart_unreadable: cells that failed because none of their checkpoints loads: set those aside and start
+            the cells again from step 0 (without it they are skipped).
     """
     cluster = cluster or default_cluster()
     if cluster not in CLUSTERS:
@@ -184,12 +200,14 @@ def launch(sweep: Sweep, cluster: Optional[str] = None, dry_run: bool = False, s
     if cluster == 'slurm' and default_cluster() != 'slurm' and not dry_run:
         raise ValueError("--cluster slurm: Slurm's commands (srun, sbatch) are not on PATH here")
     report = LaunchReport(cluster, dry_run=dry_run)
-    if cluster == 'slurm':
-        report.refused = cluster_refusals(sweep)
-        if report.refused and not dry_run:
-            raise InputError(report.refused)
+    shared = sweep.grid.shared_workdir
+    unsafe = None if shared else refusal(str(sweep.grid.path), sweep.workdir, sweep.root)
+    report.refused = ([unsafe] if unsafe else []) + (cluster_refusals(sweep) if cluster == 'slurm' else [])
+    if report.refused and not dry_run:
+        raise InputError(report.refused)
+    files = contextlib.nullcontext() if dry_run else grid_files(shared)  # the lock file's folder included
     lock = contextlib.nullcontext() if dry_run else launch_lock(sweep.root)
-    with lock:
+    with files, lock:
         sched = Scheduler.snapshot(use_slurm=cluster == 'slurm' or default_cluster() == 'slurm')
         if cluster == 'slurm' and sched.queue is None and not dry_run:
             raise ValueError('squeue failed, so queued cells cannot be told from ended ones: nothing submitted')
@@ -197,10 +215,11 @@ def launch(sweep: Sweep, cluster: Optional[str] = None, dry_run: bool = False, s
         report.states = cell_states(sweep.cells, sched)
         report.source = sched.source
         for st in report.states:
-            if st.state in SUBMIT_STATES:
+            if submits(st, restart_unreadable):
                 todo.append(st.cell)
             else:
-                report.skipped[st.state] = report.skipped.get(st.state, 0) + 1
+                state = f'{st.state} with unreadable checkpoints: --restart-unreadable' if _unreadable(st) else st.state
+                report.skipped[state] = report.skipped.get(state, 0) + 1
         report.submitted = todo
         if cluster == 'slurm':
             limit = max_array_size() or DEFAULT_MAX_ARRAY_SIZE
@@ -223,6 +242,8 @@ def launch(sweep: Sweep, cluster: Optional[str] = None, dry_run: bool = False, s
         for cell in todo:
             cell.write(sweep.grid)
             _set_aside(cell)
+            if restart_unreadable:
+                set_aside_unreadable(cell.dir)
         with _snapshot(sweep) if snapshot else contextlib.nullcontext():
             for group, gpus in zip(groups, gpu_lanes, strict=False):
                 executor = make_executor(cluster, sweep.log_folder, sweep.resources, sweep.job_name, gpus)

@@ -13,6 +13,7 @@ A grid file declares one ablation grid::
     seeds: [0, 1]                # train only: every point once per seed
     slurm: {profile: local, cpus_per_task: 1, timeout_min: 30}   # profile (slurm/<name>.yaml) + resources
     workdir: runs                # where the cell directories go (`--workdir` wins)
+    shared_workdir: false        # true: a team's shared work directory, which others may write (docs/sweeps.md)
     baseline: {fasa: fasa}       # the report's Δ baseline per varied key (default: its first value); no cell changes
 
 Every problem is reported, one line each naming the file, the key and the valid choices, before anything
@@ -26,11 +27,12 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 from fat import yaml12
 from fat.checks import InputError, Problems, close_hint
 
-__all__ = ['Grid', 'parse_value', 'parse_overrides', 'load_grid']
+__all__ = ['Grid', 'parse_value', 'parse_overrides', 'load_grid', 'DEFAULT_WORKDIR']
 
 GRID_KEYS = ('name', 'description', 'task', 'preset', 'base', 'axes', 'zip', 'include', 'exclude', 'seeds',
-             'slurm', 'workdir', 'baseline')
+             'slurm', 'workdir', 'shared_workdir', 'baseline')
 TASKS = ('train', 'flops', 'bench')
+DEFAULT_WORKDIR = 'runs'  # a grid's work directory when neither `--workdir` nor the grid's `workdir` names one
 _NAME_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]*$')
 
 
@@ -55,6 +57,7 @@ class Grid:
     seeds: Optional[List[int]] = None
     slurm: Dict[str, Any] = field(default_factory=dict)
     workdir: Optional[str] = None
+    shared_workdir: bool = False  # others may write the work directory (fat.sweep.workdir)
     baseline: Dict[str, Any] = field(default_factory=dict)  # varied key -> value: the report's Δ reference, not a cell
     overrides: Dict[str, Any] = field(default_factory=dict)  # config keys set on the command line
     slurm_overrides: Set[str] = field(default_factory=set)  # resources set on the command line
@@ -171,6 +174,10 @@ def load_grid(path: Path, overrides: Optional[Mapping[str, Any]] = None) -> Tupl
     grid.description = doc.get('description') or ''
     grid.preset = doc.get('preset')
     grid.workdir = doc.get('workdir')
+    shared = doc.get('shared_workdir', False)
+    if not isinstance(shared, bool):
+        p.add('shared_workdir', f'expected true or false, got {shared!r}')
+    grid.shared_workdir = shared is True
 
     for key in ('base', 'slurm'):
         value = doc.get(key, {})

@@ -6,7 +6,7 @@ bases. One job per module:
 
     config.py      the config keys, their defaults (the official recipe), presets and validation; torch-free
     trainer.py     the Trainer: model, data, optimizer, the loop, stop signals, progress
-    checkpoint.py  checkpoints written atomically and read back with a fallback; random states
+    checkpoint.py  checkpoints written atomically, read back with a fallback and without running code; random states
     curves.py      TensorBoard event files and W&B, without duplicate points on resume
     run.py         `main`: a Trainer in its run directory (config check, resume, environment, result)
     cli.py         the `fat train` command

@@ -8,7 +8,7 @@ from typing import Any, Tuple
 
 from fat import yaml12
 from fat.preflight import check_data, check_train
-from fat.rundir import Status
+from fat.rundir import Status, set_aside_unreadable
 
 from .config import _TYPES, DEFAULTS, PRESETS, resolve_config, valid_values
 
@@ -45,6 +45,9 @@ def _train_command(args: argparse.Namespace) -> int:
     # the model, its keywords and the data, before the run directory exists: bad input leaves nothing behind
     check_train(cfg)
     check_data(cfg)
+    if args.restart_unreadable:
+        for path in set_aside_unreadable(cfg['output_dir']):
+            print(f'set aside {path} (it does not load): the run starts again from step 0', file=sys.stderr)
     from .run import main  # torch: only once the command line is valid
     result = main(cfg)
     if result['status'] == Status.FAILED:
@@ -69,5 +72,8 @@ def register(subparsers: argparse._SubParsersAction):
     p.add_argument('--config', metavar='FILE', help='YAML file of config keys')
     p.add_argument('--preset', choices=list(PRESETS), help='a named base config')
     p.add_argument('--output-dir', metavar='DIR', help='run directory (default: runs/<model>-<dataset>-<hash>)')
+    p.add_argument('--restart-unreadable', action='store_true',
+                   help='a run that failed because none of its checkpoints loads: set them aside (renamed '
+                        '*.unreadable-<time>.pt) and start it again from step 0; without this such a run fails again')
     p.add_argument('overrides', nargs='*', metavar='key=value', help='config overrides (values in YAML)')
     p.set_defaults(func=_train_command)

@@ -20,12 +20,14 @@ from fat.rundir import (
     LAST_CHECKPOINT,
     RANK_FAILURE,
     RESULT,
+    UNREADABLE_CHECKPOINTS,
     Status,
     append_environment,
     read_result,
     write_result,
 )
 
+from .checkpoint import UnreadableCheckpoints
 from .config import config_diff, resolve_config
 from .trainer import Trainer
 
@@ -38,7 +40,8 @@ def main(cfg: Mapping[str, Any]) -> Dict[str, Any]:
     """Run, or resume, the training run `cfg` in `cfg['output_dir']`; returns the result written to result.json.
 
     A directory holding a finished run (status done or diverged) returns its result without training; a failed
-    or interrupted one resumes from its last readable checkpoint. Exceptions are recorded as status `failed`.
+    or interrupted one resumes from its last readable checkpoint. Exceptions are recorded as status `failed`; so is
+    a directory whose checkpoints exist but none loads (with their names: `fat.rundir.set_aside_unreadable`).
     """
     cfg = resolve_config(cfg)
     if not cfg['output_dir']:
@@ -107,7 +110,7 @@ def _run(cfg: Dict[str, Any], out_dir: Path, place: Placement) -> Dict[str, Any]
         error = f'{type(e).__name__}: {e}'
         if not isinstance(e, (ValueError, FileNotFoundError)):  # a bad config or missing data: the error says it all
             _logger.exception(f'run {out_dir} failed')
-        extra: Dict[str, Any] = {}
+        extra: Dict[str, Any] = {UNREADABLE_CHECKPOINTS: e.names} if isinstance(e, UnreadableCheckpoints) else {}
         if place.world_size > 1:
             # a rank that fails alone (a corrupt image in its shard, its GPU out of memory) leaves the others failing
             # on a closed connection, or waiting for a watchdog: each rank records its own error before it exits,
@@ -118,7 +121,7 @@ def _run(cfg: Dict[str, Any], out_dir: Path, place: Placement) -> Dict[str, Any]
                 failures = _rank_failures(out_dir)
                 first = failures[0] if failures else dict(rank=place.rank, error=error)
                 error = f"rank {first['rank']}: {first['error']}"
-                extra = dict(failed_rank=first['rank'], rank_errors={f['rank']: f['error'] for f in failures})
+                extra.update(failed_rank=first['rank'], rank_errors={f['rank']: f['error'] for f in failures})
         result = (trainer.result(Status.FAILED, error=error, **extra) if trainer
                   else dict(status=Status.FAILED, error=error, **extra))
     if place.primary:

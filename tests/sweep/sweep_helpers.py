@@ -112,13 +112,13 @@ def alive(pid: int) -> bool:
 def checkpoint_step(cell_dir: Path) -> int:
     """The global step of the cell's newest checkpoint."""
     import torch
-    return torch.load(cell_dir / 'checkpoint-last.pt', map_location='cpu', weights_only=False)['global_step']
+    return torch.load(cell_dir / 'checkpoint-last.pt', map_location='cpu', weights_only=True)['global_step']
 
 
 def same_weights(a: Path, b: Path) -> bool:
     """Whether run directories `a` and `b` end with bit-equal model weights (their checkpoint-last.pt)."""
     import torch
-    wa, wb = (torch.load(d / 'checkpoint-last.pt', map_location='cpu', weights_only=False)['model'] for d in (a, b))
+    wa, wb = (torch.load(d / 'checkpoint-last.pt', map_location='cpu', weights_only=True)['model'] for d in (a, b))
     return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 

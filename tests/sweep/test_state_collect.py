@@ -1,5 +1,6 @@
 """Status and collect from disk (no scheduler needed), the golden sbatch file, and arrays under MaxArraySize."""
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -81,7 +82,13 @@ def test_states_from_disk_and_collect_never_drops_a_cell(sweep, tmp_path, capsys
                                      'REQUEUED']
     assert table.loc[0, 'top1'] == 91.5 and table.loc[0, 'best_top5'] == 99.5 and table.loc[0, 'params'] == 123
     assert table['macs_paper'].notna().all() and table['macs_fvcore'].notna().all()  # from the config alone
-    assert str(log) in table.loc[3, 'error'] and 'ValueError: bad thing' in table.loc[3, 'error']
+    assert str(log.relative_to(sweep.workdir)) in table.loc[3, 'error'] and 'ValueError: bad thing' in \
+        table.loc[3, 'error']
+    # no path of this machine: cell directories (and the logs named in errors) relative to the work directory
+    assert [sweep.workdir / d for d in table['dir']] == [c.dir for c in sweep.cells]
+    assert table.loc[0, 'dir'] == f'disk/{done.id}'
+    fields = [str(v) for v in table.to_numpy().ravel()] + list(table.columns)
+    assert [v for v in fields if re.search(r'(^|[\s(=:,])/[\w.]', v)] == [] and str(tmp_path) not in out.read_text()
     assert len(incomplete) == 7 and incomplete[3].startswith(f'{corrupt.id} CORRUPT: result.json corrupt')
     assert (sweep.workdir / '.complexity-cache.json').exists()
 
@@ -132,11 +139,15 @@ def test_collect_names_its_file_by_the_environment_and_replaces_only_its_own(swe
     assert [p.name for p in results.glob('*.csv')] == ['disk-unrun.csv']  # nothing has started yet
     assert [p.name for p in (results / 'curves').iterdir()] == ['disk-unrun.csv']  # its learning curves (none yet)
     other = results / 'disk-pt2.14-cu128-a100_sxm4_40gb.csv'  # the same grid collected on another machine
-    pd.DataFrame({'grid': ['disk'], 'status': ['DONE'], 'dir': ['/elsewhere/runs/disk/abc']}).to_csv(other)
+    # its cell directories are relative, like ours: what tells it apart is that no collect of ours wrote it
+    pd.DataFrame({'grid': ['disk'], 'status': ['DONE'], 'dir': [f'disk/{sweep.cells[0].id}']}).to_csv(other)
+    legacy = results / 'disk-pt2.14-cpu-old.csv'  # ours, collected before `dir` was relative: replaced too
+    pd.DataFrame({'grid': ['disk'], 'status': ['DONE'], 'dir': [str(sweep.cells[0].dir)]}).to_csv(legacy)
     for cell in sweep.cells:
         _started(cell)
     assert cli_main(args) == 0
-    assert f'removed {results / "disk-unrun.csv"}' in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f'removed {results / "disk-unrun.csv"}' in out and f'removed {legacy}' in out
     assert sorted(p.name for p in results.glob('*.csv')) == ['disk-pt2.14-cpu-amd_epyc_7b13.csv', other.name]
     assert [p.name for p in (results / 'curves').iterdir()] == ['disk-pt2.14-cpu-amd_epyc_7b13.csv']  # replaced too
     _started(sweep.cells[0], device='cuda:0', gpus=['NVIDIA H100 80GB HBM3'])
