@@ -110,6 +110,18 @@ def test_ranks_only_where_the_rounds_do_not_overlap():
     assert rank_row('M1', flagged, [slower], 1.5)['rank'] == 'not ranked'
 
 
+def test_an_unsteady_or_unchecked_figure_is_not_ranked():
+    import pandas as pd
+
+    from fat.report.speed_ranks import figure_problem
+    row = dict(round_throughputs='20.0;21.0;22.5', round_cpu_shares='1.0;1.0;1.0', contended='', spread_pct=11.9)
+    assert figure_problem(pd.Series(row)) == 'unsteady: its rounds span 12 % (> 10 %)'
+    assert figure_problem(pd.Series(dict(row, spread_pct=9.5))) == ''
+    assert figure_problem(pd.Series(dict(row, round_cpu_shares=''))) == 'no contention record'
+    assert figure_problem(pd.Series(dict(row, contended='round 2: CPU share 0.50 < 0.90'))).startswith('contended')
+    assert figure_problem(pd.Series(dict(row, round_throughputs='20.0'))) == 'one round'
+
+
 @pytest.fixture(scope='module')
 def committed_ranks():
     """The speed ranks built from the committed results/, and the committed table."""

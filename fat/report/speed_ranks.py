@@ -5,7 +5,9 @@ Rule (one, for every pair): A is above B when every round of A was faster than e
 timm's statistic over the rounds do not overlap), below when every round was slower, else "not resolved". With 3
 rounds each, non-overlap happens by chance with probability 1/10 when the two do not differ (2/C(6,3)); with 5 rounds,
 2/C(10,5) < 0.01. A figure is ranked only if it was timed in at least two rounds, with the contention checks of
-`fat.contention` recorded, and none of its rounds stayed contended; the others are listed as not ranked, with why.
+`fat.contention` recorded, none of its rounds stayed contended, and its rounds lie within `SPREAD_MAX` % of each other
+(a wider spread that no check explains is noise this rule should not lean on); the others are listed as not ranked,
+with why.
 A rank is therefore a range where pairs are unresolved: best = 1 + peers resolved above it, worst = that + peers
 not resolved.
 """
@@ -14,12 +16,14 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import pandas as pd
 
+from fat.contention import SPREAD_MAX
+
 __all__ = ['Timed', 'order', 'ordinal', 'rank_row', 'RULE']
 
 RULE = ('A above B: every round of A faster than every round of B (the ranges over the rounds do not overlap); '
-        'otherwise not resolved. Ranked: figures timed in two or more rounds, with contention checks recorded and no '
-        'round left contended (fat/contention.py). Rank: 1 + the peers resolved above it, a range where pairs are '
-        'not resolved.')
+        'otherwise not resolved. Ranked: figures timed in two or more rounds, with contention checks recorded, no '
+        f'round left contended and rounds within {SPREAD_MAX:.0f} % of each other (fat/contention.py). Rank: 1 + the '
+        'peers resolved above it, a range where pairs are not resolved.')
 
 
 @dataclass
@@ -81,7 +85,8 @@ def rank_row(env: str, fat: Timed, peers: Sequence[Timed], within: float) -> Dic
 
 
 def figure_problem(row: Optional[pd.Series]) -> str:
-    """Why a bench row's figure cannot be ranked ('' when it can): one round, no contention record, or contended."""
+    """Why a bench row's figure cannot be ranked ('' when it can): one round, no contention record, contended, or
+    unsteady (its rounds span more than `SPREAD_MAX` %, though none was found contended)."""
     def present(v: Any) -> bool:
         return v is not None and v == v and str(v) not in ('', 'nan', 'None')
     if row is None:
@@ -92,4 +97,6 @@ def figure_problem(row: Optional[pd.Series]) -> str:
         return 'no contention record'
     if len(str(row.get('round_throughputs', '')).split(';')) < 2:
         return 'one round'
+    if present(row.get('spread_pct')) and float(row['spread_pct']) > SPREAD_MAX:
+        return f"unsteady: its rounds span {float(row['spread_pct']):.0f} % (> {SPREAD_MAX:.0f} %)"
     return ''

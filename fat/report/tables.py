@@ -13,6 +13,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import pandas as pd
 
+from fat.contention import SPREAD_MAX
 from fat.io import atomic_path, write_text_atomic
 
 from .analysis import Analysis, Claim
@@ -181,7 +182,8 @@ def _bench_cell(group: pd.DataFrame, model: str, img_size: int) -> str:
     row = _bench_row(group, model, img_size)
     spread = row.get('spread_pct') if row is not None else None
     fmt = '.2f' if value is not None and value < 10 else '.1f'  # batch-1 CPU figures are a few img/s
-    flag = ' contended' if row is not None and _present(row.get('contended')) else ''
+    flag = ' contended' if row is not None and _present(row.get('contended')) else (
+        ' unsteady' if _present(spread) and float(spread) > SPREAD_MAX else '')
     return _num(value, fmt) + (f' ({float(spread):.0f} %)' if _present(spread) else '') + flag
 
 
@@ -310,6 +312,9 @@ def speed(name: str, spec: Mapping[str, Any], a: Analysis, m: Measurements) -> L
         notes.append('contended: a round of the figure got less than 90 % of a core or ran a calibration kernel more '
                      'than 10 % slow, and stayed so when re-timed (fat/contention.py; the reasons are in the CSV). '
                      'Shown, never ranked.')
+    if any(_present(s) and float(s) > SPREAD_MAX for _, _, group in measured for s in group['spread_pct']):
+        notes.append(f'unsteady: the rounds of the figure span more than {SPREAD_MAX:.0f} % though none was found '
+                     'contended. Shown, never ranked.')
     unchecked = [env for env, _, group in measured if not group['round_cpu_shares'].map(_present).any()]
     if unchecked:
         notes.append(f"{', '.join(unchecked)}: measured before contention checks were recorded (no calibration "
