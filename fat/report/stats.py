@@ -186,45 +186,47 @@ def verdict(c: Comparison, p_holm: float, p_tost_holm: float, margin: float, alp
     return DIFFERS if differs else equivalent_text(margin) if equivalent else INCONCLUSIVE
 
 
-def _power_kind(c: Comparison):
-    from statsmodels.stats.power import TTestIndPower, TTestPower
-    return TTestPower() if c.paired else TTestIndPower()
+def _power(c: Comparison, effect: float, n: int, n_base: int, alpha: float) -> float:
+    """Power of the two-sided t-test at a standardised effect: the noncentral t (scipy.stats.nct), as statsmodels'
+    TTestPower (paired: df n - 1, noncentrality effect * sqrt(n)) and TTestIndPower (df n + n_base - 2,
+    effect * sqrt(n n_base / (n + n_base))) compute it, except that the wrong-sign tail, which scipy returns as NaN
+    where it is below 1e-17, counts as 0 instead of turning the whole power into NaN."""
+    df, nc = (n - 1, effect * math.sqrt(n)) if c.paired else (n + n_base - 2, effect * math.sqrt(n * n_base / (
+        n + n_base)))
+    crit = stats.t.ppf(1 - alpha / 2, df)
+    return float(stats.nct.sf(crit, df, nc) + np.nan_to_num(stats.nct.cdf(-crit, df, nc)))
 
 
 def seeds_for(c: Comparison, margin: float, alpha: float, power: float = POWER) -> Optional[int]:
     """Seeds per point that detect a true Δ of `margin` with `power` at `alpha`, at the spread observed.
 
     Paired: the one-sample t power of the per-seed differences; Welch: the two-sample t power with equal seeds per
-    point at the mean of the two variances (statsmodels has no Welch power). With that many seeds the interval is
-    also narrow enough to show equivalence when the true Δ is 0. None without a spread to plan from, or beyond
-    `MAX_SEEDS`. Pass alpha / (tests in the family) to plan for Holm's strictest step.
+    point at the mean of the two variances (statsmodels has no Welch power; this is its usual stand-in). With that
+    many seeds the interval is also narrow enough to show equivalence when the true Δ is 0. None without a spread
+    to plan from, or beyond `MAX_SEEDS`. Pass alpha / (tests in the family) to plan for Holm's strictest step.
     """
     if not c.test or not c.spread or math.isnan(c.spread):
         return None
-    kind, effect = _power_kind(c), margin / c.spread
-
-    def achieved(n: int) -> float:
-        if c.paired:
-            return kind.power(effect_size=effect, nobs=n, alpha=alpha, alternative='two-sided')
-        return kind.power(effect_size=effect, nobs1=n, alpha=alpha, ratio=1.0, alternative='two-sided')
-
-    # power grows with n: the first n that reaches the target (a scan: statsmodels' noncentral t returns NaN where
-    # the power is all but 1, which would mislead a bisection or a root finder)
-    return next((n for n in range(2, MAX_SEEDS + 1) if achieved(n) >= power), None)
+    effect = margin / c.spread
+    if _power(c, effect, MAX_SEEDS, MAX_SEEDS, alpha) < power:
+        return None
+    low, high = 1, MAX_SEEDS  # power grows with n: bisect for the smallest n that reaches the target
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (low, mid) if _power(c, effect, mid, mid, alpha) >= power else (mid, high)
+    return max(high, 2)
 
 
 def detectable(c: Comparison, alpha: float, power: float = POWER) -> float:
     """The smallest true |Δ| the current runs detect with `power` at `alpha`, at the spread observed (NaN without
     a test or a spread)."""
+    from scipy.optimize import brentq
     if not c.test or not c.spread or math.isnan(c.spread):
         return math.nan
-    kind = _power_kind(c)
-    if c.paired:
-        effect = kind.solve_power(effect_size=None, nobs=c.n, alpha=alpha, power=power, alternative='two-sided')
-    else:
-        effect = kind.solve_power(effect_size=None, nobs1=c.n, alpha=alpha, power=power, ratio=c.n_base / c.n,
-                                  alternative='two-sided')
-    return float(np.squeeze(effect)) * c.spread
+    high = 1.0
+    while _power(c, high, c.n, c.n_base, alpha) < power:  # power grows with the effect: bracket, then solve
+        high *= 2
+    return float(brentq(lambda e: _power(c, e, c.n, c.n_base, alpha) - power, 0.0, high, xtol=1e-10)) * c.spread
 
 
 def outliers(values: Sequence[float], z: float = OUTLIER_Z) -> List[bool]:
