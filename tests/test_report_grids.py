@@ -1,6 +1,6 @@
 """Ablation tables and figures of any collected grid (fat/report/grids.py, grid_figures.py): rows per point of the
 varied axes, statistics pinned by hand from the t distribution (closed forms in tests/test_report_stats.py), bad
-input as notes and counts, and `fat report` on a user grid with cell logs writing its table and three figures."""
+input as notes and counts, and `fat report` on a user grid with cell logs writing its table and four figures."""
 import json
 import shutil
 from pathlib import Path
@@ -176,7 +176,7 @@ def test_bad_input_is_a_note_and_a_count(tmp_path: Path, grid_analysis: Path):
     written, _, problems = build_report(results, grid_analysis, PINS)
     assert problems == {'ablation-nobase': 1, 'ablation-nometric': 2}
     assert '- `ablation-nobase`: 1 data problem(s) (see its notes)' in (results / 'report.md').read_text()
-    assert {p.name for p in written} >= {f'ablation_{k}-{g}.png' for k in ('delta', 'macs', 'curves')
+    assert {p.name for p in written} >= {f'ablation_{k}-{g}.png' for k in ('delta', 'seeds', 'macs', 'curves')
                                          for g in ('nobase', 'nometric')}
 
 
@@ -190,7 +190,7 @@ def _cell_dirs(work: Path, frame: pd.DataFrame) -> None:
         (d / 'log.jsonl').write_text(''.join(json.dumps(x) + '\n' for x in lines))
 
 
-def test_fat_report_on_a_user_grid_writes_its_table_and_three_figures(tmp_path: Path, grid_analysis: Path,
+def test_fat_report_on_a_user_grid_writes_its_table_and_four_figures(tmp_path: Path, grid_analysis: Path,
                                                                         capsys: pytest.CaptureFixture):
     results, work = tmp_path / 'results', tmp_path / 'runs'
     rows = [(str(k), lr, s, 'DONE', v) for k, lr, values in [
@@ -206,7 +206,7 @@ def test_fat_report_on_a_user_grid_writes_its_table_and_three_figures(tmp_path: 
     stem = 'kernels-pt2.14-cpu-test'
     for ext in ('md', 'tex', 'csv'):
         assert (results / 'tables' / f'ablation-{stem}.{ext}').is_file()
-    for kind in ('delta', 'macs', 'curves'):
+    for kind in ('delta', 'seeds', 'macs', 'curves'):
         assert (results / 'figures' / f'ablation_{kind}-{stem}.png').read_bytes().startswith(b'\x89PNG')
         assert (results / 'figures' / f'ablation_{kind}-{stem}.pdf').read_bytes().startswith(b'%PDF')
     header = (results / 'tables' / f'ablation-{stem}.md').read_text().split('\n')[4]

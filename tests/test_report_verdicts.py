@@ -197,6 +197,24 @@ def test_an_outlier_is_flagged_beside_the_verdict():
     assert row['seeds_needed'] > 5 and row['detectable'] > 1
 
 
+def test_the_per_seed_figure_gets_every_run_and_its_flag():
+    """The figure draws `meta['seeds']`: the run at chance (left out of the test) and the outlier (kept) are there,
+    flagged; the figure's grey lines join each seed across the points."""
+    point = [x + d for x, d in zip(BASE, [0.6, 0.55, 0.65, 0.6, -3.0], strict=True)]
+    frame = _frame([*_runs('fasa', BASE), *_runs('global_only', point), *_runs('local_only', [*BASE[:4], 9.0])])
+    table = grids._grid_table('ablation', {**SPEC, 'grids': {'toy': {'chance': 10}}}, 'toy', frame, ANALYSIS)
+    table.definition = 'ablation'
+    seeds = table.meta['seeds']
+    assert len(seeds) == 15 and set(seeds['seed']) == set(range(5))
+    flagged = {(k[0], s): f for k, s, f in zip(seeds['_point'], seeds['seed'], seeds['flag'], strict=True) if f}
+    assert flagged == {('global_only', 4): 'outlier', ('local_only', 4): 'at chance'}
+    from fat.report.grid_figures import ablation_seeds
+    [(stem, fig, notes)] = ablation_seeds('ablation_seeds', {'table': 'ablation', 'title': 'every seed'}, ANALYSIS,
+                                          [table])
+    lines = [ln for ln in fig.axes[0].get_lines() if ln.get_color() == '0.6']
+    assert stem == 'ablation_seeds-toy' and len(lines) == 5 and all(len(ln.get_xdata()) == 3 for ln in lines)
+
+
 def test_points_in_other_environments_are_not_tested():
     """A pure hardware shift used to be paired against the baseline (p = 0.026)."""
     frame = _frame([*_runs('fasa', BASE), *_runs('global_only', [x + 0.7 for x in BASE])])

@@ -112,8 +112,8 @@ def ablation_delta(name: str, spec: Mapping[str, Any], a: Analysis, tables: Sequ
                     text += f"; {r['flags']}"
                 if _num(r.get('higher')) is not None:
                     text += f"; {int(r['higher'])} of {int(r['pairs'])} seeds higher"
-                ax.annotate(text, (1.01, i), xycoords=('axes fraction', 'data'), va='center', fontsize='small',
-                            annotation_clip=False)
+                ax.annotate(textwrap.fill(text, 60), (1.01, i), xycoords=('axes fraction', 'data'), va='center',
+                            fontsize='small', annotation_clip=False)
             ax.axvline(0, color='0.2', linewidth=1, zorder=1)
             margin = table.meta['min_effect']
             ax.axvspan(-margin, margin, color='0.85', alpha=0.5, zorder=0, linewidth=0)
