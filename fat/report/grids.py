@@ -1,14 +1,17 @@
 """Ablation tables of any collected training grid, with no declaration needed.
 
 Rows follow the grid's varied axes (the collected CSV's columns between `cell` and `status`, seed aside): one row
-per point, with its mean, n and 95 % confidence interval, and per comparison against a baseline the Δ, its
-interval, the test, the p-value before and after Holm's correction, a verdict in words and the seeds that would
-resolve it. The baseline of each axis is, first found: declared for the grid in `analysis/tables.yaml`, declared in
-the grid file (`baseline:`, which collect writes into the CSV's `baseline` column), declared for the axis name in
-`analysis/tables.yaml`, else the axis's first value; a point that differs from it on several axes is compared along
-each of them, the other axes held at the point's own values. Statistics come from `fat.report.stats`; what the data
-cannot support (missing columns, one seed, NaN metrics, several environments, a baseline that never ran) becomes a
-note and a count, never a verdict.
+per point, with its mean, n, 95 % confidence interval and the share of its runs that failed or diverged, and per
+comparison against a baseline the Δ with its interval at the family's Bonferroni level, the seeds on which the point
+is higher, the test, Holm-adjusted p-values for a difference and for equivalence within ±min_effect, the verdict
+(differs / equivalent / inconclusive, or a flag), the smallest Δ the runs detect and the seeds that would settle an
+inconclusive comparison. The baseline of each axis is, first found: declared for the grid in `analysis/tables.yaml`,
+declared in the grid file (`baseline:`, which collect writes into the CSV's `baseline` column), declared for the axis
+name in `analysis/tables.yaml`, else the axis's first value; a point that differs from it on several axes is compared
+along each of them, the other axes held at the point's own values. One family per varied axis (or the table, when
+declared). Statistics come from `fat.report.stats` (docs/statistics.md); what the data cannot support (missing
+columns, one seed, NaN metrics, runs at chance, failures at different rates, other environments, a baseline that
+never ran) becomes a note, a count or a flag, never a verdict.
 """
 import json
 import math
