@@ -22,7 +22,7 @@ __all__ = ['PointStats', 'Comparison', 'describe', 'compare', 'holm', 'interval'
            'equivalent_text', 'smaller_text']
 
 ALPHA = 0.05  # family-wise error rate of one question (after Holm's correction)
-LEVEL = 0.95  # confidence level of a family's intervals before the Bonferroni adjustment
+LEVEL = 0.95  # confidence level of a point's interval (Δ intervals: 1 - ALPHA / family size)
 POWER = 0.8  # target power of `seeds_for` and `detectable`
 MAX_SEEDS = 200  # planning stops here: beyond it the answer is "more than 200"
 DEFAULT_MIN_EFFECT = 1.0  # the smallest effect of interest when none is declared: 1 point of the metric (top-1 %)
@@ -190,7 +190,7 @@ def _power(c: Comparison, effect: float, n: int, n_base: int, alpha: float) -> f
     """Power of the two-sided t-test at a standardised effect: the noncentral t (scipy.stats.nct), as statsmodels'
     TTestPower (paired: df n - 1, noncentrality effect * sqrt(n)) and TTestIndPower (df n + n_base - 2,
     effect * sqrt(n n_base / (n + n_base))) compute it, except that the wrong-sign tail, which scipy returns as NaN
-    where it is below 1e-17, counts as 0 instead of turning the whole power into NaN."""
+    where it underflows (far below 1e-17), counts as 0 instead of turning the whole power into NaN."""
     df, nc = (n - 1, effect * math.sqrt(n)) if c.paired else (n + n_base - 2, effect * math.sqrt(n * n_base / (
         n + n_base)))
     crit = stats.t.ppf(1 - alpha / 2, df)
