@@ -77,7 +77,7 @@ def test_ablation_table_matches_golden(report: Path, grid: str, name: str):
 def test_figures_of_the_grids_are_written(report: Path):
     index = (report / 'report.md').read_text()
     for grid in GRIDS:
-        for kind in ('delta', 'macs', 'curves'):
+        for kind in ('delta', 'seeds', 'macs', 'curves'):
             stem = f'ablation_{kind}-{grid}-{ENV}'
             assert (report / 'figures' / f'{stem}.png').read_bytes().startswith(b'\x89PNG')
             assert (report / 'figures' / f'{stem}.pdf').read_bytes().startswith(b'%PDF')

@@ -1,6 +1,6 @@
 """Ablation tables and figures of any collected grid (fat/report/grids.py, grid_figures.py): rows per point of the
 varied axes, statistics pinned by hand from the t distribution (closed forms in tests/test_report_stats.py), bad
-input as notes and counts, and `fat report` on a user grid with cell logs writing its table and three figures."""
+input as notes and counts, and `fat report` on a user grid with cell logs writing its table and four figures."""
 import json
 import shutil
 from pathlib import Path
@@ -9,6 +9,7 @@ from typing import Dict, List, Sequence
 import pandas as pd
 import pytest
 import yaml
+from scipy import stats as sps
 
 from fat.cli import main
 from fat.report import build_report, load_analysis, load_measurements
@@ -76,24 +77,32 @@ def test_fasa_grid_statistics(tmp_path: Path):
     ni, go = data.loc['no_interaction'], data.loc['global_only']
     assert (ni['test'], ni['df'], ni['p'], ni['p_holm']) == ('paired t', 2, pytest.approx(0.057191, abs=1e-6),
                                                              pytest.approx(0.057191, abs=1e-6))
-    assert (ni['delta_ci_low'], ni['delta_ci_high']) == (pytest.approx(-0.1009, abs=1e-4),
-                                                         pytest.approx(2.7676, abs=1e-4))
-    assert ni['verdict'] == 'not resolved' and ni['seeds_needed'] >= 4
+    # the interval at the Bonferroni level of the family (the fasa axis: 2 tests): 4/3 +- t(1 - 0.05/4, 2) / 3
+    half = sps.t.ppf(1 - 0.05 / 4, 2) / 3
+    assert (ni['delta_ci_low'], ni['delta_ci_high']) == (pytest.approx(4 / 3 - half, abs=1e-4),
+                                                         pytest.approx(4 / 3 + half, abs=1e-4))
+    assert ni['verdict'] == 'inconclusive' and ni['seeds_needed'] >= 4 and ni['family'] == 'fasa'
+    assert (ni['higher'], ni['pairs'], ni['min_effect']) == (3, 3, 1.0)
     assert go['delta'] == pytest.approx(-9.8333, abs=1e-4)
     assert (go['p'], go['p_holm']) == (pytest.approx(0.00028715, abs=1e-7), pytest.approx(0.0005743, abs=1e-6))
-    assert go['verdict'] == 'resolved at 5 %' and pd.isna(go['seeds_needed'])
+    assert go['verdict'] == 'differs' and pd.isna(go['seeds_needed'])
     assert data.loc['local_only', 'verdict'] == 'n = 1: no test' and data.loc['local_only', 'cells'] == \
         '1 DONE, 1 FAILED'
+    assert (data.loc['local_only', 'lost'], data.loc['local_only', 'ended']) == (1, 2)
     assert data.loc['static_conv', 'verdict'] == 'no run: no test' and data.loc['static_conv', 'n'] == 0
-    assert data.loc['fasa_bidirectional', 'n'] == 1  # the NaN run is left out, and said so
+    assert data.loc['fasa_bidirectional', 'n'] == 1  # the NaN run is left out, counted as diverged, and said so
+    assert data.loc['fasa_bidirectional', 'cells'] == '1 DONE, 1 NaN' and data.loc['fasa_bidirectional', 'lost'] == 1
     display = table.display.set_index('fasa')
     assert display.loc['FASA (official code) (`fasa`)', 'Top-1 (%) mean [95 % CI]'] == '71.00 [68.52, 73.48]'
-    assert display.loc['no interaction (sum) (`no_interaction`)', 'Δ [95 % CI]'] == '+1.33 [-0.10, +2.77]'
+    assert display.loc['no interaction (sum) (`no_interaction`)', 'Δ [family CI]'] == \
+        f'+1.33 [{4 / 3 - half:+.2f}, {4 / 3 + half:+.2f}]'
+    assert display.loc['no interaction (sum) (`no_interaction`)', 'seeds higher'] == '3 of 3'
+    assert display.loc['local branch only (`local_only`)', 'failed or diverged'] == '1/2'
     assert display.loc['no interaction (sum) (`no_interaction`)', 'test'] == 'paired t, df 2'
     assert display.loc['global branch only (`global_only`)', 'p (Holm)'] == '<0.001'
     assert 'vs' not in table.display.columns  # one axis: every row has the same baseline
     notes = '\n'.join(table.notes)
-    assert '1 DONE cell(s) without a `top1` value (NaN), left out: c13' in notes
+    assert '1 DONE cell(s) without a `top1` value (NaN), counted as diverged: c13' in notes
     assert '3 cell(s) not DONE' in notes and '2 point(s) with one run' in notes
     assert table.meta['problems'] == 3
     needed = int(ni['seeds_needed'])
@@ -167,7 +176,7 @@ def test_bad_input_is_a_note_and_a_count(tmp_path: Path, grid_analysis: Path):
     written, _, problems = build_report(results, grid_analysis, PINS)
     assert problems == {'ablation-nobase': 1, 'ablation-nometric': 2}
     assert '- `ablation-nobase`: 1 data problem(s) (see its notes)' in (results / 'report.md').read_text()
-    assert {p.name for p in written} >= {f'ablation_{k}-{g}.png' for k in ('delta', 'macs', 'curves')
+    assert {p.name for p in written} >= {f'ablation_{k}-{g}.png' for k in ('delta', 'seeds', 'macs', 'curves')
                                          for g in ('nobase', 'nometric')}
 
 
@@ -187,9 +196,8 @@ def _cell_dirs(work: Path, frame: pd.DataFrame, collection: Path) -> None:
     pd.DataFrame(curves).to_csv(curves_path(collection), index=False)
 
 
-def test_fat_report_on_a_user_grid_writes_its_table_and_three_figures(tmp_path: Path, grid_analysis: Path,
-                                                                        capsys: pytest.CaptureFixture,
-                                                                        monkeypatch: pytest.MonkeyPatch):
+def test_fat_report_on_a_user_grid_writes_its_table_and_four_figures(tmp_path: Path, grid_analysis: Path,
+                                                                        capsys: pytest.CaptureFixture):
     results, work = tmp_path / 'results', tmp_path / 'runs'
     rows = [(str(k), lr, s, 'DONE', v) for k, lr, values in [
         ('[3,5,7,9]', 0.004, [80.1, 81.0, 80.4]), ('[5,5,7,9]', 0.004, [80.6, 81.9, 80.8]),
@@ -205,7 +213,7 @@ def test_fat_report_on_a_user_grid_writes_its_table_and_three_figures(tmp_path: 
     stem = 'kernels-pt2.14-cpu-test'
     for ext in ('md', 'tex', 'csv'):
         assert (results / 'tables' / f'ablation-{stem}.{ext}').is_file()
-    for kind in ('delta', 'macs', 'curves'):
+    for kind in ('delta', 'seeds', 'macs', 'curves'):
         assert (results / 'figures' / f'ablation_{kind}-{stem}.png').read_bytes().startswith(b'\x89PNG')
         assert (results / 'figures' / f'ablation_{kind}-{stem}.pdf').read_bytes().startswith(b'%PDF')
     header = (results / 'tables' / f'ablation-{stem}.md').read_text().split('\n')[4]
@@ -244,8 +252,9 @@ def test_a_baseline_declared_in_the_grid_file_and_its_precedence(tmp_path: Path,
             ('global_only', 0.004): [60, 62, 61]}
     # neither value is its axis's first; `fasa: fasa` in analysis/tables.yaml (per axis) is overridden by the file
     csv = _collect_grid(tmp_path, 'based', 'preset: smoke\naxes: {fasa: [fasa, global_only], lr: [8.0e-3, 4.0e-3]}\n'
-                        'seeds: [0, 1, 2]\nbaseline: {fasa: global_only, lr: 4.0e-3}', top1)
+                        'seeds: [0, 1, 2]\nbaseline: {fasa: global_only, lr: 4.0e-3}\nmin_effect: 0.5', top1)
     assert set(pd.read_csv(csv)['baseline']) == {'{"fasa": "global_only", "lr": 0.004}'}
+    assert set(pd.read_csv(csv)['min_effect']) == {0.5}  # the grid file's min_effect travels likewise
 
     def rows(analysis: Path) -> tuple:
         table = {t.name: t for t in build_tables(load_analysis(analysis), load_measurements(csv.parent, PINS))}[
@@ -254,6 +263,9 @@ def test_a_baseline_declared_in_the_grid_file_and_its_precedence(tmp_path: Path,
                 else None) for r in table.data.itertuples()]
         return got, next(n for n in table.notes if n.startswith('Baseline: '))
 
+    table = {t.name: t for t in build_tables(load_analysis(grid_analysis), load_measurements(csv.parent, PINS))}[
+        'ablation-based']
+    assert set(table.data['min_effect']) == {0.5} and any('(declared in the grid file)' in n for n in table.notes)
     got, note = rows(grid_analysis)  # per-seed differences 1, 2, 1 and the like: exact means
     assert got == [('fasa', '0.008', 'fasa=global_only', -1.3333), ('fasa', '0.008', 'lr=0.004', 3.6667),
                    ('fasa', '0.004', 'fasa=global_only', 6.3333), ('global_only', '0.008', 'lr=0.004', 11.3333),

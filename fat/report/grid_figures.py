@@ -73,6 +73,10 @@ def _yerr(row: Mapping[str, Any], centre: str, low: str, high: str) -> List[List
     return [[row[centre] - lo], [hi - row[centre]]]
 
 
+def _pv(p: Any) -> str:
+    return '—' if p is None else '<0.001' if p < 0.001 else f'{p:.3f}'
+
+
 def ablation_delta(name: str, spec: Mapping[str, Any], a: Analysis, tables: Sequence[Table]) -> List[Drawn]:
     def draw(table: Table) -> Drawn:
         data, looks = table.data, _looks(a, table)
@@ -102,21 +106,68 @@ def ablation_delta(name: str, spec: Mapping[str, Any], a: Analysis, tables: Sequ
                     ax.errorbar([r['delta']], [i], xerr=_yerr(r, 'delta', 'delta_ci_low', 'delta_ci_high'),
                                 fmt='none', ecolor=colour, elinewidth=2, capsize=4, zorder=2)
                 _marker(ax, r['delta'], i, colour, marker, filled=tested, size=9)
-                p = _num(r['p_holm'])
-                text = r['verdict'] + (f" (p Holm {'<0.001' if p < 0.001 else f'{p:.3f}'})" if p is not None else '')
-                ax.annotate(text, (1.01, i), xycoords=('axes fraction', 'data'), va='center', fontsize='small',
-                            annotation_clip=False)
+                p, q = _num(r['p_holm']), _num(r.get('p_equiv_holm'))
+                text = r['verdict'] + (f' (Holm: p {_pv(p)}, equiv. p {_pv(q)})' if p is not None else '')
+                if isinstance(r.get('flags'), str) and not r['verdict'].startswith('flagged'):
+                    text += f"; {r['flags']}"
+                if _num(r.get('higher')) is not None:
+                    text += f"; {int(r['higher'])} of {int(r['pairs'])} seeds higher"
+                ax.annotate(textwrap.fill(text, 60), (1.01, i), xycoords=('axes fraction', 'data'), va='center',
+                            fontsize='small', annotation_clip=False)
             ax.axvline(0, color='0.2', linewidth=1, zorder=1)
+            margin = table.meta['min_effect']
+            ax.axvspan(-margin, margin, color='0.85', alpha=0.5, zorder=0, linewidth=0)
             ax.set_yticks(range(len(rows)))
             ax.set_yticklabels(ticks)
             ax.set_ylim(-0.6, len(rows) - 0.4)
             base = ', '.join(f'{k}={labels.get(k, {}).get(v, v)}' for k, v in table.meta['baseline'].items())
-            ax.set_xlabel(f"Δ {table.meta['metric_label']} vs baseline ({base}), 95 % CI")
+            ax.set_xlabel(f"Δ {table.meta['metric_label']} vs baseline ({base}), family-adjusted CI; shaded: "
+                          f"±{margin:g}, the smallest effect of interest")
             ax.grid(axis='y', visible=False)
             fig.suptitle(_title(spec, table), fontsize='medium')
         return _stem(name, table), fig, [
-            "Bars: the 95 % interval of Δ (paired t where both points ran the same seeds, else Welch's); right: the "
-            "verdict after Holm's correction over the table's comparisons. A hollow marker has no interval (n = 1)."]
+            "Bars: the interval of Δ at the Bonferroni level of its family (paired t over the seeds both points ran, "
+            "else Welch's); shaded: ±min_effect, the smallest effect of interest; right: the verdict (Holm's "
+            "correction within the family; equivalence by two one-sided tests), flags and the seeds on which the "
+            "point is higher. A hollow marker has no interval (n = 1)."]
+    return _per_grid(name, spec, tables, draw)
+
+
+def ablation_seeds(name: str, spec: Mapping[str, Any], a: Analysis, tables: Sequence[Table]) -> List[Drawn]:
+    """Every run: one column per point, a line joining each seed across the points, flagged runs ringed."""
+    def draw(table: Table) -> Drawn:
+        runs, looks = table.meta['seeds'], _looks(a, table)
+        points = _points(table)
+        labels = [_label(table, p) for _, p in points.iterrows()]
+        keys = [tuple(str(p[ax]) for ax in table.meta['axes']) for _, p in points.iterrows()]
+        position = {k: i for i, k in enumerate(keys)}
+        with matplotlib.rc_context(_style()):
+            fig = Figure(figsize=(max(6.4, 1.6 * len(keys) + 3.0), 4.6), layout='constrained')
+            ax = fig.subplots()
+            runs = runs.assign(_x=runs['_point'].map(lambda k: position.get(tuple(k))))
+            for seed, group in runs.groupby(runs['seed'].astype(str), sort=True):
+                group = group.sort_values('_x')
+                ax.plot(group['_x'], group['value'], color='0.6', linewidth=1, zorder=1)
+                ax.annotate(f'seed {seed}', (group['_x'].iloc[-1], group['value'].iloc[-1]), xytext=(6, 0),
+                            textcoords='offset points', va='center', fontsize='x-small', color='0.4')
+            for _, r in runs.iterrows():
+                colour, marker = looks[labels[int(r['_x'])]]
+                _marker(ax, r['_x'], r['value'], colour, marker, filled=not r['flag'], size=7)
+                if r['flag']:
+                    ax.plot([r['_x']], [r['value']], linestyle='none', marker='o', markersize=15,
+                            markerfacecolor='none', markeredgecolor='crimson', markeredgewidth=1.4, zorder=4)
+                    ax.annotate(r['flag'], (r['_x'], r['value']), xytext=(0, -14), textcoords='offset points',
+                                ha='center', fontsize='x-small', color='crimson')
+            ax.set_xticks(range(len(keys)))
+            ax.set_xticklabels([textwrap.fill(label, 18) for label in labels])
+            ax.set_xlim(-0.5, len(keys) - 0.2)
+            ax.set_ylabel(f"{table.meta['metric_label']}, every run")
+            ax.grid(axis='x', visible=False)
+            fig.suptitle(_title(spec, table), fontsize='medium')
+        return _stem(name, table), fig, [
+            'Every DONE run with a value: a grey line joins the runs of one seed across the points, so that a paired '
+            'difference is the slope of a line; ringed: an outlier (kept in the test) or a run at chance (counted '
+            'as diverged, left out), hollow with it.']
     return _per_grid(name, spec, tables, draw)
 
 
@@ -227,5 +278,6 @@ def ablation_curves(name: str, spec: Mapping[str, Any], a: Analysis, tables: Seq
 
 
 GRID_BUILDERS: Dict[str, Callable[..., List[Drawn]]] = {
-    'ablation_delta': ablation_delta, 'ablation_macs': ablation_macs, 'ablation_curves': ablation_curves}
+    'ablation_delta': ablation_delta, 'ablation_seeds': ablation_seeds, 'ablation_macs': ablation_macs,
+    'ablation_curves': ablation_curves}
 

@@ -6,7 +6,8 @@ fvcore's count with attention matmuls), final and best top-1/top-5, epochs, trai
 job's world size and hosts (`node1,node2` for a two-node cell), the environment the run (last) started in, and the cell
 directory relative to the work directory (`demo/a7d8f3caa149`: no path of this machine in a file meant to be
 shared).
-A grid that declares a `baseline` gets a last column `baseline`, its JSON, the same in every row (`fat report`).
+A grid that declares a `baseline` gets a last column `baseline`, its JSON, the same in every row (`fat report`); one
+that declares `min_effect` a column `min_effect`, likewise.
 Cells without a usable result keep their row, with `error` saying why; a corrupt file never stops the collection.
 Params and MACs are measured once per distinct model and cached in `<workdir>/.complexity-cache.json`. The CSVs
 written of a grid's cells are listed in `<workdir>/<grid>/.collections.json`: a new one replaces the earlier ones.
@@ -209,6 +210,8 @@ def collect(sweep: Sweep, states: Sequence[CellState], out: Path) -> Collection:
         frame = frame.drop(columns=[c for c in COLUMNS if c not in ('status', *tail) and frame[c].isna().all()])
     if sweep.grid.baseline:  # the report's Δ reference travels with the data: the CSV alone makes the table
         frame['baseline'] = json.dumps({k: _value(v) for k, v in sweep.grid.baseline.items()})
+    if sweep.grid.min_effect is not None:  # likewise the smallest effect of interest
+        frame['min_effect'] = sweep.grid.min_effect
     if out.suffix != '.csv':
         out = out / f'{sweep.grid.name}-{common_env_name(envs)}.csv'
     if sweep.task.name == 'train':

@@ -15,6 +15,7 @@ A grid file declares one ablation grid::
     workdir: runs                # where the cell directories go (`--workdir` wins)
     shared_workdir: false        # true: a team's shared work directory, which others may write (docs/sweeps.md)
     baseline: {fasa: fasa}       # the report's Δ baseline per varied key (default: its first value); no cell changes
+    min_effect: 1.0              # the report's smallest effect of interest, in points of the metric; no cell changes
 
 Every problem is reported, one line each naming the file, the key and the valid choices, before anything
 else happens (`fat.checks.InputError`). YAML is read by `fat.yaml12` (YAML 1.2 scalars, no duplicate keys).
@@ -30,7 +31,7 @@ from fat.checks import InputError, Problems, close_hint
 __all__ = ['Grid', 'parse_value', 'parse_overrides', 'load_grid', 'DEFAULT_WORKDIR']
 
 GRID_KEYS = ('name', 'description', 'task', 'preset', 'base', 'axes', 'zip', 'include', 'exclude', 'seeds',
-             'slurm', 'workdir', 'shared_workdir', 'baseline')
+             'slurm', 'workdir', 'shared_workdir', 'baseline', 'min_effect')
 TASKS = ('train', 'flops', 'bench')
 DEFAULT_WORKDIR = 'runs'  # a grid's work directory when neither `--workdir` nor the grid's `workdir` names one
 _NAME_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]*$')
@@ -59,6 +60,7 @@ class Grid:
     workdir: Optional[str] = None
     shared_workdir: bool = False  # others may write the work directory (fat.sweep.workdir)
     baseline: Dict[str, Any] = field(default_factory=dict)  # varied key -> value: the report's Δ reference, not a cell
+    min_effect: Optional[float] = None  # the report's smallest effect of interest (metric points), not a cell
     overrides: Dict[str, Any] = field(default_factory=dict)  # config keys set on the command line
     slurm_overrides: Set[str] = field(default_factory=set)  # resources set on the command line
 
@@ -255,6 +257,12 @@ def load_grid(path: Path, overrides: Optional[Mapping[str, Any]] = None) -> Tupl
         p.add('seeds', f"'seed' is also varied in {declared['seed']}; use one of them")
     if doc.get('baseline') is not None:
         _check_baseline(p, grid, doc['baseline'])
+    if doc.get('min_effect') is not None:
+        value = doc['min_effect']
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float('inf'):
+            p.add('min_effect', f'expected a positive number (points of the metric), got {value!r}')
+        else:
+            grid.min_effect = float(value)
     if grid.task != 'train' and grid.task in TASKS:  # an unknown task is its own error: no follow-on ones
         for key in ('seeds', 'preset'):
             if doc.get(key) is not None:

@@ -166,7 +166,9 @@ def test_baseline_takes_any_varied_value_and_changes_no_cell(write_grid, tmp_pat
     based = prepare(write_grid('based', **doc, baseline={'fasa': 'local_only', 'lr': 0.004, 'epochs': 2.0}), [],
                     tmp_path / 'runs')
     assert based.grid.baseline == {'fasa': 'local_only', 'lr': 0.004, 'epochs': 2.0}  # include, zip; numbers by value
-    assert plain.grid.baseline == {}
+    assert plain.grid.baseline == {} and plain.grid.min_effect is None
+    effect = prepare(write_grid('effect', **doc, min_effect=0.5), [], tmp_path / 'runs')
+    assert effect.grid.min_effect == 0.5 and [c.id for c in effect.cells] == [c.id for c in plain.cells]
     moved = ('output_dir', 'tensorboard_dir')  # the cells' paths, under the grid's name
     assert [(c.id, c.config) for c in based.cells] == [
         (c.id, {**c.config, **{k: c.config[k].replace('/plain/', '/based/') for k in moved}}) for c in plain.cells]
