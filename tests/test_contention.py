@@ -115,7 +115,7 @@ def test_an_unsteady_or_unchecked_figure_is_not_ranked():
 
     from fat.report.speed_ranks import figure_problem
     row = dict(round_throughputs='20.0;21.0;22.5', round_cpu_shares='1.0;1.0;1.0', contended='', spread_pct=11.9)
-    assert figure_problem(pd.Series(row)) == 'unsteady: its rounds span 12 % (> 10 %)'
+    assert figure_problem(pd.Series(row)) == 'unsteady: its rounds span 11.9 % (> 10 %)'
     assert figure_problem(pd.Series(dict(row, spread_pct=9.5))) == ''
     assert figure_problem(pd.Series(dict(row, round_cpu_shares=''))) == 'no contention record'
     assert figure_problem(pd.Series(dict(row, contended='round 2: CPU share 0.50 < 0.90'))).startswith('contended')

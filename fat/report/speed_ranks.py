@@ -98,5 +98,5 @@ def figure_problem(row: Optional[pd.Series]) -> str:
     if len(str(row.get('round_throughputs', '')).split(';')) < 2:
         return 'one round'
     if present(row.get('spread_pct')) and float(row['spread_pct']) > SPREAD_MAX:
-        return f"unsteady: its rounds span {float(row['spread_pct']):.0f} % (> {SPREAD_MAX:.0f} %)"
+        return f"unsteady: its rounds span {float(row['spread_pct']):.1f} % (> {SPREAD_MAX:.0f} %)"
     return ''
