@@ -296,3 +296,19 @@ def test_empty_results_give_the_placeholder(tmp_path: Path):
     tables = _tables(tmp_path)
     assert tables['ablation'].display.empty and 'No collected training grid' in tables['ablation'].notes[0]
     assert all(c == DASH for c in tables['imagenet'].display['Top-1 (%) measured'])
+
+
+def test_the_commands_the_report_suggests_name_the_grid_file_where_it_is_kept(tmp_path: Path, grid_analysis: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch):
+    """A grid kept in mygrids/ got `fat sweep launch ablations/mine.yaml ...`: collect records the grid file
+    (relative to the current directory) and the report's commands use it (issue 28 item 5)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / 'mygrids').mkdir()
+    top1 = {('fasa', 0.008): [70.0, 72.5, 71.0], ('global_only', 0.008): [70.5, 71.0, 72.5]}  # inconclusive
+    csv = _collect_grid(tmp_path / 'mygrids', 'mine', 'preset: smoke\naxes: {fasa: [fasa, global_only], lr: [8.0e-3]}'
+                        '\nseeds: [0, 1, 2]', top1)
+    assert set(pd.read_csv(csv)['grid_file']) == {'mygrids/mine.yaml'}
+    table = {t.name: t for t in build_tables(load_analysis(grid_analysis), load_measurements(csv.parent, PINS))}[
+        'ablation-mine']
+    commands = [n for n in table.notes if 'fat sweep launch' in n]
+    assert commands and all('fat sweep launch mygrids/mine.yaml' in n for n in commands), table.notes

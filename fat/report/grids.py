@@ -407,7 +407,9 @@ def _grid_table(name: str, spec: Mapping[str, Any], collection: str, frame: pd.D
     own = dict((spec.get('grids') or {}).get(grid) or {})
     metric = own.get('metric', spec.get('metric', 'top1'))
     metric_label = own.get('metric_label', _METRIC_LABELS.get(metric, metric))
-    grid_file = own.get('grid_file', f'ablations/{grid}.yaml')
+    recorded = frame['grid_file'].dropna() if 'grid_file' in frame.columns else pd.Series(dtype=str)
+    # the grid file collect recorded, else the one declared for it in analysis/tables.yaml, else ablations/<grid>.yaml
+    grid_file = own.get('grid_file') or (str(recorded.iloc[0]) if len(recorded) else f'ablations/{grid}.yaml')
     family_mode = _setting(own, spec, 'family', lambda v: v in FAMILIES, f"one of {', '.join(FAMILIES)}") or 'axis'
     chance = _setting(own, spec, 'chance', lambda v: _positive(v) and v < 100, 'a level in (0, 100)')
     eval_size = _setting(own, spec, 'eval_size', lambda v: isinstance(v, int) and _positive(v), 'a positive integer')

@@ -137,6 +137,15 @@ def _row(sweep: Sweep, st: CellState, cache: ComplexityCache) -> Tuple[Dict[str,
     return row, None if status == State.DONE else f'{cell.id} {status}: {error or st.detail or ""}'.rstrip(': ')
 
 
+def _grid_file(path: Path) -> Optional[str]:
+    """The grid file as the report's commands should name it, relative to the current directory
+    (`mygrids/mine.yaml`); None for one outside it (no path of this machine goes into a shared CSV)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return None
+
+
 def _write_curves(states: Sequence[CellState], out: Path) -> None:
     """Each cell's per-epoch `CURVE_KEYS` from its log, in long format (cell, epoch, ...), atomically."""
     rows = [{'cell': st.cell.id, 'epoch': epoch, **{k: record.get(k) for k in CURVE_KEYS}}
@@ -212,6 +221,9 @@ def collect(sweep: Sweep, states: Sequence[CellState], out: Path) -> Collection:
         frame['baseline'] = json.dumps({k: _value(v) for k, v in sweep.grid.baseline.items()})
     if sweep.grid.min_effect is not None:  # likewise the smallest effect of interest
         frame['min_effect'] = sweep.grid.min_effect
+    grid_file = _grid_file(sweep.grid.path)
+    if grid_file is not None:  # the report's commands name the grid where it is kept
+        frame['grid_file'] = grid_file
     if out.suffix != '.csv':
         out = out / f'{sweep.grid.name}-{common_env_name(envs)}.csv'
     if sweep.task.name == 'train':
