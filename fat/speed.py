@@ -95,9 +95,9 @@ def _speed(args: argparse.Namespace) -> int:
     if args.dry_run:
         return 0
     load1, cores = os.getloadavg()[0], os.cpu_count() or 1
-    print(f'load average {load1:.2f} on {cores} cores' + (
-        ': other work is running; its rounds will be re-timed, or flagged and never ranked' if load1 > 0.5 else ''),
-        flush=True)
+    # the 1-minute average lags and counts what ran before this command: each round's own checks decide
+    print(f'load average {load1:.2f} on {cores} cores; a round that does not get its core is re-timed, or flagged '
+          'and never ranked', flush=True)
     from fat import bench
     records = bench.compare(run, log=lambda line: print(line, flush=True), keep_going=True, **options)
     for r in records:

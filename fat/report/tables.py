@@ -166,12 +166,7 @@ def _bench_value(group: pd.DataFrame, model: str, img_size: int) -> Optional[flo
 
 def _bench_range(group: pd.DataFrame, model: str, img_size: int) -> Optional[Tuple[float, float]]:
     """(lowest, highest) of timm's statistic over the rounds of a run, or None for one round."""
-    row = _bench_row(group, model, img_size)
-    values = str(row.get('round_throughputs')) if row is not None else ''
-    try:
-        rounds = [float(v) for v in values.split(';')]
-    except ValueError:
-        return None
+    rounds = _bench_rounds(group, model, img_size)
     return (min(rounds), max(rounds)) if len(rounds) > 1 else None
 
 
@@ -188,12 +183,14 @@ def _bench_cell(group: pd.DataFrame, model: str, img_size: int) -> str:
 
 
 def _bench_rounds(group: pd.DataFrame, model: str, img_size: int) -> List[float]:
-    """timm's statistic in each round of the model's row (one value for a one-round row)."""
+    """timm's statistic in each round of the model's row; its one figure for a row without per-round values."""
     row = _bench_row(group, model, img_size)
+    if row is None:
+        return []
     try:
-        return [float(v) for v in str(row.get('round_throughputs')).split(';')] if row is not None else []
+        return [float(v) for v in str(row.get('round_throughputs')).split(';')]
     except ValueError:
-        return [] if row is None else [float(_bench_value(group, model, img_size))]
+        return [float(_bench_value(group, model, img_size))]
 
 
 # -- builders
