@@ -205,6 +205,42 @@ class Check:
         return (f"{len(r['syncs'])} host-device syncs in {r['steps']} steps, log_interval {r['log_interval']} "
                 f"(at {sites})")
 
+    def nvjpeg_decode(self) -> str:
+        """torchvision's nvJPEG decoding (the GPU decoder of docs/loader.md) of generated ImageNet-sized JPEGs
+        (500x375, quality 90), batched on the GPU: its rate against PIL on one core, and its pixels against
+        PIL's (mean and max absolute difference, 0-255 levels; more than 2 levels on average fails)."""
+        if not self.cuda:
+            raise Skip('nvJPEG decodes on a GPU')
+        import io
+
+        import numpy as np
+        import torchvision.io as tvio
+        from PIL import Image
+
+        from fat.data.jpegs import pink_image
+        rng, blobs = np.random.default_rng(0), []
+        for _ in range(64):
+            buf = io.BytesIO()
+            Image.fromarray(pink_image(rng, 375, 500)).save(buf, 'JPEG', quality=90)
+            blobs.append(buf.getvalue())
+        data = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
+        tvio.decode_jpeg(data[:4], device='cuda', mode=tvio.ImageReadMode.RGB)  # warm-up: nvJPEG's handles
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(5):
+            gpu = tvio.decode_jpeg(data, device='cuda', mode=tvio.ImageReadMode.RGB)
+        torch.cuda.synchronize()
+        gpu_rate = 5 * len(data) / (time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        cpu = [np.asarray(Image.open(io.BytesIO(b)).convert('RGB')) for b in blobs]
+        cpu_rate = len(blobs) / (time.perf_counter() - t0)
+        diff = np.concatenate([np.abs(g.permute(1, 2, 0).cpu().numpy().astype(int) - c).ravel()
+                               for g, c in zip(gpu, cpu, strict=True)])
+        if diff.mean() > 2:
+            raise PartError(f'nvJPEG pixels differ from PIL by {diff.mean():.2f} levels on average (max {diff.max()})')
+        return (f'{gpu_rate:,.0f} img/s batched on the GPU vs {cpu_rate:,.0f} img/s with PIL on one core; pixels '
+                f'vs PIL: mean {diff.mean():.3f}, max {diff.max()} levels')
+
 
 # one epoch warms up (cuDNN's autotuning, first allocations), the next is counted; every synchronizing CUDA call
 # raises a warning in sync debug mode
@@ -232,7 +268,7 @@ print(json.dumps(dict(steps=trainer.steps_per_epoch, log_interval=cfg['log_inter
 
 
 PARTS = ('amp_fp16_resume', 'amp_bf16_resume', 'cpu_to_gpu_resume', 'ddp_nccl_syncbn', 'bench_eager',
-         'bench_compile', 'oom_backoff', 'step_syncs')
+         'bench_compile', 'oom_backoff', 'step_syncs', 'nvjpeg_decode')
 
 
 def _free_port() -> int:

@@ -173,3 +173,10 @@ def test_sweep_plan_prints_the_loader_warning(tmp_path, capsys, monkeypatch):
     assert code == 0
     assert 'warning: loader: fat_b0 at 224 px' in err and 'needs 11 cores' in err
     assert 'loader: fat_b3 at 224 px' in out and 'no amp_fp16 GPU training rate for fat_b3' in out
+
+
+def test_the_gpu_decoder_part_skips_cleanly_on_the_cpu(benchmark_script, tmp_path, capsys):
+    gpu_check = benchmark_script('gpu_check')
+    assert gpu_check.main(['--device', 'cpu', '--workdir', str(tmp_path), '--parts', 'nvjpeg_decode']) == 0
+    out = capsys.readouterr().out
+    assert 'SKIP nvjpeg_decode' in out and 'gpu_check: 0 passed, 0 failed, 1 skipped' in out
