@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 
 from fat.cli import main
-from fat.contention import CPU_SHARE_MIN
-from fat.data import build_datasets
-from fat.data.bench import FIELDS, bench, results_path
+from fat.contention import CPU_SHARE_MIN, Monitor
+from fat.data import SeededSamples, build_datasets
+from fat.data.bench import FIELDS, _children_cpu, _round, bench, image_folder, results_path
 from fat.data.decode import image_loader
 from fat.data.jpegs import MANIFEST, generate, pink_image
 from fat.sweep.ceiling import loader_lines
@@ -61,13 +61,26 @@ def test_bench_writes_its_figures_named_by_the_environment(jpegs, tmp_path, caps
     fields, rows = _rows(path)
     assert tuple(fields) == FIELDS and [r['decoder'] for r in rows] == ['pil', 'draft']
     for row in rows:
+        assert row['dataset'] == 'generated 500x375 q90'
         assert row['workers'] == '1' and row['images_per_round'] == '4' and row['images'] == '8'
         assert float(row['img_per_sec']) > 0 and float(row['img_per_sec_per_core']) == float(row['img_per_sec'])
         assert 'auto_augment=rand-m9-mstd0.5-inc1' in row['transforms'] and 'reprob=0.25' in row['transforms']
         share = float(row['round_cpu_share'])
-        assert 0.25 < share <= 1.05  # the worker's CPU time: the main thread, which waits, would show ~0.02
+        assert 0 < share <= 1.05
         assert bool(row['contended']) == (share < CPU_SHARE_MIN or float(row['round_calibration']) > 1.1)
     assert f'wrote {path}' in capsys.readouterr().out
+
+
+def test_the_share_counts_the_workers_cpu_time(jpegs):
+    """The work is in the worker processes (the main thread waits): their CPU time, collected when a round's loader
+    exits, is what the share divides by workers x wall time."""
+    dataset = SeededSamples(image_folder(jpegs, image_loader('pil', 224, 0.875)), lambda img: img.size, 0)
+    before = _children_cpu()
+    _round(dataset, 2, 4, 2, epoch=0)
+    assert _children_cpu() - before > 0.01  # 8 JPEGs decoded by 2 workers (~5 ms each)
+    clock = iter([10.0, 13.0])  # 3 CPU-seconds over a round of ~0 s on 2 cores: a share far above 1
+    _, check = Monitor(retries=0).measure(lambda: None, lambda: next(clock), cpus=2)
+    assert check.cpu_share > 1  # from the clock given: the timing thread's own (~0 here) would be far below
 
 
 def test_a_busy_loop_on_the_workers_core_flags_the_figure(jpegs):
@@ -90,14 +103,16 @@ def test_a_busy_loop_on_the_workers_core_flags_the_figure(jpegs):
     (['{empty}'], 'holds no images'),
     (['{empty}', '--workers', '0'], '--workers must be >= 1'),
     (['{empty}', 'decoder=gpu'], "'decoder'"),
+    (['{new}', '--generate', '4', '--decoder', 'gpu'], "unknown decoder 'gpu'"),  # refused before generating
+    (['{new}', '--generate', '0'], 'at least 1 image'),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
     (tmp_path / 'empty' / 'class_a').mkdir(parents=True)
-    args = [a.format(missing=tmp_path / 'missing', empty=tmp_path / 'empty') for a in args]
+    args = [a.format(missing=tmp_path / 'missing', empty=tmp_path / 'empty', new=tmp_path / 'new') for a in args]
     assert main(['data', 'bench', *args, '--results-dir', str(tmp_path / 'out')]) == 2
     err = capsys.readouterr().err
     assert err.count('\n') == 1 and err.startswith('fat data: error:') and message in err, err
-    assert not (tmp_path / 'out').exists()
+    assert not (tmp_path / 'out').exists() and not (tmp_path / 'new').exists()
 
 
 def test_the_decoder_key_changes_the_cell_and_pil_keeps_older_ids():

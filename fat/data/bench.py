@@ -17,6 +17,7 @@ that an ad-hoc run never replaces the committed figures, which `--results-dir re
 """
 import argparse
 import functools
+import json
 import os
 import resource
 import statistics
@@ -42,7 +43,7 @@ from fat.environment import cpu_name, env_name
 from fat.train.cli import parse_override
 from fat.train.config import resolve_config
 
-__all__ = ['FIELDS', 'bench', 'results_path', 'register']
+__all__ = ['FIELDS', 'bench', 'check_options', 'image_folder', 'results_path', 'register']
 
 FIELDS = (
     'dataset', 'decoder', 'workers', 'img_per_sec', 'img_per_sec_per_core', 'spread_pct', 'rounds',
@@ -83,19 +84,24 @@ def _round(dataset: SeededSamples, workers: int, batch_size: int, batches: int, 
     return time.perf_counter() - start
 
 
+def check_options(max_workers: int, decoders: Sequence[str], overrides: Dict[str, Any], batch_size: int,
+                  batches: int, rounds: int) -> Dict[str, Any]:
+    """The resolved training config, once every option is valid (ValueError naming the first that is not)."""
+    for name, value in (('--workers', max_workers), ('--batch-size', batch_size), ('--batches', batches),
+                        ('--rounds', rounds)):
+        if value < 1:
+            raise ValueError(f'{name} must be >= 1, got {value}')
+    for decoder in decoders:
+        if decoder not in DECODERS:
+            raise ValueError(f"unknown decoder {decoder!r}; valid: {', '.join(DECODERS)}")
+    return resolve_config(overrides)
+
+
 def bench(path: Path, max_workers: int, decoders: Sequence[str], overrides: Dict[str, Any],
           batch_size: int = 32, batches: int = 10, rounds: int = 3, retries: int = 2,
           log: Optional[Callable[[str], None]] = None) -> List[Dict[str, Any]]:
     """One record per decoder and worker count (1..max_workers), their rounds timed round-robin."""
-    if max_workers < 1:
-        raise ValueError(f'--workers must be >= 1, got {max_workers}')
-    for name, value in (('--batch-size', batch_size), ('--batches', batches), ('--rounds', rounds)):
-        if value < 1:
-            raise ValueError(f'{name} must be >= 1, got {value}')
-    cfg = resolve_config(overrides)
-    for decoder in decoders:
-        if decoder not in DECODERS:
-            raise ValueError(f"unknown decoder {decoder!r}; valid: {', '.join(DECODERS)}")
+    cfg = check_options(max_workers, decoders, overrides, batch_size, batches, rounds)
     torch.set_num_threads(1)  # as in the workers (DataLoader sets it there); the calibration kernel runs here
     train_tf, _ = build_transforms(cfg, 3, 3)
     sets = {d: SeededSamples(image_folder(path, image_loader(d, cfg['img_size'], cfg['crop_pct'])), train_tf,
@@ -129,7 +135,11 @@ def bench(path: Path, max_workers: int, decoders: Sequence[str], overrides: Dict
                     f'{check.load1:.2f}{retimed}{flag}')
     transforms = ' '.join(f'{k}={cfg[k]}' for k in _TRANSFORM_KEYS)
     manifest = Path(path) / MANIFEST
-    dataset = f'generated:{manifest.parent.name}' if manifest.is_file() else str(Path(path).resolve())
+    if manifest.is_file():  # named by what it is, not where it was written
+        m = json.loads(manifest.read_text())
+        dataset = f"generated {m['width']}x{m['height']} q{m['quality']}"
+    else:
+        dataset = str(Path(path).resolve())
     records = []
     for contender in contenders:
         decoder, workers = contender
@@ -156,8 +166,9 @@ def results_path(results_dir: str = 'runs/bench') -> Path:
 
 def _run(args: argparse.Namespace) -> int:
     overrides = dict(parse_override(text) for text in args.overrides)
-    if args.workers is not None and args.workers < 1:  # before generating anything
-        raise ValueError(f'--workers must be >= 1, got {args.workers}')
+    workers = len(os.sched_getaffinity(0)) if args.workers is None else args.workers
+    decoders = args.decoder or [resolve_config(overrides)['decoder']]
+    check_options(workers, decoders, overrides, args.batch_size, args.batches, args.rounds)  # before writing
     if args.generate is not None:
         width, sep, height = args.generate_size.partition('x')
         if not (sep and width.isdigit() and height.isdigit() and int(width) > 0 and int(height) > 0):
@@ -166,10 +177,8 @@ def _run(args: argparse.Namespace) -> int:
                             progress=not args.no_progress)
         print(f"{args.folder}: {manifest['count']} generated {manifest['width']}x{manifest['height']} JPEGs, "
               f"quality {manifest['quality']}, {manifest['mean_kb']} KB on average", file=sys.stderr)
-    workers = args.workers or len(os.sched_getaffinity(0))
-    records = bench(Path(args.folder), workers, args.decoder or [resolve_config(overrides)['decoder']], overrides,
-                    args.batch_size, args.batches, args.rounds, args.retries,
-                    log=lambda line: print(line, file=sys.stderr, flush=True))
+    records = bench(Path(args.folder), workers, decoders, overrides, args.batch_size, args.batches, args.rounds,
+                    args.retries, log=lambda line: print(line, file=sys.stderr, flush=True))
     for r in records:
         print(f"{r['decoder']:<6} {r['workers']:>2} workers {r['img_per_sec']:>8.1f} img/s "
               f"{r['img_per_sec_per_core']:>7.1f} per core (range {r['spread_pct']} % over {r['rounds']} rounds)"

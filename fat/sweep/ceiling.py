@@ -82,7 +82,7 @@ def loader_lines(configs: Iterable[Mapping[str, Any]], gpus_per_node: int, tasks
                                  f'its ceiling is unknown (measure it: fat data bench DIR img_size={img_size} '
                                  f'decoder={decoder} --results-dir {results_dir})'))
             continue
-        cores = min(workers, cores_per_gpu)
+        cores = min(max(workers, 1), cores_per_gpu)  # workers 0: the training process loads, on its one core
         ceiling = loader.value * cores
         head = (f'loader: {what}: ceiling {ceiling:,.0f} img/s per GPU ({loader.value:,.1f} img/s per core x '
                 f'{cores:g} cores: workers {workers}, {cores_per_gpu:g} cores per GPU; {loader.source})')
