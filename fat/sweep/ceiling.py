@@ -4,8 +4,8 @@ The loader ceiling of one GPU is the measured img/s per core of decoding + train
 ``results/loader-*.csv``) times the cores its training process's workers get: min(`workers`, the profile's cores
 per GPU = cpus_per_task x tasks per node / GPUs per node). The GPU's rate is a measured training step of the model
 (`fat bench --mode train` on a GPU, ``results/bench-train-<precision>-*-cu*.csv``, at the cell's image size and
-precision). Only uncontended figures count; where several loader files qualify (other machines), the slowest per
-core is used and named. Where a figure is missing the line says so and guesses nothing.
+precision). Only uncontended figures count; where several loader files (other machines) or datasets qualify, the
+slowest per core is used and named. Where a figure is missing the line says so and guesses nothing.
 """
 import csv
 import math
@@ -28,16 +28,17 @@ def _rows(results_dir: Path, pattern: str) -> Iterable[Tuple[Path, Dict[str, str
 
 
 def loader_figure(results_dir: Path, decoder: str, img_size: int) -> Optional[Figure]:
-    """img/s per core of the uncontended figure with the most workers of each loader file (`fat data bench`)
-    for this decoder and image size; the slowest of the files."""
-    best: Dict[Path, Dict[str, str]] = {}
+    """img/s per core of the uncontended figure with the most workers of each loader file (`fat data bench`) and
+    dataset in it, for this decoder and image size; the slowest of them."""
+    best: Dict[Tuple[Path, str], Dict[str, str]] = {}
     for path, row in _rows(results_dir, 'loader-*.csv'):
         if row.get('decoder') == decoder and row.get('img_size') == str(img_size) and not row.get('contended'):
-            if path not in best or int(row['workers']) > int(best[path]['workers']):
-                best[path] = row
+            key = (path, row.get('dataset', ''))
+            if key not in best or int(row['workers']) > int(best[key]['workers']):
+                best[key] = row
     if not best:
         return None
-    path, row = min(best.items(), key=lambda item: float(item[1]['img_per_sec_per_core']))
+    (path, _), row = min(best.items(), key=lambda item: float(item[1]['img_per_sec_per_core']))
     return Figure(float(row['img_per_sec_per_core']),
                   f"{path} ({row['workers']} workers, {row['dataset']}, {row['device_name']})")
 
