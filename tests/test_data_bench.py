@@ -122,6 +122,8 @@ def test_the_decoder_key_changes_the_cell_and_pil_keeps_older_ids():
     older = {k: v for k, v in pil.items() if k != 'decoder'}  # a config from before the key existed
     assert cell_id(task, older) == cell_id(task, pil)
     assert config_diff(older, pil) == [] and config_diff(older, draft) == ['decoder']
+    with pytest.raises(ValueError, match="dataset 'fashion_mnist' is held decoded"):
+        resolve_config({'decoder': 'draft', 'dataset': 'fashion_mnist'})
 
 
 def _resized(img: Image.Image, size: int = 224) -> np.ndarray:

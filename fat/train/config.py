@@ -267,6 +267,9 @@ def _checked_whole(cfg: Dict[str, Any]) -> Dict[str, Any]:
     if cfg['mixup'] > 0 or cfg['cutmix'] > 0 or cfg['cutmix_minmax'] is not None:
         if cfg['batch_size'] % 2:
             raise ValueError(f"config key 'batch_size' must be even with mixup/cutmix, got {cfg['batch_size']}")
+    if cfg['decoder'] != 'pil' and cfg['dataset'] != 'imagenet':  # a cell that would differ from pil's in name only
+        raise ValueError(f"config key 'decoder' {cfg['decoder']!r} decodes image files, but dataset "
+                         f"{cfg['dataset']!r} is held decoded: leave decoder at pil")
     return cfg
 
 
