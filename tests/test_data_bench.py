@@ -16,7 +16,7 @@ from PIL import Image
 from fat.cli import main
 from fat.contention import CPU_SHARE_MIN, Monitor
 from fat.data import SeededSamples, build_datasets
-from fat.data.bench import FIELDS, _children_cpu, _round, bench, image_folder, results_path
+from fat.data.bench import FIELDS, _children_cpu, _round, bench, results_path
 from fat.data.decode import image_loader
 from fat.data.jpegs import MANIFEST, generate, pink_image
 from fat.sweep.ceiling import loader_lines
@@ -39,7 +39,7 @@ def jpegs(tmp_path_factory):
 def test_generated_jpegs_are_imagenet_sized_with_natural_image_file_sizes(jpegs):
     files = sorted(jpegs.glob('train/*/*.jpg'))
     manifest = json.loads((jpegs / MANIFEST).read_text())
-    assert len(files) == 8 == manifest['count']
+    assert len(files) == 8 == manifest['count'] and len(list(jpegs.glob('val/*/*.jpg'))) == 8  # 1 per class
     assert {Image.open(f).size for f in files} == {(500, 375)}
     # flat images would be a few KB, white noise several hundred: a 1/f spectrum at q90 lands near ImageNet's ~110
     assert 60 < manifest['mean_kb'] < 160
@@ -74,7 +74,8 @@ def test_bench_writes_its_figures_named_by_the_environment(jpegs, tmp_path, caps
 def test_the_share_counts_the_workers_cpu_time(jpegs):
     """The work is in the worker processes (the main thread waits): their CPU time, collected when a round's loader
     exits, is what the share divides by workers x wall time."""
-    dataset = SeededSamples(image_folder(jpegs, image_loader('pil', 224, 0.875)), lambda img: img.size, 0)
+    train, _, _ = build_datasets(resolve_config({'data_dir': str(jpegs)}))
+    dataset = SeededSamples(train, lambda img: img.size, 0)
     before = _children_cpu()
     _round(dataset, 2, 4, 2, epoch=0)
     assert _children_cpu() - before > 0.01  # 8 JPEGs decoded by 2 workers (~5 ms each)
@@ -100,14 +101,15 @@ def test_a_busy_loop_on_the_workers_core_flags_the_figure(jpegs):
 
 @pytest.mark.parametrize('args, message', [
     (['{missing}'], 'is not a folder'),
-    (['{empty}'], 'holds no images'),
+    (['{empty}'], 'no valid file for the classes class_a'),  # torchvision's words
     (['{empty}', '--workers', '0'], '--workers must be >= 1'),
     (['{empty}', 'decoder=gpu'], "'decoder'"),
     (['{new}', '--generate', '4', '--decoder', 'gpu'], "unknown decoder 'gpu'"),  # refused before generating
     (['{new}', '--generate', '0'], 'at least 1 image'),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
-    (tmp_path / 'empty' / 'class_a').mkdir(parents=True)
+    for split in ('train', 'val'):
+        (tmp_path / 'empty' / split / 'class_a').mkdir(parents=True)
     args = [a.format(missing=tmp_path / 'missing', empty=tmp_path / 'empty', new=tmp_path / 'new') for a in args]
     assert main(['data', 'bench', *args, '--results-dir', str(tmp_path / 'out')]) == 2
     err = capsys.readouterr().err

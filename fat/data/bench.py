@@ -1,7 +1,8 @@
 """`fat data bench`: how many training images per second one CPU core decodes and augments.
 
-Each figure is a real `torch.utils.data.DataLoader` over an image folder, as `fat train` builds it: the folder's
-images decoded by the config's `decoder` and put through the training transforms of `fat.data.build_transforms`
+Each figure is a real `torch.utils.data.DataLoader` over a dataset's training split, as `fat train` builds it
+(`fat.data.build_datasets` with `data_dir=DIR` and the config keys given: the formats it reads): the images decoded
+by the config's `decoder` and put through the training transforms of `fat.data.build_transforms`
 (the official recipe's by default: RandomResizedCrop, flip, RandAugment rand-m9-mstd0.5-inc1, random erasing,
 normalisation), seeded per sample by `SeededSamples`, batched by 1..N worker processes. A round is one fresh
 loader of `batches x workers` batches, timed from its creation to its last batch (worker start-up included, so
@@ -31,19 +32,18 @@ import timm
 import torch
 import torchvision
 from torch.utils.data import DataLoader, RandomSampler
-from torchvision.datasets import ImageFolder
 
 import fat
 from fat.bench import write_results
 from fat.contention import Monitor, summarize_checks
-from fat.data.datasets import SeededSamples, build_transforms
-from fat.data.decode import DECODERS, image_loader
+from fat.data.datasets import SeededSamples, build_datasets, build_transforms
+from fat.data.decode import DECODERS
 from fat.data.jpegs import MANIFEST, generate
 from fat.environment import cpu_name, env_name
 from fat.train.cli import parse_override
 from fat.train.config import resolve_config
 
-__all__ = ['FIELDS', 'bench', 'check_options', 'image_folder', 'results_path', 'register']
+__all__ = ['FIELDS', 'bench', 'check_options', 'results_path', 'register']
 
 FIELDS = (
     'dataset', 'decoder', 'workers', 'img_per_sec', 'img_per_sec_per_core', 'spread_pct', 'rounds',
@@ -58,18 +58,6 @@ def _children_cpu() -> float:
     """CPU seconds of this process's exited (and reaped) children: the loader workers of finished rounds."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
-
-
-def image_folder(path: Path, loader: Callable) -> ImageFolder:
-    """The training images under `path`: `path/train/<class>/*` (an ImageNet-style root) or `path/<class>/*`."""
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f'{path} is not a folder')
-    folder = path / 'train' if (path / 'train').is_dir() else path
-    try:
-        return ImageFolder(str(folder), loader=loader)
-    except FileNotFoundError:  # torchvision's words: no class folder, or no image in any
-        raise ValueError(f'{folder} holds no images in class folders (<class>/*.jpg)') from None
 
 
 def _round(dataset: SeededSamples, workers: int, batch_size: int, batches: int, epoch: int) -> float:
@@ -101,16 +89,17 @@ def bench(path: Path, max_workers: int, decoders: Sequence[str], overrides: Dict
           batch_size: int = 32, batches: int = 10, rounds: int = 3, retries: int = 2,
           log: Optional[Callable[[str], None]] = None) -> List[Dict[str, Any]]:
     """One record per decoder and worker count (1..max_workers), their rounds timed round-robin."""
-    cfg = check_options(max_workers, decoders, overrides, batch_size, batches, rounds)
+    cfg = check_options(max_workers, decoders, {'data_dir': str(path), **overrides}, batch_size, batches, rounds)
     torch.set_num_threads(1)  # as in the workers (DataLoader sets it there); the calibration kernel runs here
-    train_tf, _ = build_transforms(cfg, 3, 3)
-    sets = {d: SeededSamples(image_folder(path, image_loader(d, cfg['img_size'], cfg['crop_pct'])), train_tf,
-                             cfg['seed']) for d in decoders}
-    first = next(iter(sets.values()))
-    files = [p for p, _ in first.dataset.samples]
-    sizes = [os.path.getsize(p) for p in files]
+    sets = {}
+    for decoder in decoders:  # the training split exactly as `fat train` builds it
+        train, _, info = build_datasets(dict(cfg, decoder=decoder))
+        train_tf, _ = build_transforms(cfg, cfg['in_chans'] or info['channels'], info['channels'])
+        sets[decoder] = SeededSamples(train, train_tf, cfg['seed'])
+    files = [p for p, _ in getattr(train, 'samples', ())]  # an image folder's files
     for p in files:  # into the page cache: the figure is decoding, not the disk
         Path(p).read_bytes()
+    mean_kb = round(statistics.mean(os.path.getsize(p) for p in files) / 1e3, 1) if files else ''
     for ds in sets.values():  # first calls (lazy imports, caches) outside the timing
         for i in range(min(4, len(ds))):
             ds[i]
@@ -153,7 +142,7 @@ def bench(path: Path, max_workers: int, decoders: Sequence[str], overrides: Dict
             rounds=rounds, round_img_per_sec=';'.join(f'{x:.1f}' for x in per_round),
             **summarize_checks(checks[contender]), calibration_ms=round(1e3 * monitor.reference, 2),
             images_per_round=images, batch_size=batch_size, img_size=cfg['img_size'], transforms=transforms,
-            images=len(files), mean_kb=round(statistics.mean(sizes) / 1e3, 1), cpu_count=len(os.sched_getaffinity(0)),
+            images=len(train), mean_kb=mean_kb, cpu_count=len(os.sched_getaffinity(0)),
             device_name=cpu_name(), torch=torch.__version__, torchvision=torchvision.__version__,
             timm=timm.__version__, pillow=PIL.__version__, fat_harness=fat.__version__))
     return records
@@ -193,9 +182,11 @@ def register(subparsers: Any) -> None:
     """Add `bench` to `fat data`."""
     p = subparsers.add_parser('bench', description=__doc__.split('\n\n')[0] + ' Writes '
                               'runs/bench/loader-<environment>.csv (--results-dir results: the committed figures).')
-    p.add_argument('folder', metavar='DIR', help='an image folder: DIR/train/<class>/* or DIR/<class>/*')
+    p.add_argument('folder', metavar='DIR',
+                   help="the dataset's data_dir, as fat train reads it (an image folder: DIR/train/<class>/* and "
+                        'DIR/val/<class>/*); its training split is timed')
     p.add_argument('overrides', nargs='*', metavar='KEY=VALUE',
-                   help='training config keys (fat train --help), e.g. decoder=draft img_size=256')
+                   help='training config keys (fat train --help), e.g. dataset=... decoder=draft img_size=256')
     p.add_argument('--generate', type=int, metavar='N',
                    help='first write N generated ImageNet-sized JPEGs (500x375, quality 90, natural-image '
                         'spectrum) into DIR, a new folder (kept and reused by the next run with the same N)')

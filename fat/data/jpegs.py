@@ -4,8 +4,9 @@ JPEG decoding costs more the more non-zero DCT coefficients an image has, so fla
 white noise far too slowly. A natural photograph's amplitude spectrum falls roughly as 1/f^alpha with alpha near 1;
 each image here is such a field (alpha drawn from [0.9, 1.3], the three channels correlated as in photographs), of
 500x375 pixels (ImageNet's most common size), saved at quality 90. They come out at about 80-130 KB, the range of
-ImageNet's training JPEGs (about 110 KB on average). Written as an ImageNet-style folder, `DIR/train/<class>/*.jpg`,
-each image atomically, and `DIR/generated.json` last: a folder with it is complete.
+ImageNet's training JPEGs (about 110 KB on average). Written as an ImageNet-style folder, `DIR/train/<class>/*.jpg`
+(and `DIR/val/<class>/`, one image per class, so that `fat train` reads it too), each image atomically, and
+`DIR/generated.json` last: a folder with it is complete.
 """
 import json
 from pathlib import Path
@@ -68,6 +69,9 @@ def generate(root: Path, count: int, size: Tuple[int, int] = (500, 375), quality
         with atomic_path(path) as tmp:
             Image.fromarray(pink_image(rng, size[1], size[0])).save(tmp, 'JPEG', quality=quality)
             total += tmp.stat().st_size
+    for c in range(min(count, _CLASSES)):  # a val/ split, one image per class: fat train reads the folder too
+        with atomic_path(root / 'val' / f'class_{c:02d}' / f'img_{c:06d}.jpg') as tmp:
+            Image.fromarray(pink_image(rng, size[1], size[0])).save(tmp, 'JPEG', quality=quality)
     manifest['mean_kb'] = round(total / count / 1e3, 1)
     write_json_atomic(done, manifest)
     return manifest
