@@ -169,8 +169,9 @@ def _run(args: argparse.Namespace) -> int:
     records = bench(Path(args.folder), workers, decoders, overrides, args.batch_size, args.batches, args.rounds,
                     args.retries, log=lambda line: print(line, file=sys.stderr, flush=True))
     for r in records:
+        spread = f" (range {r['spread_pct']} % over {r['rounds']} rounds)" if r['rounds'] > 1 else ''
         print(f"{r['decoder']:<6} {r['workers']:>2} workers {r['img_per_sec']:>8.1f} img/s "
-              f"{r['img_per_sec_per_core']:>7.1f} per core (range {r['spread_pct']} % over {r['rounds']} rounds)"
+              f"{r['img_per_sec_per_core']:>7.1f} per core{spread}"
               + (f"  CONTENDED ({r['contended']})" if r['contended'] else ''))
     if not args.no_save:
         path = write_results(records, results_path(args.results_dir), FIELDS, _ROW_KEY)
