@@ -31,7 +31,7 @@ import PIL
 import timm
 import torch
 import torchvision
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader
 
 import fat
 from fat.bench import write_results
@@ -62,9 +62,8 @@ def _children_cpu() -> float:
 
 def _round(dataset: SeededSamples, workers: int, batch_size: int, batches: int, epoch: int) -> float:
     """Seconds one fresh loader takes to deliver `batches` batches (its workers exit before it returns)."""
-    dataset.set_epoch(epoch)
-    sampler = RandomSampler(dataset, replacement=True, num_samples=batches * batch_size,
-                            generator=torch.Generator().manual_seed(epoch))
+    drawn = torch.randint(len(dataset), (batches * batch_size,), generator=torch.Generator().manual_seed(epoch))
+    sampler = [(epoch, index) for index in drawn.tolist()]  # SeededSamples takes (epoch, index), as in training
     start = time.perf_counter()
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=True)
     for _ in loader:  # exhausted: the workers are joined, so their CPU time is in RUSAGE_CHILDREN
@@ -102,7 +101,7 @@ def bench(path: Path, max_workers: int, decoders: Sequence[str], overrides: Dict
     mean_kb = round(statistics.mean(os.path.getsize(p) for p in files) / 1e3, 1) if files else ''
     for ds in sets.values():  # first calls (lazy imports, caches) outside the timing
         for i in range(min(4, len(ds))):
-            ds[i]
+            ds[(0, i)]
     contenders = [(d, w) for d in decoders for w in range(1, max_workers + 1)]
     times: Dict[tuple, List[float]] = {c: [] for c in contenders}
     checks: Dict[tuple, list] = {c: [] for c in contenders}
