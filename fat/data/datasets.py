@@ -19,6 +19,8 @@ from timm.data import auto_augment as _timm_auto_augment
 from torch.utils.data import Dataset, Subset, TensorDataset
 from torchvision.datasets import ImageFolder
 
+from fat.data.formats import read_split
+from fat.data.layout import data_format
 from fat.preflight import FASHION_MNIST_DIR, FASHION_MNIST_FILES, fashion_mnist_missing
 
 __all__ = ['FASHION_MNIST_DIR', 'SeededSamples', 'build_datasets', 'build_transforms', 'eval_dataset']
@@ -161,7 +163,11 @@ def build_datasets(cfg: Mapping[str, Any]) -> Tuple[Dataset, Dataset, Dict[str, 
         if not cfg['data_dir']:
             raise ValueError("dataset 'imagenet' needs data_dir: a folder holding train/<class>/* and val/<class>/*")
         root = Path(cfg['data_dir'])
-        train, val = _image_folder(root, 'train'), _image_folder(root, 'val')
+        fmt = data_format(root)  # an image folder, or tar shards / a Hugging Face dataset (fat data pack)
+        if fmt == 'folder':
+            train, val = _image_folder(root, 'train'), _image_folder(root, 'val')
+        else:
+            train, val = (read_split(root, fmt, split) for split in ('train', 'val'))
         if train.classes != val.classes:
             raise ValueError(f'{root}: train/ and val/ hold different class folders')
         num_classes, channels = len(train.classes), 3
