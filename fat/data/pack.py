@@ -110,18 +110,20 @@ def _read_tar(path: Path) -> List[Dict[str, Any]]:
     return list(rows.values())
 
 
-def _hf_features(classes: List[str]) -> Any:
+def _datasets() -> Any:
+    """The `datasets` module, quiet: pack shows its own progress bar, not one per chunk saved."""
     import datasets
 
-    return datasets.Features(image=datasets.Image(), label=datasets.ClassLabel(names=classes))
+    datasets.disable_progress_bars()
+    return datasets
 
 
 def _write_hf_chunk(path: Path, samples: List[Sample], images: List[bytes], classes: List[str]) -> None:
-    import datasets
-
+    datasets = _datasets()
+    features = datasets.Features(image=datasets.Image(), label=datasets.ClassLabel(names=classes))
     ds = datasets.Dataset.from_dict(
         dict(image=[dict(bytes=b, path=s.source) for s, b in zip(samples, images, strict=True)],
-             label=[s.label for s in samples]), features=_hf_features(classes))
+             label=[s.label for s in samples]), features=features)
     tmp = path.with_name(f'.{path.name}.tmp')
     shutil.rmtree(tmp, ignore_errors=True)
     ds.save_to_disk(str(tmp))
@@ -130,8 +132,7 @@ def _write_hf_chunk(path: Path, samples: List[Sample], images: List[bytes], clas
 
 
 def _read_hf(path: Path) -> List[Dict[str, Any]]:
-    import datasets
-
+    datasets = _datasets()
     ds = datasets.load_from_disk(str(path)).cast_column('image', datasets.Image(decode=False))
     return [dict(label=row['label'], sha256=_sha256(row['image']['bytes'])) for row in ds]
 
@@ -161,11 +162,13 @@ class _Packer:
         plan_path = self.dest / PLAN
         if plan_path.is_file():
             old = json.loads(plan_path.read_text())
-            for key in ('format', 'shard_size', 'classes'):
+            if old.get('classes') != plan['classes']:
+                raise ValueError(f'{plan_path}: DEST was packed with another label map (class folders) than '
+                                 f'{self.src} has now; pack into a new DEST, or remove {self.dest}')
+            for key, option in (('format', '--format'), ('shard_size', '--shard-size')):
                 if old.get(key) != plan[key]:
-                    what = 'label map (class folders)' if key == 'classes' else key
-                    raise ValueError(f'{plan_path}: DEST was packed with another {what} than {self.src} has now; '
-                                     f'pack into a new DEST, or remove {self.dest}')
+                    raise ValueError(f'{plan_path}: DEST is packed with {option} {old.get(key)}, not {plan[key]}; '
+                                     f'rerun with {option} {old.get(key)}, or pack into a new DEST')
             return (self.dest / MANIFEST).is_file()
         if self.dest.exists() and any(self.dest.iterdir()):
             raise ValueError(f'{self.dest}: exists and is not a fat data pack output; choose a new or empty DEST')
@@ -219,7 +222,7 @@ class _Packer:
 
     def finish_hf(self, names: Dict[str, List[str]]) -> None:
         """The chunks of each split as one dataset, `load_from_disk(DEST)`-able, checked against the records."""
-        import datasets
+        datasets = _datasets()
 
         for split in SPLITS:
             chunks = [datasets.load_from_disk(str(self.dest / 'chunks' / n)) for n in names[split]]
