@@ -125,8 +125,6 @@ def check_data(cfg: Mapping[str, Any]) -> None:
         if not cfg['data_dir']:
             raise ValueError("dataset 'imagenet' needs data_dir: a folder holding train/<class>/* and val/<class>/*")
         root = Path(cfg['data_dir'])
-        if not root.is_dir():
-            raise FileNotFoundError(f'ImageNet-style data not found: {root} is not a folder')
         fmt = data_format(root)  # refuses an unfinished pack and unindexed tar shards
         if fmt == 'hf' and not (root / MANIFEST).is_file():  # a dataset saved by datasets' save_to_disk
             splits = json.loads((root / 'dataset_dict.json').read_text()).get('splits', [])

@@ -3,6 +3,7 @@ the same first batch for the same seed, and real `fat train` processes killed an
 Hugging Face dataset ending bit-identical to an uninterrupted run on the folder (so every batch was the folder's and
 resume is exact), single process and (slow) 2-rank DDP over gloo."""
 import random
+import shutil
 import signal
 from pathlib import Path
 from typing import Callable, Iterator
@@ -13,6 +14,7 @@ import torch
 from test_train import _imagenet_folder
 from test_train_resume import _assert_same_run, _finish, _interrupt, _start, _wait
 
+from fat.cli import main
 from fat.data.datasets import build_datasets
 from fat.data.layout import data_format
 from fat.data.pack import pack
@@ -102,3 +104,26 @@ def test_a_killed_ddp_run_on_each_pack_resumes_to_the_folders_uninterrupted_run(
                 _interrupt(out, sig, random.Random(), ranks=2, extra=extra)
         _finish(out, ranks=2, extra=extra)
         _assert_same_run(out, ref)
+
+
+def test_a_hugging_face_dataset_saved_by_datasets_itself_reads_as_the_folder(data, tmp_path):
+    """Not from `fat data pack` (no manifest): a DatasetDict with the hub's split name 'validation'."""
+    import datasets
+    packed = datasets.load_from_disk(str(data['hf']))
+    datasets.DatasetDict(train=packed['train'], validation=packed['val']).save_to_disk(str(tmp_path / 'hf'))
+    cfg = resolve_config(dict(dataset='imagenet', data_dir=str(data['folder'])))
+    folder, theirs = build_datasets(cfg), build_datasets(dict(cfg, data_dir=str(tmp_path / 'hf')))
+    for a, b in zip(folder[:2], theirs[:2], strict=True):
+        assert a.classes == b.classes and len(a) == len(b)
+        assert all(np.array_equal(np.asarray(a[i][0]), np.asarray(b[i][0])) and a[i][1] == b[i][1]
+                   for i in range(0, len(a), 7))
+
+
+def test_tar_shards_without_an_index_are_refused_in_one_line_before_anything_is_written(data, tmp_path, capsys):
+    streamed = tmp_path / 'shards'
+    shutil.copytree(data['wds'] / 'train', streamed / 'train')  # WebDataset shards as another tool would leave them
+    out = tmp_path / 'run'
+    assert main(['train', '--preset', 'smoke', 'dataset=imagenet', f'data_dir={streamed}', f'output_dir={out}']) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and 'cannot resume a run exactly' in err and '`fat data pack' in err
+    assert not out.exists()
