@@ -9,7 +9,6 @@ its shard-local samplers, which a uniform shuffle over ImageNet's shards would t
 needs neither. The shards stay plain WebDataset tars with a wids shard list beside them for other readers.
 """
 import io
-import json
 import os
 from pathlib import Path
 from typing import List, Tuple
@@ -34,15 +33,14 @@ class ShardImages(Dataset):
 
     def __init__(self, root: Path, split: str):
         manifest = read_manifest(root)
-        records = [json.loads((root / INDEX_DIR / name).read_text()) for name in manifest['splits'][split]['index']]
         self.classes: List[str] = manifest['classes']
-        self.shards = [str(root / r['path']) for r in records]
-        samples = [(i, s['offset'], s['size'], s['label']) for i, r in enumerate(records) for s in r['samples']]
-        table = np.array(samples, dtype=np.int64).reshape(-1, 4)
+        self.shards = [str(root / split / f'{Path(name).stem}.tar') for name in manifest['splits'][split]['index']]
+        path = root / INDEX_DIR / f'{split}.npy'
+        table = np.load(path)  # (shard, offset, size, label) per sample
         self.shard, self.offset, self.size, label = table.T
         self.targets = label.tolist()
         if len(self.targets) != manifest['splits'][split]['samples']:
-            raise ValueError(f'{root / INDEX_DIR}: {len(self.targets)} {split} samples indexed, the manifest says '
+            raise ValueError(f'{path}: {len(self.targets)} {split} samples indexed, the manifest says '
                              f'{manifest["splits"][split]["samples"]}; pack the image folder again')
 
     def __len__(self) -> int:

@@ -9,8 +9,9 @@ A packed output `DEST`:
   index/<split>-NNNNNN.json per shard (wds) or chunk (hf): each sample's key, label, source file and sha256, and for
                             a tar shard the offset and size of its image in the tar; written after the shard, so
                             its presence marks the shard complete
-  wds: <split>/<split>-NNNNNN.tar (WebDataset: <key>.<ext> image, <key>.cls label) and <split>.json (a wids
-       shard list, for readers other than fat's)
+  wds: <split>/<split>-NNNNNN.tar (WebDataset: <key>.<ext> image, <key>.cls label), index/<split>.npy (shard,
+       offset, size, label of every sample: what fat's reader loads) and <split>.json (a wids shard list, for
+       readers other than fat's)
   hf:  dataset_dict.json, <split>/ (`datasets.load_from_disk(DEST)`: columns image, label)
 """
 import json
