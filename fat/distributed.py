@@ -18,7 +18,7 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 
-__all__ = ['Placement', 'setup', 'cuda_index', 'gpus_allocated', 'device_rng_state',
+__all__ = ['Placement', 'setup', 'init_groups', 'cuda_index', 'gpus_allocated', 'device_rng_state',
            'set_device_rng_state', 'wait_for_primary_exit']
 
 _logger = logging.getLogger(__name__)
@@ -131,13 +131,19 @@ def setup(requested_device: str) -> Placement:
     if device.type == 'cuda':
         torch.cuda.set_device(device)
     check_gloo_interface(world_size, local_world_size)
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend='nccl' if device.type == 'cuda' else 'gloo',
-                                device_id=device if device.type == 'cuda' else None)
-    control = None
-    if world_size > 1:
-        control = dist.new_group(backend='gloo')  # torch's default timeout: `wait_for_primary_exit` sets its own
+    control = init_groups(device) if world_size > 1 else None
     return Placement(rank, world_size, local_rank, device, local_world_size, control)
+
+
+def init_groups(device: torch.device):
+    """The job's process group (NCCL on CUDA, gloo on CPU; FAT_DIST_BACKEND=gloo runs ranks that share one GPU,
+    which NCCL refuses, for checks) and the gloo control group, which it returns."""
+    backend = os.environ.get('FAT_DIST_BACKEND') or ('nccl' if device.type == 'cuda' else 'gloo')
+    if backend not in ('nccl', 'gloo') or (backend == 'nccl' and device.type != 'cuda'):
+        raise ValueError(f'FAT_DIST_BACKEND={backend!r}: expected gloo, or nccl on CUDA')
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, device_id=device if backend == 'nccl' else None)
+    return dist.new_group(backend='gloo')  # torch's default timeout: `wait_for_primary_exit` sets its own
 
 
 def wait_for_primary_exit(place: Placement) -> None:

@@ -146,6 +146,13 @@ def test_cuda_index_refuses_gpus_no_process_would_use(local_rank, local_world, c
         cuda_index(local_rank, local_world, count)
 
 
+@pytest.mark.parametrize('backend,device', [('mpi', 'cpu'), ('nccl', 'cpu')])
+def test_an_unusable_backend_override_is_refused_before_any_group(monkeypatch, backend, device):
+    monkeypatch.setenv('FAT_DIST_BACKEND', backend)
+    with pytest.raises(ValueError, match=f"FAT_DIST_BACKEND='{backend}': expected gloo, or nccl on CUDA"):
+        distributed.init_groups(torch.device(device))
+    assert not torch.distributed.is_initialized()
+
 def test_each_rank_saves_and_restores_its_own_gpu_random_state(monkeypatch):
     """torch.cuda's calls are faked (no GPU here): what matters is which device each is asked about."""
     calls: List[tuple] = []

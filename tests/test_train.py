@@ -2,6 +2,7 @@
 import gzip
 import json
 import math
+import os
 import re
 import sys
 from pathlib import Path
@@ -12,7 +13,6 @@ import torch
 from PIL import Image
 from timm.data.auto_augment import NAME_TO_OP, RandAugment, posterize
 from timm.data.random_erasing import RandomErasing
-from timm.utils import NativeScaler
 from torchvision import transforms as T
 
 from fat.cli import main as cli_main
@@ -379,28 +379,81 @@ def test_loader_workers_do_not_change_the_run(tmp_path):
 
 
 
-def test_a_checkpoint_without_loss_scaler_state_resumes_with_one(tmp_path):
-    """Defect: a CPU run's checkpoint (no GradScaler state) failed to resume on a GPU with fp16 AMP, every time. No
-    GPU here: the trainer is given the loss scaler that fp16 AMP on CUDA would give it."""
+def test_loader_workers_start_once_per_run(tmp_path, monkeypatch):
+    """Defect (issue 29 item 7): the training loader was rebuilt every epoch and evaluation's workers were started at
+    every evaluation, twice with EMA: 12 worker starts for this run, seconds of idle GPU each. Now both loaders keep
+    their workers, and the run's numbers are those of workers=0 (its epoch reaches the workers with each index)."""
+    starts = tmp_path / 'starts'
+    starts.mkdir()
+
+    def counted(worker_id: int):  # loader workers are forked: they call this function object
+        (starts / f'{os.getpid()}').touch()
+        ignore(worker_id)
+
+    ignore = train_loop._ignore_stop_signals
+    monkeypatch.setattr(train_loop, '_ignore_stop_signals', counted)
+    data = _imagenet_folder(tmp_path / 'data')
+    run = dict(TINY, dataset='imagenet', data_dir=str(data), img_size=40, in_chans=3, train_subset=0, val_subset=0,
+               batch_size=4, epochs=2, ema=True)
+    results = [main(dict(run, workers=w, output_dir=str(tmp_path / f'w{w}'))) for w in (0, 2)]
+    assert len(list(starts.iterdir())) == 2 + 2  # training's two workers and evaluation's two, once each
+    keys = ('status', 'steps', 'final_top1', 'final_ema_top1', 'best_top1')
+    assert [{k: r[k] for k in keys} for r in results][0] == {k: results[1][k] for k in keys}
+    logs = [(tmp_path / f'w{w}' / 'log.jsonl').read_text().splitlines() for w in (0, 2)]
+    assert [json.loads(line)['train_loss'] for line in logs[0]] == [json.loads(line)['train_loss'] for line in logs[1]]
+
+
+def _fp16_loss_scaling(monkeypatch):
+    """The trainer as fp16 AMP on CUDA builds it, its loss scaler and fused optimizer, on the CPU (no GPU here: only
+    the autocast is left out)."""
+    monkeypatch.setattr(train_loop, 'loss_scaling', lambda amp, dtype: True)
+
+
+def test_a_checkpoint_without_loss_scaler_state_resumes_with_one(tmp_path, monkeypatch):
+    """Defect: a CPU run's checkpoint (no GradScaler state) failed to resume on a GPU with fp16 AMP, every time."""
     cfg = dict(TINY, epochs=1, output_dir=str(tmp_path / 'run'))
     main(cfg)
     assert torch.load(tmp_path / 'run' / 'checkpoint-last.pt', weights_only=True)['scaler'] is None
+    _fp16_loss_scaling(monkeypatch)
     trainer = Trainer(resolve_config(cfg), Placement())
-    trainer.scaler = NativeScaler(device='cpu')
     assert trainer.resume() and trainer.epoch == 1
     assert trainer.scaler.state_dict()['scale'] == 2. ** 16  # the scale starts from GradScaler's default
 
 
-def _scaled_trainer(tmp_path: Path) -> Trainer:
-    trainer = Trainer(resolve_config(dict(TINY, output_dir=str(tmp_path / 'run'))), Placement())
-    trainer.scaler = NativeScaler(device='cpu')  # fp16 AMP's loss scaler (no GPU here)
-    return trainer
+def _scaled_trainer(tmp_path: Path, monkeypatch) -> Trainer:
+    _fp16_loss_scaling(monkeypatch)
+    return Trainer(resolve_config(dict(TINY, output_dir=str(tmp_path / 'run'))), Placement())
 
 
-def test_the_loss_scaler_skips_a_non_finite_step_and_training_goes_on(tmp_path):
+def test_an_fp16_step_reads_nothing_on_the_host(tmp_path, monkeypatch):
+    """Defect (issue 29 item 5): with fp16 AMP, GradScaler.step read its found-inf flag on the host (`.item()`) at
+    every step, so the host waited for each step before queuing the next. With a fused optimizer the skip is decided
+    on the device: no host read in a step, and a skipped step still leaves the weights as they were."""
+    trainer = _scaled_trainer(tmp_path, monkeypatch)
+    assert trainer.optimizer.defaults['fused'] is True and trainer.cfg['clip_grad']  # unscaled for clipping first
+    x, y = next(iter(trainer._train_loader()))
+    reads = []
+    for name in ('item', 'tolist', '__bool__', '__float__'):
+        real = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name,
+                            lambda t, *a, _real=real, _name=name: reads.append(_name) or _real(t, *a))
+    params = {k: v.clone() for k, v in trainer.model.named_parameters()}
+    losses = [trainer.train_step(x, y) for _ in range(3)]
+    assert reads == []
+    assert any(not torch.equal(v, params[k]) for k, v in trainer.model.named_parameters())  # it trained
+    params = {k: v.clone() for k, v in trainer.model.named_parameters()}
+    losses.append(trainer.train_step(torch.full_like(x, float('nan')), y))
+    assert reads == []
+    assert all(torch.equal(v, params[k]) for k, v in trainer.model.named_parameters())  # the NaN step skipped
+    monkeypatch.undo()
+    read = trainer.read_losses(losses)  # the losses and the skip, read once for the window
+    assert all(map(math.isfinite, read[:3])) and math.isnan(read[3]) and trainer.totals['skipped_steps'] == 1
+
+
+def test_the_loss_scaler_skips_a_non_finite_step_and_training_goes_on(tmp_path, monkeypatch):
     """Defect: one non-finite loss ended the run as diverged, where the official recipe (apex O1, as torch's
     GradScaler) skips the overflowing step and trains on."""
-    trainer = _scaled_trainer(tmp_path)
+    trainer = _scaled_trainer(tmp_path, monkeypatch)
     x, y = next(iter(trainer._train_loader()))
     params = {k: v.clone() for k, v in trainer.model.named_parameters()}
     loss, = trainer.read_losses([trainer.train_step(torch.full_like(x, float('nan')), y)])
@@ -416,7 +469,7 @@ def test_steps_skipped_for_overflowing_gradients_are_counted_and_a_run_of_them_i
     """Defect: GradScaler also skips a step whose loss is finite but whose gradients overflow; those skips went
     uncounted, so a run whose gradients always overflowed never changed its weights and still ended `done`."""
     monkeypatch.setattr(train_loop, 'MAX_SKIPPED_IN_A_ROW', 2)
-    trainer = _scaled_trainer(tmp_path)
+    trainer = _scaled_trainer(tmp_path, monkeypatch)
     x, y = next(iter(trainer._train_loader()))
     params = {k: v.clone() for k, v in trainer.model.named_parameters()}
     weight = next(trainer.model.parameters())
@@ -432,7 +485,7 @@ def test_steps_skipped_for_overflowing_gradients_are_counted_and_a_run_of_them_i
 
 def test_a_loss_scale_that_never_recovers_is_divergence(tmp_path, monkeypatch):
     monkeypatch.setattr(train_loop, 'MAX_SKIPPED_IN_A_ROW', 2)
-    trainer = _scaled_trainer(tmp_path)
+    trainer = _scaled_trainer(tmp_path, monkeypatch)
     x, y = next(iter(trainer._train_loader()))
     nan = torch.full_like(x, float('nan'))
     losses = [trainer.train_step(nan, y) for _ in range(4)]  # read in one window, as the loop reads them

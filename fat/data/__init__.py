@@ -6,7 +6,7 @@ The names below are imported from `fat.data.datasets` on first use, so that the 
 import importlib
 from typing import Any
 
-__all__ = ['FASHION_MNIST_DIR', 'SeededSamples', 'build_datasets', 'build_transforms', 'eval_dataset']
+__all__ = ['FASHION_MNIST_DIR', 'EpochBatches', 'SeededSamples', 'build_datasets', 'build_transforms', 'eval_dataset']
 
 
 def __getattr__(name: str) -> Any:

@@ -2,13 +2,13 @@
 
 Small datasets (Fashion-MNIST, synthetic) are decoded once into uint8 tensors; their eval images are transformed
 once and kept as a tensor. Augmentation randomness is drawn per sample from (seed, epoch, index) by
-`SeededSamples`, so an epoch's batches are the same however many loader workers made them and wherever a
-resumed run re-enters the epoch.
+`SeededSamples`, so an epoch's batches are the same however many loader workers made them, whether the workers
+persist across epochs, and wherever a resumed run re-enters the epoch.
 """
 import gzip
 import random
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Tuple
 
 import numpy as np
 import torch
@@ -16,14 +16,14 @@ import torchvision.transforms as T
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 from timm.data import auto_augment as _timm_auto_augment
-from torch.utils.data import Dataset, Subset, TensorDataset
+from torch.utils.data import Dataset, DistributedSampler, Subset, TensorDataset
 from torchvision.datasets import ImageFolder
 
 from fat.data.formats import read_split
 from fat.data.layout import data_format
 from fat.preflight import FASHION_MNIST_DIR, FASHION_MNIST_FILES, fashion_mnist_missing
 
-__all__ = ['FASHION_MNIST_DIR', 'SeededSamples', 'build_datasets', 'build_transforms', 'eval_dataset']
+__all__ = ['FASHION_MNIST_DIR', 'EpochBatches', 'SeededSamples', 'build_datasets', 'build_transforms', 'eval_dataset']
 
 _SYNTHETIC_SIZES = {'train': 512, 'val': 128}
 _SUBSET_SEED = 0  # subsets are fixed, whatever the run's seed, so that seeds differ only in the training itself
@@ -80,23 +80,45 @@ class Transformed(Dataset):
 
 
 class SeededSamples(Transformed):
-    """Seeds python's, numpy's and torch's CPU generators from (seed, epoch, index) before each sample."""
+    """Indexed by (epoch, index): seeds python's, numpy's and torch's CPU generators from (seed, epoch, index) before
+    the sample. The epoch comes with each index (from `EpochBatches`), not from state set on the dataset, because
+    persistent loader workers keep the copy of the dataset they were started with."""
 
     def __init__(self, dataset: Dataset, transform: Callable, seed: int):
         super().__init__(dataset, transform)
         self.seed = seed
-        self.epoch = 0
 
-    def set_epoch(self, epoch: int):
-        self.epoch = epoch
-
-    def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
+    def __getitem__(self, key: Tuple[int, int]) -> Tuple[torch.Tensor, int]:
+        epoch, index = key
         # a tuple of ints hashes the same in every process and Python run
-        sample_seed = hash((self.seed, self.epoch, index)) & 0xFFFF_FFFF
+        sample_seed = hash((self.seed, epoch, index)) & 0xFFFF_FFFF
         random.seed(sample_seed)
         np.random.seed(sample_seed)
         torch.default_generator.manual_seed(sample_seed)
         return super().__getitem__(index)
+
+
+class EpochBatches:
+    """The training loader's batch sampler: the batches of (epoch, index) from step `step` of epoch `epoch` (set by
+    `start`), this rank's indices coming from `sampler` (a DistributedSampler). It lives in the main process, so one
+    loader with persistent workers serves every epoch and every resume point."""
+
+    def __init__(self, sampler: DistributedSampler, batch_size: int):
+        self.sampler, self.batch_size = sampler, batch_size
+        self.steps = len(sampler) // batch_size  # whole batches only: every step of every rank has the same size
+        self.epoch = self.step = 0
+
+    def start(self, epoch: int, step: int):
+        self.epoch, self.step = epoch, step
+
+    def __len__(self) -> int:
+        return self.steps - self.step
+
+    def __iter__(self) -> Iterator[List[Tuple[int, int]]]:
+        self.sampler.set_epoch(self.epoch)
+        indices, bs = list(self.sampler), self.batch_size
+        for i in range(self.step, self.steps):
+            yield [(self.epoch, index) for index in indices[i * bs:(i + 1) * bs]]
 
 
 def _read_idx(path: Path) -> np.ndarray:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from timm.data import Mixup
 from timm.layers import convert_sync_batchnorm
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-from timm.optim import create_optimizer_v2, optimizer_kwargs
+from timm.optim import create_optimizer_v2, get_optimizer_info, optimizer_kwargs
 from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3, NativeScaler, dispatch_clip_grad, distribute_bn
 from torch.nn.parallel import DistributedDataParallel
@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset, TensorDatas
 from tqdm import tqdm
 
 from fat import models  # noqa: F401 (importing it registers the FAT models with timm)
-from fat.data import SeededSamples, build_datasets, build_transforms, eval_dataset
+from fat.data import EpochBatches, SeededSamples, build_datasets, build_transforms, eval_dataset
 from fat.distributed import Placement, wait_for_primary_exit
 from fat.io import atomic_path, write_json_atomic, write_text_atomic
 from fat.preflight import is_fat
@@ -65,6 +65,15 @@ _STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT)
 MAX_SKIPPED_IN_A_ROW = 50
 
 
+# torch's optimizers with a fused step: with them the fp16 loss scaler's skip is decided on the device
+_FUSED_OPTIMIZERS = (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD)
+
+
+def loss_scaling(amp: bool, amp_dtype: torch.dtype) -> bool:
+    """Whether the run scales its loss (fp16 AMP, CUDA only): it then has a GradScaler, and a fused optimizer."""
+    return amp and amp_dtype == torch.float16
+
+
 class _Diverged(Exception):
     pass
 
@@ -92,16 +101,25 @@ class Trainer:
         train_tf, eval_tf = build_transforms(cfg, self.in_chans, info['channels'])
         self.train_set = SeededSamples(train, train_tf, cfg['seed'])
         val_set = eval_dataset(val, eval_tf)
+        # persistent workers: started once, not per epoch and per evaluation (twice with EMA) while the GPU waits
+        workers = cfg['workers']
+        val_workers = 0 if isinstance(val_set, TensorDataset) else workers
         self.val_loader = DataLoader(
             Subset(val_set, range(place.rank, len(val_set), place.world_size)), batch_size=cfg['batch_size'],
-            num_workers=0 if isinstance(val_set, TensorDataset) else cfg['workers'],
-            pin_memory=self.device.type == 'cuda', worker_init_fn=_ignore_stop_signals)
+            num_workers=val_workers, persistent_workers=val_workers > 0, pin_memory=self.device.type == 'cuda',
+            worker_init_fn=_ignore_stop_signals)
         self.sampler = DistributedSampler(
             self.train_set, num_replicas=place.world_size, rank=place.rank, shuffle=True, seed=cfg['seed'])
-        self.steps_per_epoch = len(self.sampler) // cfg['batch_size']
+        self.batches = EpochBatches(self.sampler, cfg['batch_size'])
+        self.steps_per_epoch = self.batches.steps
         if self.steps_per_epoch < 1:
             raise ValueError(
                 f"{len(self.train_set)} training images make no full batch of {cfg['batch_size']} per process")
+        self.train_loader = DataLoader(
+            self.train_set, batch_sampler=self.batches, num_workers=workers, persistent_workers=workers > 0,
+            pin_memory=self.device.type == 'cuda', worker_init_fn=_ignore_stop_signals,
+            # its own generator: creating the loader must not draw from the global RNG the model uses
+            generator=torch.Generator().manual_seed(cfg['seed']))
 
         model_args = dict(cfg['model_args'])
         if cfg['drop_path'] is not None:
@@ -133,19 +151,24 @@ class Trainer:
             self.ddp = torch.compile(self.ddp, backend=cfg['compile'])
         self._seed(cfg['seed'] + place.rank)  # from here on, as the official code: each rank its own stream
 
+        self.amp = cfg['amp'] and self.device.type == 'cuda'
+        self.amp_dtype = getattr(torch, cfg['amp_dtype'])
+        self.scaler = NativeScaler(device=self.device.type) if loss_scaling(self.amp, self.amp_dtype) else None
+        self.scaler_skips: List[torch.Tensor] = []  # per step since the last read: whether the scaler skipped it
         # linear lr scaling by the total batch, as the official code
         scale = cfg['batch_size'] * place.world_size / cfg['lr_base_size']
-        self.optimizer = create_optimizer_v2(model, **optimizer_kwargs(SimpleNamespace(
+        opt_args = optimizer_kwargs(SimpleNamespace(
             opt=cfg['opt'], lr=cfg['lr'] * scale, weight_decay=cfg['weight_decay'], momentum=cfg['momentum'],
-            opt_eps=cfg['opt_eps'], opt_betas=cfg['opt_betas'])))
+            opt_eps=cfg['opt_eps'], opt_betas=cfg['opt_betas']))
+        if self.scaler is not None and get_optimizer_info(cfg['opt']).opt_class in _FUSED_OPTIMIZERS:
+            # the fused step takes the loss scaler's found-inf flag on the device and skips there; any other
+            # optimizer makes GradScaler read the flag on the host (found_inf.item()) at every step
+            opt_args['fused'] = True
+        self.optimizer = create_optimizer_v2(model, **opt_args)
         self.scheduler = CosineLRScheduler(
             self.optimizer, t_initial=cfg['epochs'] * self.steps_per_epoch, lr_min=cfg['min_lr'] * scale,
             warmup_lr_init=cfg['warmup_lr'] * scale, warmup_t=int(cfg['warmup_epochs'] * self.steps_per_epoch),
             cycle_limit=1, t_in_epochs=False)
-        self.amp = cfg['amp'] and self.device.type == 'cuda'
-        self.amp_dtype = getattr(torch, cfg['amp_dtype'])
-        self.scaler = NativeScaler(device=self.device.type) if self.amp and self.amp_dtype == torch.float16 else None
-        self.scaler_skips: List[torch.Tensor] = []  # per step since the last read: whether the scaler skipped it
 
         mixup = cfg['mixup'] > 0 or cfg['cutmix'] > 0 or cfg['cutmix_minmax'] is not None
         self.mixup_fn = Mixup(
@@ -301,15 +324,9 @@ class Trainer:
     # -- training ------------------------------------------------------------------------------------------
 
     def _train_loader(self) -> DataLoader:
-        self.sampler.set_epoch(self.epoch)
-        self.train_set.set_epoch(self.epoch)
-        indices, bs = list(self.sampler), self.cfg['batch_size']
-        batches = [indices[i * bs:(i + 1) * bs] for i in range(self.step_in_epoch, self.steps_per_epoch)]
-        return DataLoader(
-            self.train_set, batch_sampler=batches, num_workers=self.cfg['workers'],
-            pin_memory=self.device.type == 'cuda', worker_init_fn=_ignore_stop_signals,
-            # its own generator: creating the loader must not draw from the global RNG the model uses
-            generator=torch.Generator().manual_seed(self.cfg['seed']))
+        """The training loader, from the current epoch and step on."""
+        self.batches.start(self.epoch, self.step_in_epoch)
+        return self.train_loader
 
     def _agree(self, *values: float) -> List[float]:
         """Sum of each value over the ranks: host values (the stop votes of every step), summed on the hosts over the
