@@ -56,13 +56,13 @@ def test_a_pack_holds_the_folders_samples_in_its_order(data, fmt):
 
 @pytest.mark.parametrize('fmt', FORMATS)
 def test_each_format_gives_the_folders_first_batch_for_the_same_seed(data, fmt):
-    def first_batch(data_dir: Path, seed: int):
-        cfg = resolve_config(dict(data_dir=str(data_dir), model='fat_proxy', img_size=48, batch_size=8, workers=0,
-                                  seed=seed, output_dir='-'))
+    def first_batch(data_dir: Path, seed: int, workers: int = 0):
+        cfg = resolve_config(dict(data_dir=str(data_dir), model='fat_proxy', img_size=48, batch_size=8,
+                                  workers=workers, seed=seed, output_dir='-'))
         return next(iter(Trainer(cfg, Placement())._train_loader()))
 
     x, y = first_batch(data['folder'], seed=3)
-    x_packed, y_packed = first_batch(data[fmt], seed=3)
+    x_packed, y_packed = first_batch(data[fmt], seed=3, workers=2)  # the reader goes to loader worker processes
     assert torch.equal(x, x_packed) and torch.equal(y, y_packed)
     assert not torch.equal(x, first_batch(data[fmt], seed=4)[0])  # the seed does reach the batch
 
