@@ -50,8 +50,13 @@ def test_pack_round_trips_a_folder_and_a_rerun_verifies_every_byte(tmp_path, cap
         assert datasets.load_from_disk(str(dest))['val'].features['label'].names == manifest['classes']
     assert _same_samples(src, dest)
     assert _pack(src, dest, fmt) == 0 and 'already complete' in capsys.readouterr().out
+    # a source image changed since: the output no longer matches the folder
+    source = src / 'train' / 'n00000001' / '1.JPEG'
+    image = source.read_bytes()
+    source.write_bytes((src / 'train' / 'n00000001' / '2.JPEG').read_bytes())
+    assert _pack(src, dest, fmt) == 2 and 'differs from' in capsys.readouterr().err
+    source.write_bytes(image)
     # one flipped byte inside a stored image: the rerun's verification names where
-    image = (src / 'train' / 'n00000001' / '1.JPEG').read_bytes()
     stored = next(p for p in (dest / 'train').rglob('*') if p.is_file() and image in p.read_bytes())
     data = bytearray(stored.read_bytes())
     data[data.find(image) + len(image) // 2] ^= 0xFF

@@ -193,15 +193,29 @@ class _Packer:
         except (OSError, ValueError):
             return None
 
-    def complete_shard(self, split: str, name: str, samples: List[Sample]) -> bool:
-        """Whether shard `name` was packed by an earlier run and still matches its record and the plan."""
-        record, path = self.record(name), self.data_path(split, name)
-        if record is None or not path.exists():
-            return False
+    def recorded(self, name: str, samples: List[Sample]) -> Optional[List[str]]:
+        """The sha256 of each image that shard `name`'s record holds, if it records these samples (keys, files,
+        labels) and the files still have these bytes (hashed again); None otherwise."""
+        record = self.record(name)
+        if record is None:
+            return None
         planned = [dict(key=s.key, source=s.source, label=s.label) for s in samples]
         if [{k: r[k] for k in ('key', 'source', 'label')} for r in record['samples']] != planned:
-            return False
-        return self.verified(name, samples, self.read_back(path), [r['sha256'] for r in record['samples']]) is None
+            return None
+        hashes = [r['sha256'] for r in record['samples']]
+        for s, sha in zip(samples, hashes, strict=True):
+            try:
+                if _sha256((self.src / s.source).read_bytes()) != sha:
+                    return None
+            except OSError as e:
+                raise ValueError(f'{self.src / s.source}: unreadable ({e})') from None
+        return hashes
+
+    def complete_shard(self, split: str, name: str, samples: List[Sample]) -> bool:
+        """Whether shard `name` was packed by an earlier run and still matches its record and the folder."""
+        path = self.data_path(split, name)
+        hashes = self.recorded(name, samples) if path.exists() else None
+        return hashes is not None and self.verified(name, samples, self.read_back(path), hashes) is None
 
     def write_shard(self, split: str, name: str, samples: List[Sample]) -> None:
         images = [_read_source(self.src, s) for s in samples]
@@ -288,7 +302,7 @@ class _Packer:
         return ', '.join(f'{len(self.samples[s])} {s}' for s in SPLITS) + f' images of {len(self.classes)} classes'
 
     def check_complete(self) -> None:
-        """A complete DEST, read back whole against its records and the source folder's plan."""
+        """A complete DEST, read back whole against its records and the source folder."""
         manifest = read_manifest(self.dest)
         for split in SPLITS:
             names = [n for n, _ in self.shards(split)]
@@ -297,13 +311,18 @@ class _Packer:
             if self.fmt == 'wds':
                 for name, samples in self.shards(split):
                     if not self.complete_shard(split, name, samples):
-                        raise ValueError(f'{self.data_path(split, name)}: differs from its index record')
-            else:
-                expected = [r for n in names for r in self.record(n)['samples']]
-                problem = self.verified(split, self.samples[split], _read_hf(self.dest / split),
-                                        [r['sha256'] for r in expected])
-                if problem:
-                    raise ValueError(f'{self.dest / split}: {problem}')
+                        raise ValueError(f'{self.data_path(split, name)}: differs from its index record or the '
+                                         f'source folder')
+                continue
+            hashes = []
+            for name, samples in self.shards(split):
+                recorded = self.recorded(name, samples)
+                if recorded is None:
+                    raise ValueError(f'{self.dest / INDEX_DIR / name}.json: differs from the source folder')
+                hashes += recorded
+            problem = self.verified(split, self.samples[split], _read_hf(self.dest / split), hashes)
+            if problem:
+                raise ValueError(f'{self.dest / split}: {problem}')
 
 
 def pack(src: Path, dest: Path, fmt: str, shard_size: int = DEFAULT_SHARD_SIZE) -> str:
