@@ -138,6 +138,17 @@ def _read_hf(path: Path) -> List[Dict[str, Any]]:
     return [dict(label=row['label'], sha256=_sha256(row['image']['bytes'])) for row in ds]
 
 
+def _mismatch(samples: List[Sample], rows: List[Dict[str, Any]], expected: List[str]) -> Optional[str]:
+    """What is wrong with data read back (`_read_tar`, `_read_hf`), against its samples and their expected sha256;
+    None: nothing."""
+    if len(rows) != len(samples):
+        return f'{len(rows)} samples, {len(samples)} expected'
+    for s, row, sha in zip(samples, rows, expected, strict=True):
+        if row.get('key', s.key) != s.key or row.get('label') != s.label or row.get('sha256') != sha:
+            return f'sample {s.key} ({s.source}) differs from its source'
+    return None
+
+
 # --- packing ---------------------------------------------------------------------------------------------------
 
 class _Packer:
@@ -162,7 +173,10 @@ class _Packer:
                     source=str(self.src.resolve()))
         plan_path = self.dest / PLAN
         if plan_path.is_file():
-            old = json.loads(plan_path.read_text())
+            try:
+                old = json.loads(plan_path.read_text())
+            except (OSError, ValueError) as e:
+                raise ValueError(f'{plan_path}: unreadable ({e}); remove {self.dest} and pack again') from None
             if old.get('classes') != plan['classes']:
                 raise ValueError(f'{plan_path}: DEST was packed with another label map (class folders) than '
                                  f'{self.src} has now; pack into a new DEST, or remove {self.dest}')
@@ -175,16 +189,6 @@ class _Packer:
             raise ValueError(f'{self.dest}: exists and is not a fat data pack output; choose a new or empty DEST')
         write_json_atomic(plan_path, plan, durable=True)
         return False
-
-    def verified(self, name: str, samples: List[Sample], rows: List[Dict[str, Any]],
-                 expected: List[str]) -> Optional[str]:
-        """What is wrong with a shard's data read back, against its samples and their expected sha256; None: fine."""
-        if len(rows) != len(samples):
-            return f'{len(rows)} samples, {len(samples)} expected'
-        for s, row, sha in zip(samples, rows, expected, strict=True):
-            if row.get('key', s.key) != s.key or row.get('label') != s.label or row.get('sha256') != sha:
-                return f'sample {s.key} ({s.source}) differs from its source'
-        return None
 
     def record(self, name: str) -> Optional[Dict[str, Any]]:
         path = self.dest / INDEX_DIR / f'{name}.json'
@@ -215,7 +219,7 @@ class _Packer:
         """Whether shard `name` was packed by an earlier run and still matches its record and the folder."""
         path = self.data_path(split, name)
         hashes = self.recorded(name, samples) if path.exists() else None
-        return hashes is not None and self.verified(name, samples, self.read_back(path), hashes) is None
+        return hashes is not None and _mismatch(samples, self.read_back(path), hashes) is None
 
     def write_shard(self, split: str, name: str, samples: List[Sample]) -> None:
         images = [_read_source(self.src, s) for s in samples]
@@ -226,7 +230,7 @@ class _Packer:
         else:
             _write_hf_chunk(path, samples, images, self.classes)
         rows = self.read_back(path)
-        problem = self.verified(name, samples, rows, [_sha256(b) for b in images])
+        problem = _mismatch(samples, rows, [_sha256(b) for b in images])
         if problem:
             raise ValueError(f'{path}: read back wrong ({problem}); check the disk, then rerun')
         entries = [dict(key=s.key, source=s.source, label=s.label, sha256=row['sha256'],
@@ -249,7 +253,7 @@ class _Packer:
             rows = _read_hf(final)
             expected = [r for n in names[split] for r in self.record(n)['samples']]
             samples = self.samples[split]
-            problem = self.verified(split, samples, rows, [r['sha256'] for r in expected])
+            problem = _mismatch(samples, rows, [r['sha256'] for r in expected])
             if problem:
                 raise ValueError(f'{final}: read back wrong ({problem}); check the disk, then rerun')
         write_json_atomic(self.dest / 'dataset_dict.json', dict(splits=list(SPLITS)))
@@ -320,7 +324,7 @@ class _Packer:
                 if recorded is None:
                     raise ValueError(f'{self.dest / INDEX_DIR / name}.json: differs from the source folder')
                 hashes += recorded
-            problem = self.verified(split, self.samples[split], _read_hf(self.dest / split), hashes)
+            problem = _mismatch(self.samples[split], _read_hf(self.dest / split), hashes)
             if problem:
                 raise ValueError(f'{self.dest / split}: {problem}')
 
