@@ -95,13 +95,12 @@ def test_a_killed_run_on_a_pack_resumes_to_the_folders_uninterrupted_run(data, f
 # slow, as the folder's DDP resume tests of test_train_resume.py: two processes on the two cores
 @pytest.mark.slow
 def test_a_killed_ddp_run_on_each_pack_resumes_to_the_folders_uninterrupted_run(data, tmp_path):
+    ddp = ['batch_size=8']  # 3 steps per epoch and rank, so that the kill lands inside the run
     ref = tmp_path / 'ref'
-    _finish(ref, ranks=2, extra=_extra(data['folder']))
+    _finish(ref, ranks=2, extra=_extra(data['folder']) + ddp)
     for fmt in FORMATS:
-        out, extra = tmp_path / fmt, _extra(data[fmt])
-        for sig in (signal.SIGKILL, signal.SIGTERM):
-            if not (out / 'result.json').exists():
-                _interrupt(out, sig, random.Random(), ranks=2, extra=extra)
+        out, extra = tmp_path / fmt, _extra(data[fmt]) + ddp
+        assert _interrupt(out, signal.SIGKILL, random.Random(), ranks=2, extra=extra) == [-signal.SIGKILL] * 2
         _finish(out, ranks=2, extra=extra)
         _assert_same_run(out, ref)
 
