@@ -127,7 +127,10 @@ def check_data(cfg: Mapping[str, Any]) -> None:
         root = Path(cfg['data_dir'])
         fmt = data_format(root)  # refuses an unfinished pack and unindexed tar shards
         if fmt == 'hf' and not (root / MANIFEST).is_file():  # a dataset saved by datasets' save_to_disk
-            splits = json.loads((root / 'dataset_dict.json').read_text()).get('splits', [])
+            try:
+                splits = json.loads((root / 'dataset_dict.json').read_text()).get('splits', [])
+            except ValueError as e:
+                raise ValueError(f'{root / "dataset_dict.json"}: unreadable ({e})') from None
             for split in ('train', 'val'):
                 hf_split_name(splits, split, root)
         if fmt != 'folder':
