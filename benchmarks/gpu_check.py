@@ -26,6 +26,8 @@ Parts (each in fresh `fat` processes, as a cluster job runs them):
   step_syncs        a training epoch (mixup, clipping) in fp16 AMP and in bf16 AMP under CUDA's sync debug mode: the
                     host waits for the GPU only where the trainer reads its losses (every log_interval steps), not at
                     every step (CUDA only)
+  nvjpeg_decode     torchvision's nvJPEG decoding of generated ImageNet-sized JPEGs: its rate against PIL on one
+                    core, and its pixels against PIL's (CUDA only)
 
 On the CPU the AMP parts train in fp32 (autocast is CUDA-only in `fat train`): the dry run checks the procedure
 (signals, checkpoints, resume, comparison), the GPU run checks the numerics. Exit code: 1 when a part failed, and on
@@ -300,6 +302,42 @@ class Check:
             lines.append(line)
         return '; '.join(lines)
 
+    def nvjpeg_decode(self) -> str:
+        """torchvision's nvJPEG decoding (the GPU decoder of docs/loader.md) of generated ImageNet-sized JPEGs
+        (500x375, quality 90), batched on the GPU: its rate against PIL on one core, and its pixels against
+        PIL's (mean and max absolute difference, 0-255 levels; more than 2 levels on average fails)."""
+        if not self.cuda:
+            raise Skip('nvJPEG decodes on a GPU')
+        import io
+
+        import numpy as np
+        import torchvision.io as tvio
+        from PIL import Image
+
+        from fat.data.jpegs import pink_image
+        rng, blobs = np.random.default_rng(0), []
+        for _ in range(64):
+            buf = io.BytesIO()
+            Image.fromarray(pink_image(rng, 375, 500)).save(buf, 'JPEG', quality=90)
+            blobs.append(buf.getvalue())
+        data = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
+        tvio.decode_jpeg(data[:4], device='cuda', mode=tvio.ImageReadMode.RGB)  # warm-up: nvJPEG's handles
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(5):
+            gpu = tvio.decode_jpeg(data, device='cuda', mode=tvio.ImageReadMode.RGB)
+        torch.cuda.synchronize()
+        gpu_rate = 5 * len(data) / (time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        cpu = [np.asarray(Image.open(io.BytesIO(b)).convert('RGB')) for b in blobs]
+        cpu_rate = len(blobs) / (time.perf_counter() - t0)
+        diff = np.concatenate([np.abs(g.permute(1, 2, 0).cpu().numpy().astype(int) - c).ravel()
+                               for g, c in zip(gpu, cpu, strict=True)])
+        if diff.mean() > 2:
+            raise PartError(f'nvJPEG pixels differ from PIL by {diff.mean():.2f} levels on average (max {diff.max()})')
+        return (f'{gpu_rate:,.0f} img/s batched on the GPU vs {cpu_rate:,.0f} img/s with PIL on one core; pixels '
+                f'vs PIL: mean {diff.mean():.3f}, max {diff.max()} levels')
+
 
 # one epoch warms up (cuDNN's autotuning, first allocations), the next is counted; every synchronizing CUDA call
 # raises a warning in sync debug mode
@@ -350,7 +388,7 @@ print(json.dumps(dict(backend=backend, gathered=gathered.tolist(), objects=objec
 
 PARTS = ('amp_fp16_resume', 'amp_bf16_resume', 'cpu_to_gpu_resume', 'group_world1', 'ddp_nccl_syncbn',
          'ddp_gloo_one_gpu', 'sigterm_in_eval', 'ema_compile', 'bench_eager', 'bench_compile', 'oom_backoff',
-         'step_syncs')
+         'step_syncs', 'nvjpeg_decode')
 
 
 def _free_port() -> int:

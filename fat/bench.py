@@ -124,21 +124,22 @@ def results_path(record: Dict[str, Any], results_dir: str = 'results') -> Path:
     return Path(results_dir) / name
 
 
-def write_results(records: Sequence[Dict[str, Any]], path: Path) -> Path:
-    """Merge records into the CSV at ``path``: rows of the same measurement are replaced, others kept. A file written
-    before a key column existed is matched on the key columns it has."""
+def write_results(records: Sequence[Dict[str, Any]], path: Path, fields: Sequence[str] = FIELDS,
+                  row_key: Sequence[str] = _ROW_KEY) -> Path:
+    """Merge records into the CSV at ``path``: rows of the same measurement (equal ``row_key`` columns) are
+    replaced, others kept. A file written before a key column existed is matched on the key columns it has."""
     rows: List[Dict[str, Any]] = []
-    known = _ROW_KEY
+    known = tuple(row_key)
     if path.exists():
         with path.open(newline='') as f:
             reader = csv.DictReader(f)
             rows = list(reader)
-            known = tuple(k for k in _ROW_KEY if k in (reader.fieldnames or ()))
-    new = [{k: str(r.get(k, '')) for k in FIELDS} for r in records]
+            known = tuple(k for k in row_key if k in (reader.fieldnames or ()))
+    new = [{k: str(r.get(k, '')) for k in fields} for r in records]
     keys = {tuple(r[k] for k in known) for r in new}
     rows = [r for r in rows if tuple(r.get(k, '') for k in known) not in keys] + new
     with atomic_path(path) as tmp, tmp.open('w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS, extrasaction='ignore')
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction='ignore')
         writer.writeheader()
         writer.writerows(rows)
     return path

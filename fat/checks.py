@@ -6,9 +6,10 @@ close, a "did you mean" hint. Commands that can find several problems at once (a
 """
 import argparse
 import difflib
-from typing import Any, List, NoReturn, Sequence, Tuple
+from typing import Any, List, NoReturn, Optional, Sequence, Tuple
 
-__all__ = ['InputError', 'Problems', 'OneLineParser', 'close_hint', 'check_choice', 'check_type', 'type_names']
+__all__ = ['InputError', 'IntermixedParser', 'Problems', 'OneLineParser', 'close_hint', 'check_choice', 'check_type',
+           'type_names']
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -16,6 +17,22 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f'{self.prog}: error: {message} (see {self.prog} --help)\n')
+
+
+class IntermixedParser(OneLineParser):
+    """Parses options and `key=value` overrides in any order (`GRID --cluster local epochs=1 --dry-run`), which
+    plain argparse refuses once an option separates two positionals."""
+    _inner = False
+
+    def parse_known_args(self, args: Optional[Sequence[str]] = None, namespace: Optional[argparse.Namespace] = None
+                         ) -> Tuple[argparse.Namespace, List[str]]:
+        if self._inner:  # parse_known_intermixed_args calls back here
+            return super().parse_known_args(args, namespace)
+        self._inner = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inner = False
 
 
 class InputError(ValueError):

@@ -117,18 +117,21 @@ class Monitor:
             seconds = time.perf_counter() - start
         return seconds
 
-    def measure(self, round_: Callable[[], T]) -> Tuple[T, Check]:
+    def measure(self, round_: Callable[[], T], cpu_clock: Callable[[], float] = time.thread_time,
+                cpus: int = 1) -> Tuple[T, Check]:
         """Run a timed round, re-timing it while it is contended (at most `retries` more times); its result and
-        the check of the attempt kept."""
+        the check of the attempt kept. `cpu_clock` is the CPU time of what does the round's work (default: the
+        timing thread; `fat data bench`: its loader worker processes) and `cpus` how many cores that work should
+        hold, so that the share is its CPU time over `cpus` x the wall time."""
         attempt = 0
         while True:
             attempt += 1
             before = self.calibrate()
-            cpu, wall = time.thread_time(), time.perf_counter()
+            cpu, wall = cpu_clock(), time.perf_counter()
             result = round_()
-            cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
+            cpu, wall = cpu_clock() - cpu, time.perf_counter() - wall
             after = self.calibrate()
-            share = cpu / wall if wall > 0 else 1.0
+            share = cpu / (cpus * wall) if wall > 0 else 1.0
             calibration = max(before, after) / self.reference
             self.samples += [before, after]
             reasons = judge(share, calibration, self.device.type != 'cuda', self.cpu_share_min, self.calibration_max)

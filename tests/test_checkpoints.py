@@ -12,7 +12,7 @@ import torch
 from fat.cli import main as cli_main
 from fat.train import PRESETS, main
 from fat.train.checkpoint import read_checkpoint
-from fat.train.cli import _parse_override
+from fat.train.cli import parse_override
 
 FIXTURE = Path(__file__).parent / 'data' / 'checkpoints' / 'main-9b55ebe-step2.pt.gz'
 # The fixture: checkpoint-last.pt of this run, written by fat-harness at commit 9b55ebe (NumPy's random state as an
@@ -21,7 +21,7 @@ FIXTURE = Path(__file__).parent / 'data' / 'checkpoints' / 'main-9b55ebe-step2.p
 FIXTURE_TORCH = '2.14.1'
 OLD_ARGS = ['--preset', 'smoke', 'epochs=2', 'drop_path=0.1', 'ema=true', 'checkpoint_minutes=0',
             'model_args={embed_dims: [4, 4, 8, 8], depths: [1, 1, 1, 1], num_heads: [1, 1, 2, 2]}']
-OLD_RUN = dict(PRESETS['smoke'], **dict(_parse_override(a) for a in OLD_ARGS[2:]))
+OLD_RUN = dict(PRESETS['smoke'], **dict(parse_override(a) for a in OLD_ARGS[2:]))
 
 
 class _Payload:

@@ -41,9 +41,11 @@ def _extra(data_dir: Path) -> list:
 
 
 @pytest.mark.parametrize('fmt', FORMATS)
-def test_a_pack_holds_the_folders_samples_in_its_order(data, fmt):
+@pytest.mark.parametrize('decoder', ['pil', 'draft'])
+def test_a_pack_holds_the_folders_samples_in_its_order(data, fmt, decoder):
     assert data_format(data[fmt]) == fmt and data_format(data['folder']) == 'folder'
-    cfg = resolve_config(dict(dataset='imagenet', data_dir=str(data['folder'])))
+    # img_size 16: draft decoding keeps a shorter side of 19 pixels, so it halves these 40-56 pixel images
+    cfg = resolve_config(dict(dataset='imagenet', data_dir=str(data['folder']), decoder=decoder, img_size=16))
     folder = build_datasets(cfg)
     packed = build_datasets(dict(cfg, data_dir=str(data[fmt])))
     assert packed[2] == folder[2] == dict(num_classes=3, channels=3)
@@ -52,6 +54,7 @@ def test_a_pack_holds_the_folders_samples_in_its_order(data, fmt):
         for i in range(len(a)):
             (img_a, label_a), (img_b, label_b) = a[i], b[i]
             assert label_a == label_b and img_b.mode == 'RGB' and np.array_equal(np.asarray(img_a), np.asarray(img_b))
+            assert img_b.width == (56 if decoder == 'pil' else 28)  # the decoder reaches the packed reader
 
 
 @pytest.mark.parametrize('fmt', FORMATS)

@@ -20,7 +20,7 @@ from fat.data import FASHION_MNIST_DIR, build_datasets, build_transforms
 from fat.distributed import Placement
 from fat.train import DEFAULTS, PRESETS, Trainer, main, resolve_config
 from fat.train import trainer as train_loop
-from fat.train.cli import _parse_override
+from fat.train.cli import parse_override
 from fat.train.config import config_resolver
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,16 +118,16 @@ def test_train_help_lists_each_keys_default_and_what_it_accepts(capsys):
 
 
 def test_cli_values_are_typed_by_key():
-    assert _parse_override('lr=1e-3') == ('lr', 1e-3)
-    assert _parse_override('auto_augment=rand-m9-mstd0.5') == ('auto_augment', 'rand-m9-mstd0.5')
-    assert _parse_override('auto_augment=null') == ('auto_augment', None)
-    assert _parse_override('scale=[0.5, 1]') == ('scale', [0.5, 1])
-    assert _parse_override('fasa={local: static}') == ('fasa', {'local': 'static'})
-    assert _parse_override('model=fat_b1') == ('model', 'fat_b1')
+    assert parse_override('lr=1e-3') == ('lr', 1e-3)
+    assert parse_override('auto_augment=rand-m9-mstd0.5') == ('auto_augment', 'rand-m9-mstd0.5')
+    assert parse_override('auto_augment=null') == ('auto_augment', None)
+    assert parse_override('scale=[0.5, 1]') == ('scale', [0.5, 1])
+    assert parse_override('fasa={local: static}') == ('fasa', {'local': 'static'})
+    assert parse_override('model=fat_b1') == ('model', 'fat_b1')
     with pytest.raises(ValueError, match="unknown config key 'lrate'"):
-        _parse_override('lrate=1')
+        parse_override('lrate=1')
     with pytest.raises(ValueError, match='expected key=value'):
-        _parse_override('lr')
+        parse_override('lr')
 
 
 def test_cli_bad_value_is_one_line_exit_2(capsys):

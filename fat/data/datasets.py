@@ -19,6 +19,7 @@ from timm.data import auto_augment as _timm_auto_augment
 from torch.utils.data import Dataset, DistributedSampler, Subset, TensorDataset
 from torchvision.datasets import ImageFolder
 
+from fat.data.decode import image_loader, pil_loader
 from fat.data.formats import read_split
 from fat.data.layout import data_format
 from fat.preflight import FASHION_MNIST_DIR, FASHION_MNIST_FILES, fashion_mnist_missing
@@ -150,13 +151,13 @@ def _synthetic(split: str, size: int, num_classes: int, img_size: int, channels:
     return ImageTensorDataset(images.squeeze(-1) if channels == 1 else images, targets)
 
 
-def _image_folder(root: Path, split: str) -> ImageFolder:
+def _image_folder(root: Path, split: str, loader: Callable[[str], Image.Image] = pil_loader) -> ImageFolder:
     folder = root / split
     if not folder.is_dir():
         raise FileNotFoundError(
             f'ImageNet-style data not found: {folder} is not a folder; set data_dir to a folder holding '
             f'train/<class>/* and val/<class>/* images')
-    return ImageFolder(str(folder))
+    return ImageFolder(str(folder), loader=loader)
 
 
 def _subset(dataset: Dataset, size: int) -> Dataset:
@@ -185,11 +186,12 @@ def build_datasets(cfg: Mapping[str, Any]) -> Tuple[Dataset, Dataset, Dict[str, 
         if not cfg['data_dir']:
             raise ValueError("dataset 'imagenet' needs data_dir: a folder holding train/<class>/* and val/<class>/*")
         root = Path(cfg['data_dir'])
+        loader = image_loader(cfg['decoder'], cfg['img_size'], cfg['crop_pct'])
         fmt = data_format(root)  # an image folder, or tar shards / a Hugging Face dataset (fat data pack)
         if fmt == 'folder':
-            train, val = _image_folder(root, 'train'), _image_folder(root, 'val')
+            train, val = _image_folder(root, 'train', loader), _image_folder(root, 'val', loader)
         else:
-            train, val = (read_split(root, fmt, split) for split in ('train', 'val'))
+            train, val = (read_split(root, fmt, split, loader) for split in ('train', 'val'))
         if train.classes != val.classes:
             raise ValueError(f'{root}: train/ and val/ hold different class folders')
         num_classes, channels = len(train.classes), 3

@@ -1,6 +1,7 @@
 """Readers of the packed ImageNet-style formats (`fat.data.layout`): map-style datasets of (PIL RGB image, label)
-whose sample i is the image folder's sample i when packed from it, decoded as torchvision's folder loader does
-(`Image.open(...).convert('RGB')`), so that they give the folder reader's batches and resume as exactly.
+whose sample i is the image folder's sample i when packed from it, decoded by the same loader as the folder's
+(`fat.data.decode`, the config key `decoder`) from the same bytes, so that they give the folder reader's batches
+and resume as exactly.
 
 Tar shards are read through fat's own index (offset and size of each image in its tar, `fat data pack` writes it)
 rather than wids: wids copies local shards into a cache directory (or, with an identity local name, writes lock
@@ -11,27 +12,25 @@ needs neither. The shards stay plain WebDataset tars with a wids shard list besi
 import io
 import os
 from pathlib import Path
-from typing import List, Tuple
+from typing import BinaryIO, Callable, List, Tuple
 
 import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from fat.data.decode import pil_loader
 from fat.data.layout import INDEX_DIR, hf_split_name, read_manifest
 
-__all__ = ['ShardImages', 'HfImages', 'read_split', 'decode']
+__all__ = ['ShardImages', 'HfImages', 'read_split']
 
-
-def decode(data: bytes) -> Image.Image:
-    """An image's bytes as torchvision's ImageFolder loader would give the file: RGB."""
-    img = Image.open(io.BytesIO(data))
-    return img.convert('RGB')
+Loader = Callable[[BinaryIO], Image.Image]
 
 
 class ShardImages(Dataset):
     """One split of a packed WebDataset output, by index: each sample one read of its image's bytes."""
 
-    def __init__(self, root: Path, split: str):
+    def __init__(self, root: Path, split: str, loader: Loader = pil_loader):
+        self.loader = loader
         manifest = read_manifest(root)
         self.classes: List[str] = manifest['classes']
         self.shards = [str(root / split / f'{Path(name).stem}.tar') for name in manifest['splits'][split]['index']]
@@ -52,14 +51,15 @@ class ShardImages(Dataset):
             data = os.pread(fd, int(self.size[index]), int(self.offset[index]))
         finally:
             os.close(fd)
-        return decode(data), self.targets[index]
+        return self.loader(io.BytesIO(data)), self.targets[index]
 
 
 class HfImages(Dataset):
     """One split of a Hugging Face dataset on disk (`load_from_disk`) with an image column and a ClassLabel column;
-    images are decoded here, as the folder loader does, rather than by `datasets` (which keeps the file's mode)."""
+    images are decoded here by the folder's loader, rather than by `datasets` (which keeps the file's mode)."""
 
-    def __init__(self, root: Path, split: str):
+    def __init__(self, root: Path, split: str, loader: Loader = pil_loader):
+        self.loader = loader
         import datasets  # a second or so to import; only runs that read this format pay it
 
         dataset_dict = datasets.load_from_disk(str(root))
@@ -84,10 +84,10 @@ class HfImages(Dataset):
         data = row[self.image]['bytes']
         if data is None:  # stored as a path (a dataset saved without embedding its files)
             data = Path(row[self.image]['path']).read_bytes()
-        return decode(data), int(row[self.label])
+        return self.loader(io.BytesIO(data)), int(row[self.label])
 
 
-def read_split(root: Path, fmt: str, split: str) -> Dataset:
-    """Split `split` of the packed or Hugging Face data at `root` in format `fmt` ('wds' or 'hf'); the dataset's
-    `classes` are the class names in label order."""
-    return (ShardImages if fmt == 'wds' else HfImages)(root, split)
+def read_split(root: Path, fmt: str, split: str, loader: Loader = pil_loader) -> Dataset:
+    """Split `split` of the packed or Hugging Face data at `root` in format `fmt` ('wds' or 'hf'), images decoded by
+    `loader` (`fat.data.decode.image_loader`); the dataset's `classes` are the class names in label order."""
+    return (ShardImages if fmt == 'wds' else HfImages)(root, split, loader)

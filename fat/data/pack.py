@@ -11,6 +11,7 @@ one line naming the file.
 """
 import argparse
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -22,7 +23,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from fat.data.formats import decode
+from fat.data.decode import pil_loader
 from fat.data.layout import INDEX_DIR, MANIFEST, PLAN, SPLITS, VERSION, read_manifest
 from fat.io import atomic_path, write_json_atomic
 
@@ -75,7 +76,7 @@ def _read_source(src: Path, sample: Sample) -> bytes:
     path = src / sample.source
     try:
         data = path.read_bytes()
-        decode(data)  # as training will: a truncated or corrupt file fails here, not mid-run
+        pil_loader(io.BytesIO(data))  # decoded as training will: a corrupt file fails here, not mid-run
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise ValueError(f'{path}: unreadable image ({e})') from None
     return data
@@ -343,9 +344,9 @@ def _main(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: Any, name: str, help: str) -> None:
-    parser = subparsers.add_parser(name, help=help, description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+def register(subparsers: Any) -> None:
+    """Add `pack` to `fat data`."""
+    parser = subparsers.add_parser('pack', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('src', metavar='SRC', help='image folder holding train/<class>/* and val/<class>/*')
     parser.add_argument('dest', metavar='DEST', help='output folder (new, or an unfinished pack to finish)')
     parser.add_argument('--format', choices=('wds', 'hf'), required=True,

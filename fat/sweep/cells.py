@@ -1,7 +1,8 @@
 """Cells: the points of a grid, each a fully resolved config with a content-addressed directory.
 
 A cell's id is a short hash of its canonical resolved config (DomainBed's pattern): keys that do not change
-results (the task's runtime keys, e.g. `output_dir`) are left out and FASA specs are reduced to their axes, so
+results (the task's runtime keys, e.g. `output_dir`) are left out, and so is a key added later while it holds the
+value that reproduces the older runs (the task's `id_neutral`); FASA specs are reduced to their axes, so
 `fasa: no_interaction` and `fasa: {interaction: none}` are the same cell. The directory
 `<workdir>/<grid>/<id>/` holds `cell.json` (what the cell is), `jobs.jsonl` (submissions and starts, one JSON
 line each), the run's own files, and `result.json`, written last and atomically: the cell's "done" marker.
@@ -54,8 +55,8 @@ def _fasa_axes(spec_json: str) -> Tuple[Dict[str, str], ...]:
 
 
 def _canonical(task: Task, cfg: Mapping[str, Any]) -> Dict[str, Any]:
-    runtime = frozenset(task.runtime_keys)
-    out = {k: v for k, v in cfg.items() if k not in runtime}
+    runtime, neutral = frozenset(task.runtime_keys), task.id_neutral
+    out = {k: v for k, v in cfg.items() if k not in runtime and not (k in neutral and neutral[k] == v)}
     if 'fasa' in out:
         out['fasa'] = _fasa_axes(json.dumps(out['fasa'], sort_keys=True))
     return out

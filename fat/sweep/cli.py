@@ -8,15 +8,16 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from submitit.core.utils import FailedJobError, FailedSubmissionError
 from tqdm import tqdm
 
-from fat.checks import InputError, OneLineParser
+from fat.checks import InputError, IntermixedParser
 from fat.preflight import check_data
 from fat.rundir import ACTIVE, State
 
+from .ceiling import loader_lines
 from .cells import describe
 from .cluster import CLUSTERS, default_cluster
 from .launch import LaunchReport, Sweep, launch, prepare, submits
@@ -91,6 +92,14 @@ def _plan(args: argparse.Namespace) -> int:
         print(report.text())
     for problem in _data_problems(sweep):  # the grid may be planned where its data is not (launch refuses it)
         print(f'warning: {problem}; launch will refuse it here', file=sys.stderr)
+    if sweep.task.name == 'train':
+        res = sweep.resources
+        for warn, line in loader_lines((c.config for c in sweep.cells), res.gpus_per_node, res.tasks_per_node,
+                                       res.values['cpus_per_task'], args.results_dir):
+            if warn:
+                print(f'warning: {line}', file=sys.stderr)
+            elif not args.json:
+                print(line)
     return _refused(report)
 
 
@@ -178,22 +187,6 @@ def _collect(args: argparse.Namespace) -> int:
     return 0
 
 
-class _IntermixedParser(OneLineParser):
-    """Parses options and `key=value` overrides in any order (`GRID --cluster local epochs=1 --dry-run`), which
-    plain argparse refuses once an option separates two positionals."""
-    _inner = False
-
-    def parse_known_args(self, args: Optional[Sequence[str]] = None, namespace: Optional[argparse.Namespace] = None
-                         ) -> Tuple[argparse.Namespace, List[str]]:
-        if self._inner:  # parse_known_intermixed_args calls back here
-            return super().parse_known_args(args, namespace)
-        self._inner = True
-        try:
-            return self.parse_known_intermixed_args(args, namespace)
-        finally:
-            self._inner = False
-
-
 def _positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f'expected a positive integer, got {text!r}')
@@ -229,7 +222,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description='Run a grid of ablation cells on Slurm (or locally) through submitit. Each cell is one '
                     'config with a content-addressed directory <workdir>/<grid>/<cell-id>; every verb is safe '
                     'to repeat.')
-    verbs = p.add_subparsers(dest='verb', required=True, metavar='VERB', parser_class=_IntermixedParser)
+    verbs = p.add_subparsers(dest='verb', required=True, metavar='VERB', parser_class=IntermixedParser)
 
     def add(name: str, fn: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
         v = verbs.add_parser(name, help=help_text, description=help_text)
@@ -246,6 +239,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     v.add_argument('--cluster', choices=CLUSTERS, help='default: slurm when Slurm is installed, else local')
     v.add_argument('--max-array-size', type=_positive, help="cap arrays below the cluster's MaxArraySize")
     v.add_argument('--json', action='store_true', help='one JSON document')
+    v.add_argument('--results-dir', type=Path, default=Path('results'),
+                   help='where the loader figures (loader-*.csv) and GPU training rates (bench-train-*-cu*.csv) are '
+                        'read from, to say whether the loaders can feed the GPUs (default: results)')
 
     v = add('launch', _launch, 'submit the cells that are neither finished nor queued, as job arrays; '
                                'returns at once (except --cluster debug, which runs them in this process)')

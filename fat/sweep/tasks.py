@@ -40,6 +40,8 @@ class Task:
     name = ''
     #: config keys that do not change a run's results, left out of the cell id
     runtime_keys: Tuple[str, ...] = ('output_dir',)
+    #: keys left out of the cell id while they hold this value (added later: the older cells keep their ids)
+    id_neutral: Dict[str, Any] = {}
 
     def defaults(self) -> Dict[str, Any]:
         raise NotImplementedError
@@ -74,6 +76,10 @@ class TrainTask(Task):
     @functools.cached_property
     def runtime_keys(self) -> Tuple[str, ...]:  # type: ignore[override]
         return tuple(train_config.RUNTIME_KEYS)
+
+    @property
+    def id_neutral(self) -> Dict[str, Any]:  # type: ignore[override]
+        return train_config.ID_NEUTRAL
 
     def defaults(self) -> Dict[str, Any]:
         return dict(train_config.DEFAULTS)

@@ -15,7 +15,7 @@ from .config import _TYPES, DEFAULTS, PRESETS, resolve_config, valid_values
 __all__ = ['register']
 
 
-def _parse_override(text: str) -> Tuple[str, Any]:
+def parse_override(text: str) -> Tuple[str, Any]:
     """'key=value', the value read as YAML 1.2 except where the key expects a string (so 'auto_augment=rand-m9')."""
     key, sep, value = text.partition('=')
     if not sep or not key:
@@ -34,7 +34,7 @@ def _train_command(args: argparse.Namespace) -> int:
         if not isinstance(loaded, dict):
             raise ValueError(f'{args.config}: expected a mapping of config keys')
         base.update(loaded)
-    overrides = dict(_parse_override(text) for text in args.overrides)
+    overrides = dict(parse_override(text) for text in args.overrides)
     if args.output_dir:
         overrides['output_dir'] = args.output_dir
     cfg = resolve_config(overrides, base)

@@ -8,7 +8,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 from fat.checks import check_choice, check_type, close_hint
 from fat.variants import resolve_fasa_stages
 
-__all__ = ['DEFAULTS', 'PRESETS', 'RUNTIME_KEYS', 'config_diff', 'config_resolver', 'resolve_config',
+__all__ = ['DEFAULTS', 'ID_NEUTRAL', 'PRESETS', 'RUNTIME_KEYS', 'config_diff', 'config_resolver', 'resolve_config',
            'valid_values']
 
 # Every recipe value of the run, with the official ImageNet values (qhfan/FAT `classification/config.py` and
@@ -32,6 +32,7 @@ DEFAULTS: Dict[str, Any] = {
     'scale': [0.08, 1.0],  # RandomResizedCrop area range
     'crop_pct': 0.875,  # eval Resize(img_size / crop_pct) + CenterCrop(img_size)
     'interpolation': 'bicubic',
+    'decoder': 'pil',  # pil (timm's, the official) | draft (PIL's reduced-size DCT decoding; fat.data.decode)
     'mean': None,  # None: ImageNet's (the official), averaged over channels for one-channel input
     'std': None,
     'batch_size': 128,  # per process
@@ -97,6 +98,7 @@ _CHOICES: Dict[str, tuple] = {
     'remode': ('pixel', 'rand', 'const'),
     'mixup_mode': ('batch', 'pair', 'elem'),
     'interpolation': ('bicubic', 'bilinear', 'nearest', 'lanczos', 'random'),
+    'decoder': ('pil', 'draft'),  # fat.data.decode.DECODERS
 }
 
 # keys whose type is not that of their default: (allowed types, may be None)
@@ -156,6 +158,10 @@ _WITHIN = {text: _interval(text) for text in {*_BOUNDS.values(), *(t for _, t in
 # it: fat.train.run refuses that; a cell keeps its id)
 RUNTIME_KEYS = ('output_dir', 'data_dir', 'workers', 'checkpoint_steps', 'checkpoint_minutes', 'log_interval',
                 'tensorboard', 'tensorboard_dir', 'wandb', 'wandb_project', 'compile')
+
+# keys added after grids had run, with the value that reproduces the runs from before: a cell whose config holds
+# that value leaves the key out of its id, so that its id (and its run directory) stays what it was
+ID_NEUTRAL: Dict[str, Any] = {'decoder': 'pil'}
 
 # named bases: `resolve_config(overrides, PRESETS[name])`, `fat train --preset NAME`
 PRESETS: Dict[str, Dict[str, Any]] = {
@@ -261,9 +267,14 @@ def _checked_whole(cfg: Dict[str, Any]) -> Dict[str, Any]:
     if cfg['mixup'] > 0 or cfg['cutmix'] > 0 or cfg['cutmix_minmax'] is not None:
         if cfg['batch_size'] % 2:
             raise ValueError(f"config key 'batch_size' must be even with mixup/cutmix, got {cfg['batch_size']}")
+    if cfg['decoder'] != 'pil' and cfg['dataset'] != 'imagenet':  # a cell that would differ from pil's in name only
+        raise ValueError(f"config key 'decoder' {cfg['decoder']!r} decodes image files, but dataset "
+                         f"{cfg['dataset']!r} is held decoded: leave decoder at pil")
     return cfg
 
 
 def config_diff(a: Mapping[str, Any], b: Mapping[str, Any], ignore: Sequence[str] = RUNTIME_KEYS) -> List[str]:
-    """Keys whose values differ between two resolved configs, except `ignore`."""
-    return sorted(k for k in set(a) | set(b) if k not in ignore and a.get(k) != b.get(k))
+    """Keys whose values differ between two resolved configs, except `ignore` (a config from before an `ID_NEUTRAL`
+    key existed holds that key's neutral value)."""
+    return sorted(k for k in set(a) | set(b)
+                  if k not in ignore and a.get(k, ID_NEUTRAL.get(k)) != b.get(k, ID_NEUTRAL.get(k)))
