@@ -26,7 +26,8 @@ COMMANDS: Dict[str, Command] = {
     'report': Command('fat.report', 'regenerate the tables and figures (claims beside measurements) under results/'),
     'bench': Command('fat.bench', 'inference / training-step throughput and latency of timm models (CPU, CUDA)'),
     'speed': Command('fat.speed', 'the speed comparison of a grid file: FAT and peers timed round-robin in one run'),
-    'data': Command('fat.data.cli', 'training data: the loader benchmark (img/s per core, decoding + augmentation)'),
+    'data': Command('fat.data.cli', 'training data: pack a folder into tar shards or a Hugging Face dataset; the '
+                                    'loader benchmark (img/s per core)'),
     'timm': Command('fat.timm_scripts', "run timm's own scripts (validate.py, benchmark.py, ...) on the FAT models"),
 }
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from fat.checks import close_hint
+from fat.data.layout import MANIFEST, data_format, hf_split_name
 from fat.variants import FAT_ARGS, FAT_STAGE_ARGS, MODEL_NAMES
 
 __all__ = ['FAT_MODELS', 'FASHION_MNIST_DIR', 'FASHION_MNIST_FILES', 'is_fat', 'check_model', 'check_model_args',
@@ -109,7 +110,8 @@ def _first_image(folder: Path) -> bool:
 
 def check_data(cfg: Mapping[str, Any]) -> None:
     """FileNotFoundError / ValueError naming the folder or file when a run's data cannot be read as configured:
-    an ImageNet-style `data_dir` needs train/ and val/ with the same class folders, each holding an image; the
+    an ImageNet-style `data_dir` needs train/ and val/ with the same class folders, each holding an image, or a
+    complete `fat data pack` output (its manifest), or a Hugging Face dataset dict with train and val splits; the
     Fashion-MNIST files must be there. Lists folders only (the first image of each class), so it takes a moment
     on ImageNet."""
     name = cfg['dataset']
@@ -123,6 +125,16 @@ def check_data(cfg: Mapping[str, Any]) -> None:
         if not cfg['data_dir']:
             raise ValueError("dataset 'imagenet' needs data_dir: a folder holding train/<class>/* and val/<class>/*")
         root = Path(cfg['data_dir'])
+        fmt = data_format(root)  # refuses an unfinished pack and unindexed tar shards
+        if fmt == 'hf' and not (root / MANIFEST).is_file():  # a dataset saved by datasets' save_to_disk
+            try:
+                splits = json.loads((root / 'dataset_dict.json').read_text()).get('splits', [])
+            except ValueError as e:
+                raise ValueError(f'{root / "dataset_dict.json"}: unreadable ({e})') from None
+            for split in ('train', 'val'):
+                hf_split_name(splits, split, root)
+        if fmt != 'folder':
+            return
         classes = {}
         for split in ('train', 'val'):
             folder = root / split

@@ -36,6 +36,8 @@ CASES = [
     (['speed', '/nope/speed.yaml', '--profile', 'cpu'], '/nope/speed.yaml'),
     (['speed', SPEED, '--profile', 'nope'], "unknown key 'nope'"),
     (['timm', '/nope/validate.py'], 'timm script not found: /nope/validate.py'),
+    (['data', 'pack', '/nope/src', 'dest', '--format', 'wds'], '/nope/src/train is not a folder'),
+    (['data', 'pack', '/nope/src', 'dest', '--format', 'tar'], "invalid choice: 'tar'"),
 ]
 
 

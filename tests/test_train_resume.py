@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional
+from typing import Callable, Iterator, List, Optional, Sequence
 
 import pytest
 import torch
@@ -29,11 +29,13 @@ LOGGED = ('epoch', 'step', 'lr', 'train_loss', 'val_top1', 'val_top5', 'val_loss
 TIMINGS = ('train/images_per_s', 'epoch/train_images_per_s', 'val/images_per_s')  # curves that differ run to run
 
 
-def _start(out: Path, ranks: int = 1, ddp_run: Optional[bool] = None) -> List[subprocess.Popen]:
+def _start(out: Path, ranks: int = 1, ddp_run: Optional[bool] = None, extra: Sequence[str] = ()
+           ) -> List[subprocess.Popen]:
     """`fat train` as `ranks` processes (a torchrun-style environment when more than one); `ddp_run`: with the
-    shorter config of DDP runs (default: when more than one)."""
+    shorter config of DDP runs (default: when more than one); `extra`: more key=value overrides."""
     ddp_run = ranks > 1 if ddp_run is None else ddp_run
-    cmd = [sys.executable, '-m', 'fat.cli', 'train', '--output-dir', str(out), *RUN, *(DDP_RUN if ddp_run else [])]
+    cmd = [sys.executable, '-m', 'fat.cli', 'train', '--output-dir', str(out), *RUN, *(DDP_RUN if ddp_run else []),
+           *extra]
     log = open(out.parent / f'{out.name}.log', 'a')
     envs = [{}]
     if ranks > 1:
@@ -45,8 +47,8 @@ def _start(out: Path, ranks: int = 1, ddp_run: Optional[bool] = None) -> List[su
     return [subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, **e)) for e in envs]
 
 
-def _finish(out: Path, ranks: int = 1) -> List[int]:
-    return _wait(out, _start(out, ranks))
+def _finish(out: Path, ranks: int = 1, extra: Sequence[str] = ()) -> List[int]:
+    return _wait(out, _start(out, ranks, extra=extra))
 
 
 def _wait(out: Path, procs: List[subprocess.Popen]) -> List[int]:
@@ -97,10 +99,10 @@ def _wait_for_progress(out: Path, procs: List[subprocess.Popen], since: float, n
 
 
 def _interrupt(out: Path, sig: signal.Signals, rng: random.Random, ranks: int = 1,
-               wait_for: str = 'checkpoint-last.pt') -> List[int]:
+               wait_for: str = 'checkpoint-last.pt', extra: Sequence[str] = ()) -> List[int]:
     """Start the run and send `sig` to its processes at a random moment of training; their exit codes."""
     since = time.time()
-    procs = _start(out, ranks)
+    procs = _start(out, ranks, extra=extra)
     _wait_for_progress(out, procs, since, wait_for)
     time.sleep(rng.uniform(0, 0.6))
     for p in procs:

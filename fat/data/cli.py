@@ -15,6 +15,8 @@ class Subcommand(NamedTuple):
 
 
 SUBCOMMANDS: Dict[str, Subcommand] = {
+    'pack': Subcommand('fat.data.pack', 'an image folder into tar shards with an index, or a Hugging Face dataset on '
+                                        'disk: verified, resumable'),
     'bench': Subcommand('fat.data.bench', 'img/s per core of decoding + the training transforms, 1..N loader workers'),
 }
 

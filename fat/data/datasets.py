@@ -20,6 +20,8 @@ from torch.utils.data import Dataset, DistributedSampler, Subset, TensorDataset
 from torchvision.datasets import ImageFolder
 
 from fat.data.decode import image_loader, pil_loader
+from fat.data.formats import read_split
+from fat.data.layout import data_format
 from fat.preflight import FASHION_MNIST_DIR, FASHION_MNIST_FILES, fashion_mnist_missing
 
 __all__ = ['FASHION_MNIST_DIR', 'EpochBatches', 'SeededSamples', 'build_datasets', 'build_transforms', 'eval_dataset']
@@ -185,7 +187,11 @@ def build_datasets(cfg: Mapping[str, Any]) -> Tuple[Dataset, Dataset, Dict[str, 
             raise ValueError("dataset 'imagenet' needs data_dir: a folder holding train/<class>/* and val/<class>/*")
         root = Path(cfg['data_dir'])
         loader = image_loader(cfg['decoder'], cfg['img_size'], cfg['crop_pct'])
-        train, val = _image_folder(root, 'train', loader), _image_folder(root, 'val', loader)
+        fmt = data_format(root)  # an image folder, or tar shards / a Hugging Face dataset (fat data pack)
+        if fmt == 'folder':
+            train, val = _image_folder(root, 'train', loader), _image_folder(root, 'val', loader)
+        else:
+            train, val = (read_split(root, fmt, split, loader) for split in ('train', 'val'))
         if train.classes != val.classes:
             raise ValueError(f'{root}: train/ and val/ hold different class folders')
         num_classes, channels = len(train.classes), 3

@@ -11,8 +11,10 @@
 The decoder changes a run's pixels, so it is part of a cell's id (at its default ``pil`` it is left out of the id,
 so that cells from before the key existed keep theirs).
 """
+import contextlib
 import math
-from typing import Callable
+import os
+from typing import BinaryIO, Callable, ContextManager, Union
 
 from PIL import Image
 
@@ -26,6 +28,13 @@ def draft_min_side(img_size: int, crop_pct: float) -> int:
     return math.ceil(img_size / crop_pct)
 
 
+PathOrFile = Union[str, os.PathLike, BinaryIO]  # a file, or its bytes in a binary stream (tar shards, datasets)
+
+
+def _opened(path: PathOrFile) -> ContextManager[BinaryIO]:
+    return open(path, 'rb') if isinstance(path, (str, os.PathLike)) else contextlib.nullcontext(path)
+
+
 class _DraftLoader:
     """A file -> RGB image at the largest DCT reduction keeping the shorter side >= `min_side` (picklable, for
     loader workers)."""
@@ -33,8 +42,8 @@ class _DraftLoader:
     def __init__(self, min_side: int):
         self.min_side = min_side
 
-    def __call__(self, path: str) -> Image.Image:
-        with open(path, 'rb') as f:
+    def __call__(self, path: PathOrFile) -> Image.Image:
+        with _opened(path) as f:
             img = Image.open(f)
             w, h = img.size
             short = min(w, h)
@@ -44,12 +53,12 @@ class _DraftLoader:
             return img.convert('RGB')
 
 
-def pil_loader(path: str) -> Image.Image:
-    with open(path, 'rb') as f:  # as torchvision's default loader (the file is closed once decoded)
+def pil_loader(path: PathOrFile) -> Image.Image:
+    with _opened(path) as f:  # as torchvision's default loader (the file is closed once decoded)
         return Image.open(f).convert('RGB')
 
 
-def image_loader(decoder: str, img_size: int, crop_pct: float) -> Callable[[str], Image.Image]:
+def image_loader(decoder: str, img_size: int, crop_pct: float) -> Callable[[PathOrFile], Image.Image]:
     """The function that reads one image file for `decoder` (a value of `DECODERS`)."""
     if decoder == 'pil':
         return pil_loader
