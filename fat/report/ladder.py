@@ -14,6 +14,7 @@ anything, generous to the others. `--top-k` replaces the cut by the k highest me
 point means of the two rungs and whether the lower rung's best point is the upper rung's best.
 """
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
 
@@ -97,9 +98,12 @@ class Agreement:
 
 
 def _rank_stats(lower: Sequence[float], upper: Sequence[float]) -> Tuple[float, float, float]:
-    """(τ-b, ρ, lower's best == upper's best) of two vectors of point means."""
-    tau = sps.kendalltau(lower, upper).statistic
-    rho = sps.spearmanr(lower, upper).statistic
+    """(τ-b, ρ, lower's best == upper's best) of two vectors of point means; τ and ρ are NaN where one rung's means
+    are all tied."""
+    with warnings.catch_warnings():  # tied means: NaN, handled by the callers
+        warnings.simplefilter('ignore', sps.ConstantInputWarning)
+        tau = sps.kendalltau(lower, upper).statistic
+        rho = sps.spearmanr(lower, upper).statistic
     return float(tau), float(rho), float(np.argmax(lower) == np.argmax(upper))
 
 
@@ -116,6 +120,9 @@ def agreement(lower: Mapping[str, Runs], upper: Mapping[str, Runs], n_resamples:
                          bool(shared) and int(np.argmax(lo)) == int(np.argmax(up)), 0,
                          f'{len(shared)} shared point(s) with two or more runs at both rungs (needs {MIN_POINTS})')
     tau, rho, same = _rank_stats(lo, up)
+    if math.isnan(tau):
+        return Agreement(tuple(shared), lo, up, nan, nan, nan, nan, nan, nan, nan, bool(same), 0,
+                         "one rung's point means are all tied: no rank statistic")
     k = len(shared)
     samples = [np.asarray(list(lower[p].values()), dtype=float) for p in shared]
     samples += [np.asarray(list(upper[p].values()), dtype=float) for p in shared]

@@ -16,8 +16,8 @@ into `curves/<same name>.csv`, one row per cell and epoch, so that `fat report` 
 (a clone has no run directories).
 A grid with a `ladder` is collected one rung at a time (`fat sweep collect` does every rung): each rung's cells
 into `<grid>.<rung>-<environment>.csv`, an ordinary collection with the rung as a one-valued axis, plus the columns
-`ladder` (the rung names in order, JSON) and `promoted_from` (the rung whose promotion submitted the cell first;
-empty for cells launched directly), which the report's ladder tables read.
+`ladder` (the rungs in order with their overrides, JSON) and `promoted_from` (the rung whose promotion submitted the
+cell first; empty for cells launched directly), which the report's ladder tables read.
 """
 import json
 import os
@@ -233,7 +233,7 @@ def collect(sweep: Sweep, states: Sequence[CellState], out: Path, rung: Optional
     if sweep.grid.min_effect is not None:  # likewise the smallest effect of interest
         frame['min_effect'] = sweep.grid.min_effect
     if rung is not None:  # the ladder, and which cells promotions launched: the report's ladder tables
-        frame['ladder'] = json.dumps([r.name for r in sweep.grid.ladder])
+        frame['ladder'] = json.dumps([{'name': r.name, **r.overrides} for r in sweep.grid.ladder])
         frame['promoted_from'] = [_promoted_from(st.cell.dir) for st in states]
     grid_file = _grid_file(sweep.grid.path)
     if grid_file is not None:  # the report's commands name the grid where it is kept
