@@ -124,6 +124,8 @@ def plan_promotion(sweep: Sweep, states: Sequence[CellState], top_k: Optional[in
     path, rows = _collected_rows(sweep, lower, by_rung[lower])
     triples = []
     for st in by_rung[lower]:
+        if st.state == State.NOT_LAUNCHED:  # a point not promoted to the lower rung is not a candidate
+            continue
         row = rows.get(st.cell.id, {})
         value = row.get(METRIC) if row.get('status') == State.DONE else None
         triples.append((point_of(st.cell), st.cell.axes.get('seed', st.cell.id),
