@@ -183,6 +183,8 @@ def _collect(args: argparse.Namespace) -> int:
 def _collect_one(sweep: Sweep, states: List[CellState], out_arg: Path, rung: Optional[str] = None) -> None:
     from .collect import collect  # pandas: only for this verb
     frame, incomplete, out, replaced = collect(sweep, states, out_arg, rung)
+    if rung is not None:  # a rung's points that were never promoted to it are not missing: the summary counts them
+        incomplete = [line for line in incomplete if not line.split(':', 1)[0].endswith(f' {State.NOT_LAUNCHED}')]
     for path in replaced:
         print(f'removed {path} (an earlier collection of the same cells)')
     for line in incomplete[:_MAX_LISTED]:
