@@ -139,3 +139,17 @@ def test_select_drops_only_points_shown_worse_at_min_effect():
     assert 'differs' in decisions['worse'].why and decisions['lost'].why == 'no usable run'
     top = {d.point: d.promote for d in ladder.select(runs, 1.0, top_k=2)}
     assert top == {'best': True, 'close': True, 'worse': False, 'lost': False}
+
+
+@pytest.mark.parametrize('extra, argv, message', [
+    ({}, ['launch', '--rung', 'top', '--dry-run'], "--rung: 'top' is not a rung of"),
+    ({}, ['launch', 'epochs=4', '--dry-run'], "epochs (command line): 'epochs' is set by the ladder's rungs"),
+    ({'ladder': None}, ['promote'], 'no ladder: nothing to promote'),
+    ({'ladder': None}, ['plan', '--rung', 'lo'], '--rung: '),
+])
+def test_rung_options_and_promote_refuse_bad_input_in_one_line(write_grid, tmp_path, capsys, extra, argv, message):
+    grid = _grid(write_grid, **extra)
+    assert cli_main(['sweep', argv[0], str(grid), *argv[1:], '--workdir', str(tmp_path / 'runs')]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / 'runs').exists()
