@@ -99,3 +99,22 @@ def test_tables_and_figure_are_written(built, tmp_path):
     assert [stem for stem, _, _ in figures] == ['ladder_agreement-toy-pt2.14-cpu-test']
     paths = write_figure(figures[0][0], figures[0][1], tmp_path / 'figures')
     assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_halving_replayed_where_every_point_ran_at_every_rung(tmp_path):
+    a = load_analysis(REPO / 'analysis')
+    lo = pd.read_csv(next(DATA.glob('toy.lo-*.csv')))
+    hi = pd.read_csv(next(DATA.glob('toy.hi-*.csv')))
+    missing = hi['status'] != 'DONE'  # the point not run at `hi`: run it, 1 point below the others
+    hi.loc[missing, ['status', 'top1', 'train_time_s']] = ['DONE', 79.0, 30.0]
+    lo.to_csv(tmp_path / 'toy.lo-pt2.14-cpu-test.csv', index=False)
+    hi.to_csv(tmp_path / 'toy.hi-pt2.14-cpu-test.csv', index=False)
+    tables = ladder_tables('ladder', dict(a.tables['ladder'], resamples=50), a, load_measurements(tmp_path))
+    lo_means = lo.groupby('fasa', sort=False)['top1'].mean()
+    kept = list(lo_means.sort_values(ascending=False, kind='stable').index[:3])  # 5 points -> the 3 best
+    best = hi.groupby('fasa')['top1'].mean().idxmax()
+    note = [n for n in tables[0].notes if n.startswith('Replayed')][0]
+    assert 'half the points at each promotion: 5 → 3' in note
+    assert ', '.join(f'`fasa={p}`' for p in kept) in note
+    assert ('including' if best in kept else 'missing') + " the top rung's best" in note
+    assert f'{100 * (15 * 5 + 9 * 30) / (15 * 30):.0f} % of the full grid' in note

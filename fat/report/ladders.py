@@ -140,6 +140,43 @@ def _rung_rows(rungs: List[str], frames: Dict[str, pd.DataFrame], runs: Dict[str
     return rows, cells
 
 
+def _point_hours(frame: pd.DataFrame) -> Dict[str, float]:
+    axes = [ax for ax in grid_axes(frame) if ax != 'rung']
+    done = frame[frame['status'] == State.DONE]
+    out: Dict[str, float] = {}
+    for r in done.to_dict('records'):
+        key = _point(r, axes)
+        out[key] = out.get(key, 0.0) + (float(r['train_time_s']) if pd.notna(r.get('train_time_s')) else 0.0) / 3600
+    return out
+
+
+def _mean(runs: Mapping[Any, float]) -> float:
+    return sum(runs.values()) / len(runs)
+
+
+def _halving(rungs: List[str], frames: Dict[str, pd.DataFrame], runs: Dict[str, Dict[str, Dict[Any, float]]]
+             ) -> List[str]:
+    """Where every point ran at every rung: what plain halving by mean (`--top-k`, half the points at each
+    promotion) would have kept and cost, replayed on the measured cells."""
+    points = [p for p, r in runs[rungs[0]].items() if r]
+    if len(points) < 2 or not all(runs[r].get(p) for r in rungs for p in points):
+        return []
+    hours = {r: _point_hours(frames[r]) for r in rungs}
+    alive, cost, sizes = points, 0.0, [len(points)]
+    for i, rung in enumerate(rungs):
+        cost += sum(hours[rung].get(p, 0.0) for p in alive)
+        if i < len(rungs) - 1:
+            alive = sorted(alive, key=lambda p: -_mean(runs[rung][p]))[:math.ceil(len(alive) / 2)]
+            sizes.append(len(alive))
+    top = rungs[-1]
+    best = max(points, key=lambda p: _mean(runs[top][p]))
+    full = sum(hours[top].get(p, 0.0) for p in points)
+    return [f"Replayed on the cells measured at every rung: halving by mean (`--top-k`, half the points at each "
+            f"promotion: {' → '.join(map(str, sizes))}) would have ended with {', '.join(f'`{p}`' for p in alive)}, "
+            f"{'including' if best in alive else 'missing'} the top rung's best, for {cost:.3f} cell-hours "
+            f'({100 * cost / full:.0f} % of the full grid at the top rung).']
+
+
 def _summary(rungs: List[str], frames: Dict[str, pd.DataFrame], runs: Dict[str, Dict[str, Dict[Any, float]]],
              rung_rows: List[Dict[str, Any]], min_effect: float) -> List[str]:
     """What promotion found and what it cost, in words."""
@@ -174,7 +211,7 @@ def _summary(rungs: List[str], frames: Dict[str, pd.DataFrame], runs: Dict[str, 
     notes.append(f'Compute: the promotion path (the first rung, then what was promoted) took {path:.3f} cell-hours, '
                  f'{100 * path / full:.0f} % of the full grid at the top rung ({full:.3f} cell-hours, {how}). '
                  'Cell-hours: training wall time from result.json, evaluation and start-up left out.')
-    return notes
+    return notes + _halving(rungs, frames, runs)
 
 
 def ladder_tables(name: str, spec: Mapping[str, Any], a: Analysis, m: Measurements) -> List[Table]:
