@@ -127,8 +127,7 @@ def _rung_rows(rungs: List[str], frames: Dict[str, pd.DataFrame], runs: Dict[str
             continue
         done = frame['status'] == State.DONE
         on_path = done if i == 0 else done & _promoted(frame)
-        best = max(runs[rung], key=lambda p: sum(runs[rung][p].values()) / len(runs[rung][p]), default=None) \
-            if runs[rung] and any(runs[rung].values()) else None
+        best = max((p for p, r in runs[rung].items() if r), key=lambda p: _mean(runs[rung][p]), default=None)
         points_run = sum(1 for r in runs[rung].values() if r)
         rows.append(dict(rung=rung, overrides=_overrides(frame, rung), points=points_run, cells=int(done.sum()),
                          cell_hours=_hours(frame), path_cells=int(on_path.sum()), path_hours=_hours(frame[on_path]),
