@@ -195,7 +195,7 @@ def _summary(rungs: List[str], frames: Dict[str, pd.DataFrame], runs: Dict[str, 
                      'best of those, not of the grid.')
     found = 'found it' if best in promoted_points else 'did not promote it'
     notes.append(f'The top rung {top!r} ranks `{best}` first by mean; promotion {found} (it promoted '
-                 f'{len(promoted_points)} of {len(all_points)} points to the top rung). At ±{min_effect:g} '
+                 f'{len(promoted_points)} of {len(all_points)} points to the top rung). At ±{min_effect:g}, '
                  + (f"{len(tied)} other point(s) are not shown worse than it there, so the top rung's best itself is "
                     f'not resolved among {len(tied) + 1} points.' if tied else 'every other point is shown worse '
                     'than it there.'))
