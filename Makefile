@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: setup data demo test lint clean speed
+.PHONY: setup data demo test lint clean speed ladder
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,18 @@ demo: setup data
 	$(BIN)/fat sweep launch $(DEMO_GRID)
 	$(BIN)/fat sweep wait $(DEMO_GRID); status=$$?; \
 	$(BIN)/fat sweep collect $(DEMO_GRID) && $(BIN)/fat report && exit $$status
+
+# the worked fidelity ladder (docs/sweeps.md, "Fidelity ladders"), end to end on local processes: the first rung,
+# two promotions, then every point at the upper rungs (what promotion skipped, measured), collect, report
+LADDER_GRID := ablations/ladder.yaml
+SWEEP := $(BIN)/fat sweep
+ladder: setup data
+	$(SWEEP) launch $(LADDER_GRID) --cluster local && $(SWEEP) wait $(LADDER_GRID) --poll 5 && $(SWEEP) collect $(LADDER_GRID)
+	$(SWEEP) promote $(LADDER_GRID) --cluster local && $(SWEEP) wait $(LADDER_GRID) --poll 5 && $(SWEEP) collect $(LADDER_GRID)
+	$(SWEEP) promote $(LADDER_GRID) --cluster local && $(SWEEP) wait $(LADDER_GRID) --poll 5 && $(SWEEP) collect $(LADDER_GRID)
+	$(SWEEP) launch $(LADDER_GRID) --rung mid --cluster local && $(SWEEP) wait $(LADDER_GRID) --poll 5
+	$(SWEEP) launch $(LADDER_GRID) --rung full --cluster local && $(SWEEP) wait $(LADDER_GRID) --poll 5
+	$(SWEEP) collect $(LADDER_GRID) && $(BIN)/fat report
 
 # the speed comparison of FAT and its peers (ablations/speed.yaml), one profile in one run, then the report
 PROFILE ?= cpu

@@ -277,7 +277,12 @@ def ablation_curves(name: str, spec: Mapping[str, Any], a: Analysis, tables: Seq
     return _per_grid(name, spec, tables, draw)
 
 
+def ladder_agreement(name: str, spec: Mapping[str, Any], a: Analysis, tables: Sequence[Table]) -> List[Drawn]:
+    from .ladders import ladder_agreement_figure  # fat.report.ladders builds on this module's neighbours
+    return ladder_agreement_figure(name, spec, a, tables)
+
+
 GRID_BUILDERS: Dict[str, Callable[..., List[Drawn]]] = {
     'ablation_delta': ablation_delta, 'ablation_seeds': ablation_seeds, 'ablation_macs': ablation_macs,
-    'ablation_curves': ablation_curves}
+    'ablation_curves': ablation_curves, 'ladder_agreement': ladder_agreement}
 

@@ -407,8 +407,15 @@ def grid_ablation(name: str, spec: Mapping[str, Any], a: Analysis, m: Measuremen
     return ablation(name, spec, a, m)
 
 
+def ladder_tables(name: str, spec: Mapping[str, Any], a: Analysis, m: Measurements) -> List[Table]:
+    """Rank agreement and compute of each collected ladder grid: `fat.report.ladders`."""
+    from .ladders import ladder_tables as build
+    return build(name, spec, a, m)
+
+
 BUILDERS: Dict[str, Callable[[str, Mapping[str, Any], Analysis, Measurements], List[Table]]] = {
-    'classification': classification, 'speed': speed, 'ablation': grid_ablation, 'claims': claims_table}
+    'classification': classification, 'speed': speed, 'ablation': grid_ablation, 'claims': claims_table,
+    'ladder': ladder_tables}
 
 
 def build_tables(a: Analysis, m: Measurements) -> List[Table]:

@@ -3,7 +3,9 @@
 A cell's id is a short hash of its canonical resolved config (DomainBed's pattern): keys that do not change
 results (the task's runtime keys, e.g. `output_dir`) are left out, and so is a key added later while it holds the
 value that reproduces the older runs (the task's `id_neutral`); FASA specs are reduced to their axes, so
-`fasa: no_interaction` and `fasa: {interaction: none}` are the same cell. The directory
+`fasa: no_interaction` and `fasa: {interaction: none}` are the same cell. A grid with a `ladder` has every point
+at every rung: the rung's name is one more axis of the cell (`rung`, first) and enters its id, so the cells of each
+rung are ordinary cells of the grid; a grid without a ladder hashes exactly as before. The directory
 `<workdir>/<grid>/<id>/` holds `cell.json` (what the cell is), `jobs.jsonl` (submissions and starts, one JSON
 line each), the run's own files, and `result.json`, written last and atomically: the cell's "done" marker.
 """
@@ -15,7 +17,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from fat.checks import Problems
 from fat.io import write_json_atomic
@@ -39,6 +41,7 @@ class Cell:
     config: Dict[str, Any]
     dir: Path
     origin: str = 'axes'  # the grid key that produced it (`axes` or `include[i]`), for error messages
+    rung: Optional[str] = None  # the ladder rung it runs at (None: the grid has no ladder)
 
     def write(self, grid: Grid) -> None:
         """Create the cell directory and write `cell.json`, which the job reads. Only runtime keys (`data_dir`,
@@ -62,9 +65,13 @@ def _canonical(task: Task, cfg: Mapping[str, Any]) -> Dict[str, Any]:
     return out
 
 
-def cell_id(task: Task, cfg: Mapping[str, Any]) -> str:
-    """Short hash of the task and the canonical config."""
-    text = json.dumps({'task': task.name, 'config': _canonical(task, cfg)}, sort_keys=True, separators=(',', ':'))
+def cell_id(task: Task, cfg: Mapping[str, Any], rung: Optional[str] = None) -> str:
+    """Short hash of the task, the canonical config and the ladder rung (only where there is one: the ids of grids
+    without a ladder stay what they were)."""
+    doc: Dict[str, Any] = {'task': task.name, 'config': _canonical(task, cfg)}
+    if rung is not None:
+        doc['rung'] = rung
+    text = json.dumps(doc, sort_keys=True, separators=(',', ':'))
     return hashlib.sha1(text.encode()).hexdigest()[:ID_LENGTH]
 
 
@@ -131,6 +138,12 @@ def _check_values(grid: Grid, task: Task, p: Problems) -> bool:
             p.add(where, str(e))
             return False
     ok = True
+    for i, rung in enumerate(grid.ladder):
+        try:
+            task.resolve({**grid.config_base, **rung.overrides}, grid.preset)
+        except ValueError as e:
+            p.add(f'ladder[{i}] ({rung.name})', str(e))
+            ok = False
     for key, value in grid.overrides.items():
         try:
             task.resolve({**grid.base, key: value}, grid.preset)
@@ -173,34 +186,44 @@ def expand(grid: Grid, task: Task, workdir: Path, p: Problems) -> List[Cell]:
     root = Path(workdir).absolute() / grid.name
     cells: List[Cell] = []
     by_id: Dict[str, Cell] = {}
-    resolve = task.resolver(grid.config_base, grid.preset)
-    for point, origin in _points(grid):
-        try:
-            cfg = resolve(point)
-        except ValueError as e:  # a combination of valid values can still be invalid (e.g. odd batch + mixup)
-            p.add(origin, f'{describe(point)}: {e}')
-            continue
-        cid = cell_id(task, cfg)
-        if cid in by_id:
-            other = by_id[cid]
-            keys = [k for k in point if other.axes.get(k) != point[k]] or list(point)
-            where = origin if origin != 'axes' else ', '.join(f'axes.{k}' for k in keys)
-            p.add(where, f'duplicate cell {cid}: {describe(point)} resolves to the same config as '
-                         f'{describe(other.axes)}')
-            continue
-        cell_dir = root / cid
-        cfg['output_dir'] = str(cell_dir)
-        if 'tensorboard_dir' in cfg:  # one run per cell, named by its varied keys, under one --logdir
-            cfg['tensorboard_dir'] = str(root / TB_DIR / run_name(point, cid))
-        cell = Cell(cid, point, cfg, cell_dir, origin)
-        by_id[cid] = cell
-        cells.append(cell)
+    rungs = grid.ladder or [None]
+    for rung in rungs:
+        resolve = task.resolver({**grid.config_base, **(rung.overrides if rung else {})}, grid.preset)
+        for point, origin in _points(grid):
+            if rung is not None:
+                point = {'rung': rung.name, **point}
+            _add_cell(task, resolve, point, origin, rung and rung.name, root, by_id, cells, p)
     for i, pattern in enumerate(grid.exclude):
         if not any(_matches(point, pattern) for point in _product(grid)):
             p.add(f'exclude[{i}]', f'matches no point of the grid: {describe(pattern)}')
     if not cells and not p.lines:
         p.add('axes', 'the grid has no cells')
     return cells
+
+
+def _add_cell(task: Task, resolve: Any, point: Dict[str, Any], origin: str, rung: Optional[str], root: Path,
+              by_id: Dict[str, Cell], cells: List[Cell], p: Problems) -> None:
+    """Resolve one point into a cell and append it, or add the problem (an invalid combination, a duplicate)."""
+    try:
+        cfg = resolve({k: v for k, v in point.items() if k != 'rung'})
+    except ValueError as e:  # a combination of valid values can still be invalid (e.g. odd batch + mixup)
+        p.add(origin, f'{describe(point)}: {e}')
+        return
+    cid = cell_id(task, cfg, rung)
+    if cid in by_id:
+        other = by_id[cid]
+        keys = [k for k in point if other.axes.get(k) != point[k]] or list(point)
+        where = origin if origin != 'axes' else ', '.join(f'axes.{k}' for k in keys)
+        p.add(where, f'duplicate cell {cid}: {describe(point)} resolves to the same config as '
+                     f'{describe(other.axes)}')
+        return
+    cell_dir = root / cid
+    cfg['output_dir'] = str(cell_dir)
+    if 'tensorboard_dir' in cfg:  # one run per cell, named by its varied keys, under one --logdir
+        cfg['tensorboard_dir'] = str(root / TB_DIR / run_name(point, cid))
+    cell = Cell(cid, point, cfg, cell_dir, origin, rung)
+    by_id[cid] = cell
+    cells.append(cell)
 
 
 def append_record(cell_dir: Path, record: Mapping[str, Any]) -> None:

@@ -1,9 +1,10 @@
-"""`fat sweep plan | launch | status | wait | collect GRID [key=value ...]`.
+"""`fat sweep plan | launch | status | wait | collect | promote GRID [key=value ...]`.
 
 Every verb starts fast: nothing on their paths imports torch or timm (the grid is validated against the torch-free
 `fat.variants` and `fat.train.config`; timm is imported only for a grid that names a timm peer model), and pandas
 only for collect."""
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -20,6 +21,7 @@ from fat.rundir import ACTIVE, State
 from .ceiling import loader_lines
 from .cells import describe
 from .cluster import CLUSTERS, default_cluster
+from .ladder import plan_promotion, scoped
 from .launch import LaunchReport, Sweep, launch, prepare, submits
 from .progress import STALLED_AFTER_S, annotate, cell_text, grid_text
 from .state import CellState, Scheduler, cell_states, summary
@@ -85,7 +87,7 @@ def _data_problems(sweep: Sweep) -> List[str]:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    sweep = _sweep(args)
+    sweep = scoped(_sweep(args), args.rung)
     report = launch(sweep, args.cluster, dry_run=True, array_size_limit=args.max_array_size)
     _print_states(report.states, args.json, report.source, plan=True, refused=report.refused)
     if not args.json:
@@ -104,7 +106,7 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _launch(args: argparse.Namespace) -> int:
-    sweep = _sweep(args)
+    sweep = scoped(_sweep(args), args.rung)
     problems = [] if args.dry_run else _data_problems(sweep)
     if problems:  # every cell would fail in the queue: nothing is submitted
         raise InputError(problems)
@@ -159,6 +161,9 @@ def _wait(args: argparse.Namespace) -> int:
     states = sweep.states()
     if _never_launched(states, args):
         return 1
+    if sweep.grid.ladder:  # the rungs' points that were never promoted are not waited for
+        sweep = dataclasses.replace(sweep, cells=[st.cell for st in states if st.state != State.NOT_LAUNCHED])
+        states = sweep.states()
     with tqdm(total=len(states), desc=f'{sweep.grid.name}: finished cells', unit='cell', disable=None) as bar:
         while True:
             ended = sum(st.state not in ACTIVE for st in states)
@@ -172,10 +177,23 @@ def _wait(args: argparse.Namespace) -> int:
 
 
 def _collect(args: argparse.Namespace) -> int:
-    from .collect import collect  # pandas: only for this verb
     sweep = _sweep(args)
     states = sweep.states()
-    frame, incomplete, out, replaced = collect(sweep, states, args.out)
+    if not sweep.grid.ladder:
+        _collect_one(sweep, states, args.out)
+        return 0
+    if args.out.suffix == '.csv':
+        raise InputError([f'--out: {sweep.grid.path} has a ladder, collected one file per rung: give a folder'])
+    for rung in sweep.grid.ladder:
+        _collect_one(sweep, [st for st in states if st.cell.rung == rung.name], args.out, rung.name)
+    return 0
+
+
+def _collect_one(sweep: Sweep, states: List[CellState], out_arg: Path, rung: Optional[str] = None) -> None:
+    from .collect import collect  # pandas: only for this verb
+    frame, incomplete, out, replaced = collect(sweep, states, out_arg, rung)
+    if rung is not None:  # a rung's points that were never promoted to it are not missing: the summary counts them
+        incomplete = [line for line in incomplete if not line.split(':', 1)[0].endswith(f' {State.NOT_LAUNCHED}')]
     for path in replaced:
         print(f'removed {path} (an earlier collection of the same cells)')
     for line in incomplete[:_MAX_LISTED]:
@@ -184,6 +202,26 @@ def _collect(args: argparse.Namespace) -> int:
         print(f'incomplete: ... and {len(incomplete) - _MAX_LISTED} more (the status column of {out})',
               file=sys.stderr)
     print(f'wrote {out}: {len(frame)} rows; {summary(states)}')
+
+
+def _promote(args: argparse.Namespace) -> int:
+    """Successive halving, one rung up: fat.sweep.ladder."""
+    from fat.report.stats import ALPHA  # scipy and pandas: only for this verb
+    sweep = _sweep(args)
+    promotion = plan_promotion(sweep, sweep.states(), args.top_k)
+    if promotion is None:
+        print(f'the highest rung started, {sweep.grid.ladder[-1].name!r}, is the top of the ladder: nothing to promote')
+        return 0
+    rule = (f'the top {promotion.top_k} by mean' if promotion.top_k else
+            f'the best point and every point not shown worse than it at ±{promotion.min_effect:g} (Holm, alpha '
+            f'{ALPHA:g})')
+    print(f'rung {promotion.lower!r} -> {promotion.upper!r} from {promotion.collection}: promoting {rule}')
+    for d in promotion.decisions:
+        mean = f'{d.mean:6.2f} (n {d.n})' if d.n else '     — (n 0)'
+        print(f"{'promote' if d.promote else 'drop   '}  {mean}  {d.point}: {d.why}")
+    report = launch(dataclasses.replace(sweep, cells=promotion.cells), args.cluster, dry_run=args.dry_run,
+                    record={'promoted_from': promotion.lower})
+    print(report.text())
     return 0
 
 
@@ -234,6 +272,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         v.set_defaults(func=_guarded(fn))
         return v
 
+    def rung_option(v: argparse.ArgumentParser) -> None:
+        v.add_argument('--rung', metavar='NAME',
+                       help="a ladder grid: every point at this rung (default: the first rung, and the cells of higher "
+                            "rungs started before)")
+
     v = add('plan', _plan, 'list the cells, their states and what `launch` would do; on Slurm, also what the '
                            'cluster would refuse (the partition\'s limits and nodes; exit status 1)')
     v.add_argument('--cluster', choices=CLUSTERS, help='default: slurm when Slurm is installed, else local')
@@ -242,6 +285,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     v.add_argument('--results-dir', type=Path, default=Path('results'),
                    help='where the loader figures (loader-*.csv) and GPU training rates (bench-train-*-cu*.csv) are '
                         'read from, to say whether the loaders can feed the GPUs (default: results)')
+    rung_option(v)
 
     v = add('launch', _launch, 'submit the cells that are neither finished nor queued, as job arrays; '
                                'returns at once (except --cluster debug, which runs them in this process)')
@@ -254,6 +298,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     v.add_argument('--restart-unreadable', action='store_true',
                    help='cells that failed because none of their checkpoints loads: set those aside (renamed '
                         '*.unreadable-<time>.pt) and start the cells again from step 0 (without it: skipped)')
+    rung_option(v)
 
     v = add('status', _status, 'state of every cell (DONE, DIVERGED, FAILED, RUNNING, STALLED, REQUEUED, PENDING, '
                                'NOT_LAUNCHED), the progress and ETA of running cells, the grid\'s expected finish')
@@ -274,3 +319,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     v.add_argument('--out', type=Path, default=Path('results'),
                    help='output CSV file, or a folder to write <grid>-<environment>.csv into (default: results; '
                         'the environment is where the cells ran, e.g. pt2.14-cpu-amd_epyc, or mixed)')
+
+    v = add('promote', _promote, 'a ladder grid (successive halving): submit at the next rung the points the '
+                                 'collected statistics of the highest rung started cannot yet exclude, saying why '
+                                 'for each; refuses until that rung has ended and is collected')
+    v.add_argument('--top-k', type=_positive, metavar='K', help='promote the K best points by mean instead')
+    v.add_argument('--cluster', choices=CLUSTERS, help='default: slurm when Slurm is installed, else local')
+    v.add_argument('--dry-run', action='store_true', help='say what would be promoted; submit nothing')

@@ -14,6 +14,10 @@ written of a grid's cells are listed in `<workdir>/<grid>/.collections.json`: a 
 A training grid's learning curves (per epoch: `val_top1`, `train_loss` from each cell's `log.jsonl`) go beside it
 into `curves/<same name>.csv`, one row per cell and epoch, so that `fat report` needs only the results folder
 (a clone has no run directories).
+A grid with a `ladder` is collected one rung at a time (`fat sweep collect` does every rung): each rung's cells
+into `<grid>.<rung>-<environment>.csv`, an ordinary collection with the rung as a one-valued axis, plus the columns
+`ladder` (the rungs in order with their overrides, JSON) and `promoted_from` (the rung whose promotion submitted the
+cell first; empty for cells launched directly), which the report's ladder tables read.
 """
 import json
 import os
@@ -26,6 +30,8 @@ from fat.environment import common_env_name, run_env_name
 from fat.io import atomic_path, write_json_atomic
 from fat.rundir import CURVE_KEYS, State, curves_path, read_environment, read_log, read_result
 
+from .cells import read_records
+from .ladder import collection_record
 from .launch import Sweep
 from .state import CellState
 from .tasks import model_kwargs
@@ -163,19 +169,23 @@ class Collection(NamedTuple):
     replaced: List[Path]  # earlier collections of the same cells, removed
 
 
-_COLLECTIONS = '.collections.json'  # in the grid's folder: the CSVs collected from its cells
+def _promoted_from(cell_dir: Path) -> Optional[str]:
+    """The rung whose promotion first submitted the cell (its first `submitted` record says), else None."""
+    submitted = [r for r in read_records(cell_dir) if r.get('event') == 'submitted']
+    return submitted[0].get('promoted_from') if submitted else None
 
 
-def _replaced(sweep: Sweep, out: Path) -> List[Path]:
+def _replaced(sweep: Sweep, out: Path, rung: Optional[str] = None) -> List[Path]:
     """Earlier collections of this grid's cells in `out`'s folder (another environment's name, or none), which the
     new file `out` supersedes; `out` is recorded as the latest. Collections of other work directories (another
     machine's, copied here) are kept."""
-    record, out = sweep.root / _COLLECTIONS, out.resolve()
+    record, out = collection_record(sweep, rung), out.resolve()
     try:
         written = {Path(p) for p in json.loads(record.read_text())}
     except (OSError, ValueError, TypeError):
         written = set()
-    found = {p for p in written | _older_collections(sweep, out) if p.parent == out.parent and p != out}
+    older = _older_collections(sweep, out) if rung is None else set()  # rungs were always recorded
+    found = {p for p in written | older if p.parent == out.parent and p != out}
     write_json_atomic(record, sorted(str(p) for p in (written - found) | {out}))
     return sorted(p for p in found if p.is_file())
 
@@ -195,9 +205,10 @@ def _older_collections(sweep: Sweep, out: Path) -> Set[Path]:
     return found
 
 
-def collect(sweep: Sweep, states: Sequence[CellState], out: Path) -> Collection:
+def collect(sweep: Sweep, states: Sequence[CellState], out: Path, rung: Optional[str] = None) -> Collection:
     """Write the grid's table as CSV: to `out` if it names a .csv file, else into the folder `out` as
-    `<grid>-<environment>.csv` (`fat.environment`: where the cells ran, `mixed` or `unrun`)."""
+    `<grid>-<environment>.csv` (`fat.environment`: where the cells ran, `mixed` or `unrun`). With `rung`, `states`
+    are that rung's cells and the name is `<grid>.<rung>-<environment>.csv`."""
     cache = ComplexityCache(sweep.workdir / '.complexity-cache.json')
     rows, incomplete, envs = [], [], []
     for st in states:
@@ -210,7 +221,7 @@ def collect(sweep: Sweep, states: Sequence[CellState], out: Path) -> Collection:
         cache.save()
     incomplete += cache.errors.values()
     frame = pd.DataFrame(rows)
-    axes = [k for k in dict.fromkeys([*sweep.grid.varied_keys, 'seed']) if k in frame.columns]
+    axes = [k for k in dict.fromkeys(['rung', *sweep.grid.varied_keys, 'seed']) if k in frame.columns]
     tail = ['world_size', 'hosts', 'environment', 'error', 'dir']
     known = ['grid', 'cell', *axes, *COLUMNS]
     extra = [c for c in frame.columns if c not in known]  # flops/bench measurements
@@ -221,17 +232,21 @@ def collect(sweep: Sweep, states: Sequence[CellState], out: Path) -> Collection:
         frame['baseline'] = json.dumps({k: _value(v) for k, v in sweep.grid.baseline.items()})
     if sweep.grid.min_effect is not None:  # likewise the smallest effect of interest
         frame['min_effect'] = sweep.grid.min_effect
+    if rung is not None:  # the ladder, and which cells promotions launched: the report's ladder tables
+        frame['ladder'] = json.dumps([{'name': r.name, **r.overrides} for r in sweep.grid.ladder])
+        frame['promoted_from'] = [_promoted_from(st.cell.dir) for st in states]
     grid_file = _grid_file(sweep.grid.path)
     if grid_file is not None:  # the report's commands name the grid where it is kept
         frame['grid_file'] = grid_file
     if out.suffix != '.csv':
-        out = out / f'{sweep.grid.name}-{common_env_name(envs)}.csv'
+        name = f'{sweep.grid.name}.{rung}' if rung is not None else sweep.grid.name
+        out = out / f'{name}-{common_env_name(envs)}.csv'
     if sweep.task.name == 'train':
         _write_curves(states, out)
     with atomic_path(out) as tmp:
         frame.to_csv(tmp, index=False)
     with grid_files(sweep.grid.shared_workdir):
-        replaced = _replaced(sweep, out)
+        replaced = _replaced(sweep, out, rung)
     for path in replaced:
         path.unlink()
         curves_path(path).unlink(missing_ok=True)

@@ -183,7 +183,8 @@ def _set_aside(cell: Cell) -> None:
 
 
 def launch(sweep: Sweep, cluster: Optional[str] = None, dry_run: bool = False, snapshot: bool = False,
-           array_size_limit: Optional[int] = None, restart_unreadable: bool = False) -> LaunchReport:
+           array_size_limit: Optional[int] = None, restart_unreadable: bool = False,
+           record: Optional[Mapping[str, Any]] = None) -> LaunchReport:
     """Submit every cell that is neither finished nor queued; see the module docstring.
 
     Args:
@@ -193,6 +194,7 @@ def launch(sweep: Sweep, cluster: Optional[str] = None, dry_run: bool = False, s
         array_size_limit: cap the array size below the cluster's MaxArraySize.
         restart_unreadable: cells that failed because none of their checkpoints loads: set those aside and start
             the cells again from step 0 (without it they are skipped).
+        record: more keys for each cell's `submitted` record (`promoted_from`: fat sweep promote).
     """
     cluster = cluster or default_cluster()
     if cluster not in CLUSTERS:
@@ -247,7 +249,7 @@ def launch(sweep: Sweep, cluster: Optional[str] = None, dry_run: bool = False, s
         with _snapshot(sweep) if snapshot else contextlib.nullcontext():
             for group, gpus in zip(groups, gpu_lanes, strict=False):
                 executor = make_executor(cluster, sweep.log_folder, sweep.resources, sweep.job_name, gpus)
-                report.arrays.append(dict(_submit(executor, cluster, sweep, group), gpus=gpus))
+                report.arrays.append(dict(_submit(executor, cluster, sweep, group, record or {}), gpus=gpus))
         if cluster == 'debug':  # the debug executor runs a job when its result is asked for: here, in-process
             for entry in report.arrays:
                 entry['job'].results()
@@ -282,7 +284,8 @@ def _detached_streams() -> Iterator[None]:
             os.close(fd)
 
 
-def _submit(executor: Any, cluster: str, sweep: Sweep, group: List[Cell]) -> Dict[str, Any]:
+def _submit(executor: Any, cluster: str, sweep: Sweep, group: List[Cell], extra: Mapping[str, Any]
+            ) -> Dict[str, Any]:
     """Submit one array (Slurm: one cell per task; local/debug: one job running its cells in turn)."""
     if cluster == 'slurm':
         jobs = executor.submit_array([CellJob([str(cell.dir)]) for cell in group])
@@ -291,7 +294,7 @@ def _submit(executor: Any, cluster: str, sweep: Sweep, group: List[Cell]) -> Dic
         with _detached_streams() if cluster == 'local' else contextlib.nullcontext():
             jobs = [executor.submit(CellJob([str(cell.dir) for cell in group]))]
         pairs = [(jobs[0], group)]
-    record: Mapping[str, Any] = {'event': 'submitted', 'cluster': cluster, 'host': hostname(),
+    record: Mapping[str, Any] = {**extra, 'event': 'submitted', 'cluster': cluster, 'host': hostname(),
                                  'log_dir': str(sweep.log_folder)}
     for job, cells in pairs:
         for cell in cells:

@@ -16,6 +16,9 @@ A grid file declares one ablation grid::
     shared_workdir: false        # true: a team's shared work directory, which others may write (docs/sweeps.md)
     baseline: {fasa: fasa}       # the report's Δ baseline per varied key (default: its first value); no cell changes
     min_effect: 1.0              # the report's smallest effect of interest, in points of the metric; no cell changes
+    ladder:                      # train only: ordered fidelities, cheapest first (docs/sweeps.md, "Fidelity ladders")
+      - {name: screen, img_size: 32, epochs: 1, train_subset: 2000}   # a name plus config overrides
+      - {name: full}                                                  # no overrides: the grid's own config
 
 Every problem is reported, one line each naming the file, the key and the valid choices, before anything
 else happens (`fat.checks.InputError`). YAML is read by `fat.yaml12` (YAML 1.2 scalars, no duplicate keys).
@@ -28,10 +31,10 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 from fat import yaml12
 from fat.checks import InputError, Problems, close_hint
 
-__all__ = ['Grid', 'parse_value', 'parse_overrides', 'load_grid', 'DEFAULT_WORKDIR']
+__all__ = ['Grid', 'Rung', 'parse_value', 'parse_overrides', 'load_grid', 'DEFAULT_WORKDIR']
 
 GRID_KEYS = ('name', 'description', 'task', 'preset', 'base', 'axes', 'zip', 'include', 'exclude', 'seeds',
-             'slurm', 'workdir', 'shared_workdir', 'baseline', 'min_effect')
+             'slurm', 'workdir', 'shared_workdir', 'baseline', 'min_effect', 'ladder')
 TASKS = ('train', 'flops', 'bench')
 DEFAULT_WORKDIR = 'runs'  # a grid's work directory when neither `--workdir` nor the grid's `workdir` names one
 _NAME_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]*$')
@@ -40,6 +43,13 @@ _NAME_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]*$')
 def parse_value(text: str) -> Any:
     """A command-line value, read as one YAML scalar or flow collection (`1e-3`, `[0, 1]`, `{a: b}`)."""
     return yaml12.load(text, 'override')
+
+
+@dataclass(frozen=True)
+class Rung:
+    """One fidelity of a ladder: its name and the config keys it sets over the grid's base (the points unchanged)."""
+    name: str
+    overrides: Dict[str, Any]
 
 
 @dataclass
@@ -61,6 +71,7 @@ class Grid:
     shared_workdir: bool = False  # others may write the work directory (fat.sweep.workdir)
     baseline: Dict[str, Any] = field(default_factory=dict)  # varied key -> value: the report's Δ reference, not a cell
     min_effect: Optional[float] = None  # the report's smallest effect of interest (metric points), not a cell
+    ladder: List[Rung] = field(default_factory=list)  # fidelities, cheapest first; every point runs at each rung
     overrides: Dict[str, Any] = field(default_factory=dict)  # config keys set on the command line
     slurm_overrides: Set[str] = field(default_factory=set)  # resources set on the command line
 
@@ -110,6 +121,37 @@ def _check_baseline(p: Problems, grid: Grid, baseline: Any) -> None:
                                      f"{', '.join(values)}")
         else:
             grid.baseline[str(key)] = value
+
+
+def _check_ladder(p: Problems, grid: Grid, ladder: Any) -> None:
+    """`ladder`: at least two rungs, each a mapping of `name` (unique) and config overrides that vary no axis.
+    The override values are checked with the grid's other values (`fat.sweep.cells.expand`)."""
+    if not isinstance(ladder, list) or len(ladder) < 2:
+        p.add('ladder', f'expected a list of at least two rungs ({{name: ..., <config key>: <value>, ...}}), '
+                        f'got {ladder!r}')
+        return
+    varied = set(grid.varied_keys)
+    for i, rung in enumerate(ladder):
+        where = f'ladder[{i}]'
+        if not isinstance(rung, dict):
+            p.add(where, f'expected a mapping {{name: ..., <config key>: <value>, ...}}, got {rung!r}')
+            continue
+        name = rung.get('name')
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            p.add(f'{where}.name', f'expected a name of letters, digits, _ . - (it names result files), got {name!r}')
+            continue
+        if any(r.name == name for r in grid.ladder):
+            p.add(f'{where}.name', f'{name!r} names two rungs')
+            continue
+        overrides = {str(k): v for k, v in rung.items() if k != 'name'}
+        bad = [k for k in overrides if k in varied or k == 'seed']
+        for key in bad:
+            p.add(f'{where}.{key}', 'a rung changes the fidelity, not the points: this key is varied by the grid')
+        if not bad:
+            grid.ladder.append(Rung(name, overrides))
+    for i, (a, b) in enumerate(zip(grid.ladder, grid.ladder[1:], strict=False)):
+        if a.overrides == b.overrides:
+            p.add(f'ladder[{i + 1}]', f'{b.name!r} sets the same config as {a.name!r}')
 
 
 def _is_int(value: Any) -> bool:
@@ -263,8 +305,13 @@ def load_grid(path: Path, overrides: Optional[Mapping[str, Any]] = None) -> Tupl
             p.add('min_effect', f'expected a positive number (points of the metric), got {value!r}')
         else:
             grid.min_effect = float(value)
+    if doc.get('ladder') is not None:
+        _check_ladder(p, grid, doc['ladder'])
+        for key in grid.overrides:
+            if any(key in rung.overrides for rung in grid.ladder):
+                p.add(f'{key} (command line)', f"{key!r} is set by the ladder's rungs; edit the grid file to change it")
     if grid.task != 'train' and grid.task in TASKS:  # an unknown task is its own error: no follow-on ones
-        for key in ('seeds', 'preset'):
+        for key in ('seeds', 'preset', 'ladder'):
             if doc.get(key) is not None:
                 p.add(key, f'only a train grid takes {key!r} (task: {grid.task})')
     return grid, p
