@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from test_train import _imagenet_folder
-from test_train_resume import _assert_same_run, _finish, _interrupt, _start, _wait
+from test_train_resume import _assert_same_run, _finish, _interrupt, _run_beside
 
 from fat.cli import main
 from fat.data.datasets import build_datasets
@@ -73,17 +73,7 @@ def test_each_format_gives_the_folders_first_batch_for_the_same_seed(data, fmt):
 @pytest.fixture(scope='module')
 def folder_run(data, tmp_path_factory) -> Iterator[Callable[[], Path]]:
     """The uninterrupted run on the folder, started at once beside the interrupted ones; folder_run() waits for it."""
-    out = tmp_path_factory.mktemp('folder') / 'run'
-    procs = _start(out, extra=_extra(data['folder']))
-
-    def finished() -> Path:
-        _wait(out, procs)
-        return out
-    yield finished
-    for p in procs:  # a test that failed before waiting for it
-        if p.poll() is None:
-            p.kill()
-            p.wait()
+    yield from _run_beside(tmp_path_factory.mktemp('folder') / 'run', extra=_extra(data['folder']))
 
 
 @pytest.mark.parametrize('fmt', FORMATS)

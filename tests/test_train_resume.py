@@ -110,12 +110,10 @@ def _interrupt(out: Path, sig: signal.Signals, rng: random.Random, ranks: int = 
     return [p.wait(timeout=120) for p in procs]
 
 
-@pytest.fixture(scope='module')
-def reference(tmp_path_factory) -> Iterator[Callable[[], Path]]:
-    """The uninterrupted run, started at once on the core that the interrupted runs leave idle; reference() waits for
-    it to end and returns its directory."""
-    out = tmp_path_factory.mktemp('reference') / 'run'
-    procs = _start(out)
+def _run_beside(out: Path, extra: Sequence[str] = ()) -> Iterator[Callable[[], Path]]:
+    """For a fixture: an uninterrupted run started at once, beside the interrupted ones; calling what it yields waits
+    for the run to end and returns its directory."""
+    procs = _start(out, extra=extra)
 
     def finished() -> Path:
         _wait(out, procs)
@@ -125,6 +123,12 @@ def reference(tmp_path_factory) -> Iterator[Callable[[], Path]]:
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+@pytest.fixture(scope='module')
+def reference(tmp_path_factory) -> Iterator[Callable[[], Path]]:
+    """The uninterrupted run, on the core that the interrupted runs leave idle."""
+    yield from _run_beside(tmp_path_factory.mktemp('reference') / 'run')
 
 
 def test_killed_runs_resume_bit_exactly(reference, tmp_path):
