@@ -1,4 +1,6 @@
 """Documents that mirror code are checked against it, and every link between the documents resolves."""
+import json
+import math
 import re
 from pathlib import Path
 
@@ -59,3 +61,38 @@ def test_readme_demo_table_is_the_generated_one():
                       readme.index(header) <= readme.index(line) < readme.index('![FASA ablation'))
     generated = next((REPO / 'results' / 'tables').glob('ablation-demo-*.md')).read_text()
     assert shown and shown in generated
+
+
+def _paragraph(text: str, start: str) -> str:
+    i = text.index(start)
+    return ' '.join(text[i:text.index('\n\n', i)].split())
+
+
+def test_readmes_cores_per_gpu_are_the_committed_loader_figure():
+    """The README's cores per GPU: the assumed FAT-B0 rate (scaled to B1-B3 by fvcore MACs) over the loader figure
+    that `fat sweep plan` reads from results/, rounded up; a new loader run must bring the README along."""
+    from fat.sweep.ceiling import loader_figure
+    text = _paragraph((REPO / 'README.md').read_text(), '**Cores per GPU**')
+    per_core = loader_figure(REPO / 'results', 'pil', 224).value
+    assert f'{per_core:.0f} img/s per Xeon core' in text
+    low, high = (int(x.replace(',', '')) for x in re.search(r'FAT-B0 ([\d,]+)-([\d,]+) img/s', text).groups())
+    macs = json.loads((REPO / 'results' / 'complexity-pins.json').read_text())['models']
+    needs = []
+    for b in range(4):
+        scale = macs['fat_b0/fasa']['fvcore'] / macs[f'fat_b{b}/fasa']['fvcore']
+        needs.append(f"{'FAT-' if b == 0 else ''}B{b} {'needs ' if b == 0 else ''}"
+                     f'{math.ceil(low * scale / per_core)}-{math.ceil(high * scale / per_core)}')
+    assert ', '.join(needs) in text
+
+
+def test_readmes_ladder_paragraph_is_the_committed_ladder_table():
+    """The README's reading of the worked ladder quotes results/tables/ladder-ladder-*.md: a rerun that changes the
+    table must change the README."""
+    text = _paragraph((REPO / 'README.md').read_text(), '**A fidelity ladder**')
+    table = next((REPO / 'results' / 'tables').glob('ladder-ladder-*.md')).read_text()
+    rows = {(r[0], r[1]): r for r in _table(table, '| lower rung')}
+    screen_full = rows[('screen', 'full')]
+    assert f'Kendall τ {screen_full[3]}' in text
+    assert f'in {round(100 * float(screen_full[5]))} % of resamples' in text
+    path_cost, halving_cost = (int(x) for x in re.findall(r'(\d+) % of the full grid', table))
+    assert f'({path_cost} % of the full grid' in text and f'for {halving_cost} % of the full grid' in text
