@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from fat.report import ladder
+from fat.report import ladder_stats
 from fat.report.analysis import load_analysis
 from fat.report.figures import write_figure
 from fat.report.ladders import ladder_agreement_figure, ladder_tables
@@ -66,11 +66,11 @@ def test_tau_and_rho_are_scipys_and_their_intervals_scipys_bootstrap(built):
 
 def test_the_interval_is_reproducible_and_changes_with_the_seed():
     lo, hi = _runs('lo'), _runs('hi')
-    a, b = ladder.agreement(lo, hi, RESAMPLES, seed=0), ladder.agreement(lo, hi, RESAMPLES, seed=0)
-    c = ladder.agreement(lo, hi, RESAMPLES, seed=1)
+    a, b = ladder_stats.agreement(lo, hi, RESAMPLES, seed=0), ladder_stats.agreement(lo, hi, RESAMPLES, seed=0)
+    c = ladder_stats.agreement(lo, hi, RESAMPLES, seed=1)
     assert a == b
     assert (a.tau_low, a.tau_high, a.p_same_best) != (c.tau_low, c.tau_high, c.p_same_best)
-    few = ladder.agreement({p: lo[p] for p in list(lo)[:2]}, hi, RESAMPLES)
+    few = ladder_stats.agreement({p: lo[p] for p in list(lo)[:2]}, hi, RESAMPLES)
     assert math.isnan(few.tau) and 'needs 3' in few.reason and not few.resolved
 
 

@@ -1,6 +1,6 @@
 """The report's ladder tables and figure: for each collected ladder grid (`fat sweep collect` wrote one CSV per rung,
 `<grid>.<rung>-<environment>.csv`, each with a `ladder` column), how well every pair of rungs that share points
-agrees on their ranking (`fat.report.ladder.agreement`), what each rung cost, and what promotion bought.
+agrees on their ranking (`fat.report.ladder_stats.agreement`), what each rung cost, and what promotion bought.
 
 Compute is cell-hours of training: the sum of `train_time_s` (result.json, the training loop's wall time; evaluation
 and start-up are not in it) over a rung's DONE cells. The promotion path is the first rung's cells and the cells that
@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 
 from fat.rundir import State
 
-from . import ladder, stats
+from . import ladder_stats, stats
 from .analysis import Analysis
 from .figures import _empty, _legend, _style, _tables
 from .grids import grid_axes
@@ -63,7 +63,7 @@ def _point(row: Mapping[str, Any], axes: Sequence[str]) -> str:
 def _runs(frame: pd.DataFrame) -> Dict[str, Dict[Any, float]]:
     axes = [ax for ax in grid_axes(frame) if ax != 'rung']
     done = frame[frame['status'] == State.DONE]
-    return ladder.point_runs([(_point(r, axes), r.get('seed', r['cell']), float(r[METRIC]))
+    return ladder_stats.point_runs([(_point(r, axes), r.get('seed', r['cell']), float(r[METRIC]))
                               for r in done.to_dict('records') if pd.notna(r.get(METRIC))])
 
 
@@ -96,7 +96,7 @@ def _agreement_rows(rungs: List[str], runs: Dict[str, Dict[str, Dict[Any, float]
         for upper in rungs[i + 1:]:
             if lower not in runs or upper not in runs:
                 continue
-            ag = ladder.agreement(runs[lower], runs[upper], n_resamples=n_resamples, seed=0)
+            ag = ladder_stats.agreement(runs[lower], runs[upper], n_resamples=n_resamples, seed=0)
             if not ag.points:
                 continue
             pairs.append((lower, upper, ag))
@@ -184,7 +184,7 @@ def _summary(rungs: List[str], frames: Dict[str, pd.DataFrame], runs: Dict[str, 
         return [f'No DONE cell at the top rung {top!r}: what promotion found cannot be told yet.']
     frame = frames[top]
     promoted_points = {p for p, r in _runs(frame[_promoted(frame)]).items() if r}
-    decisions = ladder.select(runs[top], min_effect)
+    decisions = ladder_stats.select(runs[top], min_effect)
     best = decisions[0].point
     tied = [d.point for d in decisions[1:] if d.promote]
     ran_top = [p for p, r in runs[top].items() if r]
@@ -216,7 +216,7 @@ def _summary(rungs: List[str], frames: Dict[str, pd.DataFrame], runs: Dict[str, 
 def ladder_tables(name: str, spec: Mapping[str, Any], a: Analysis, m: Measurements) -> List[Table]:
     """Two tables per collected ladder grid: rank agreement between its rungs, and each rung's compute."""
     out = []
-    n_resamples = int(spec.get('resamples', ladder.N_RESAMPLES))
+    n_resamples = int(spec.get('resamples', ladder_stats.N_RESAMPLES))
     for (grid, env), frames in ladder_collections(m).items():
         any_frame = next(iter(frames.values()))
         rungs = [r for r in _rung_names(any_frame) if r in frames]

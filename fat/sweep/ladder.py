@@ -4,10 +4,10 @@ A grid with a `ladder:` has every point at every rung (`fat.sweep.cells`), but a
 was promoted to it: `fat sweep launch GRID` submits the first rung and the unfinished cells of the higher rungs that
 were started before (promoted, or launched with `--rung`), `--rung NAME` every point at that rung. `promote` takes the
 highest rung started, refuses unless all its cells have ended and its collection (`fat sweep collect`) shows them as
-they are now, chooses from that collection the points the statistics cannot yet exclude (`fat.report.ladder.select`,
-or the top k by mean) and submits them at the next rung, each submission recorded with `promoted_from` (collect writes
-it into the CSV, so the report can count what the promotions cost). A second promote finds the next rung started and
-not yet collected: it refuses, and submits nothing.
+they are now, chooses from that collection the points the statistics cannot yet exclude
+(`fat.report.ladder_stats.select`, or the top k by mean) and submits them at the next rung, each submission recorded
+with `promoted_from` (collect writes it into the CSV, so the report can count what the promotions cost). A second
+promote finds the next rung started and not yet collected: it refuses, and submits nothing.
 """
 import dataclasses
 import json
@@ -72,7 +72,7 @@ class Promotion:
     lower: str
     upper: str
     collection: Path  # the lower rung's CSV the decisions were made from
-    decisions: list  # fat.report.ladder.Decision, best first
+    decisions: list  # fat.report.ladder_stats.Decision, best first
     cells: List[Cell]  # the promoted points' cells at the upper rung
     top_k: Optional[int]
     min_effect: float
@@ -109,7 +109,7 @@ def _collected_rows(sweep: Sweep, lower: str, states: Sequence[CellState]) -> Tu
 def plan_promotion(sweep: Sweep, states: Sequence[CellState], top_k: Optional[int] = None) -> Optional[Promotion]:
     """What `fat sweep promote` submits; None when the highest rung started is the top of the ladder. InputError
     (nothing submitted) for a grid without a ladder, nothing started, or a lower rung not (freshly) collected."""
-    from fat.report import ladder, stats
+    from fat.report import ladder_stats, stats
     grid = sweep.grid
     if not grid.ladder:
         raise InputError([f'{grid.path}: no ladder: nothing to promote (a `ladder:` section declares the rungs)'])
@@ -131,7 +131,7 @@ def plan_promotion(sweep: Sweep, states: Sequence[CellState], top_k: Optional[in
         triples.append((point_of(st.cell), st.cell.axes.get('seed', st.cell.id),
                         math.nan if value is None else float(value)))
     min_effect = grid.min_effect or stats.DEFAULT_MIN_EFFECT
-    decisions = ladder.select(ladder.point_runs(triples), min_effect, top_k)
+    decisions = ladder_stats.select(ladder_stats.point_runs(triples), min_effect, top_k)
     chosen = {d.point for d in decisions if d.promote}
     cells = [st.cell for st in by_rung[upper] if point_of(st.cell) in chosen]
     return Promotion(lower, upper, path, decisions, cells, top_k, min_effect)

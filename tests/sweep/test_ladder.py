@@ -9,7 +9,7 @@ import submitit
 from sweep_helpers import REPO
 
 from fat.cli import main as cli_main
-from fat.report import ladder
+from fat.report import ladder_stats
 from fat.rundir import State
 from fat.sweep.cells import read_records
 from fat.sweep.ladder import point_of, scoped
@@ -96,9 +96,9 @@ def test_promote_refuses_before_collect_is_idempotent_and_takes_top_k(write_grid
     # promotes what the statistics module says, and says why for each point
     assert cli_main(['sweep', 'promote', *args, '--cluster', 'debug']) == 0
     printed = capsys.readouterr().out
-    runs = ladder.point_runs([(point_of(c), c.axes['seed'], row.top1) for c, row in
+    runs = ladder_stats.point_runs([(point_of(c), c.axes['seed'], row.top1) for c, row in
                               zip([c for c in sweep.cells if c.rung == 'lo'], lo.itertuples(), strict=True)])
-    expected = {d.point for d in ladder.select(runs, 1.0) if d.promote}
+    expected = {d.point for d in ladder_stats.select(runs, 1.0) if d.promote}
     states = sweep.states()
     mid = {point_of(st.cell) for st in states if st.cell.rung == 'mid' and st.state == State.DONE}
     assert mid == expected and "rung 'lo' -> 'mid'" in printed
@@ -134,10 +134,10 @@ def test_select_drops_only_points_shown_worse_at_min_effect():
             'close': {0: 79.9, 1: 81.2, 2: 80.1},        # within noise: kept
             'worse': {0: 70.0, 1: 70.8, 2: 70.3},        # 10 points down on every seed: dropped
             'lost': {}}                                   # no usable run: never promoted
-    decisions = {d.point: d for d in ladder.select(runs, min_effect=1.0)}
+    decisions = {d.point: d for d in ladder_stats.select(runs, min_effect=1.0)}
     assert [decisions[p].promote for p in ('best', 'close', 'worse', 'lost')] == [True, True, False, False]
     assert 'differs' in decisions['worse'].why and decisions['lost'].why == 'no usable run'
-    top = {d.point: d.promote for d in ladder.select(runs, 1.0, top_k=2)}
+    top = {d.point: d.promote for d in ladder_stats.select(runs, 1.0, top_k=2)}
     assert top == {'best': True, 'close': True, 'worse': False, 'lost': False}
 
 
