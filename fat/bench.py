@@ -125,9 +125,11 @@ def results_path(record: Dict[str, Any], results_dir: str = 'results') -> Path:
 
 
 def write_results(records: Sequence[Dict[str, Any]], path: Path, fields: Sequence[str] = FIELDS,
-                  row_key: Sequence[str] = _ROW_KEY) -> Path:
+                  row_key: Sequence[str] = _ROW_KEY,
+                  review: Optional[Callable[[List[Dict[str, str]]], List[Dict[str, str]]]] = None) -> Path:
     """Merge records into the CSV at ``path``: rows of the same measurement (equal ``row_key`` columns) are
-    replaced, others kept. A file written before a key column existed is matched on the key columns it has."""
+    replaced, others kept. A file written before a key column existed is matched on the key columns it has.
+    ``review`` gets the merged rows (as strings) and returns the rows to write."""
     rows: List[Dict[str, Any]] = []
     known = tuple(row_key)
     if path.exists():
@@ -138,6 +140,8 @@ def write_results(records: Sequence[Dict[str, Any]], path: Path, fields: Sequenc
     new = [{k: str(r.get(k, '')) for k in fields} for r in records]
     keys = {tuple(r[k] for k in known) for r in new}
     rows = [r for r in rows if tuple(r.get(k, '') for k in known) not in keys] + new
+    if review is not None:
+        rows = review(rows)
     with atomic_path(path) as tmp, tmp.open('w', newline='') as f:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction='ignore')
         writer.writeheader()

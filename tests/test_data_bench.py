@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from fat.cli import main
-from fat.contention import CPU_SHARE_MIN, Monitor
+from fat.contention import CPU_SHARE_MIN, SLOW_HOST, Monitor, slower_host
 from fat.data import SeededSamples, build_datasets
 from fat.data.bench import FIELDS, _children_cpu, _round, bench, results_path
 from fat.data.decode import image_loader
@@ -199,3 +199,36 @@ def test_the_gpu_decoder_part_skips_cleanly_on_the_cpu(benchmark_script, tmp_pat
     assert gpu_check.main(['--device', 'cpu', '--workdir', str(tmp_path), '--parts', 'nvjpeg_decode']) == 0
     out = capsys.readouterr().out
     assert 'SKIP nvjpeg_decode' in out and 'gpu_check: 0 passed, 0 failed, 1 skipped' in out
+
+
+def test_a_run_on_a_slower_host_is_flagged_against_the_files_other_runs():
+    """Defect: a whole run 20-25 % low passed every check, its calibrations slow with it (8.46 ms against the
+    6.5 ms of this machine's other runs). Rows kept in one file are compared across runs by the calibration's time."""
+    rows = [dict(calibration_ms='6.5', contended=''), dict(calibration_ms='8.46', contended='round 1: CPU share 0.5'),
+            dict(calibration_ms='7.1', contended=''), dict(calibration_ms='', contended='')]
+    flagged = slower_host(rows)
+    assert [r['contended'] for r in flagged[2:]] == ['', ''] and flagged[0]['contended'] == ''
+    assert flagged[1]['contended'] == ('round 1: CPU share 0.5; host slower than in the fastest run of this file: '
+                                       'calibration 8.46 ms, 1.30x its 6.5 ms')
+    # a faster run later: the verdicts follow it, and an earlier verdict of this kind is replaced, not repeated
+    again = slower_host(flagged + [dict(calibration_ms='5.5', contended='')])
+    assert [r['contended'].count(SLOW_HOST) for r in again] == [1, 1, 1, 0, 0]
+    assert '1.54x its 5.5 ms' in again[1]['contended']
+
+
+@pytest.mark.parametrize('earlier_ms,flagged', [('0.001', 'new'), ('1000000', 'earlier')])
+def test_bench_compares_its_run_with_the_files_earlier_runs(jpegs, tmp_path, capsys, earlier_ms, flagged):
+    assert main(['data', 'bench', str(jpegs), *FAST, '--results-dir', str(tmp_path)]) == 0
+    path = results_path(str(tmp_path))
+    fields, rows = _rows(path)
+    rows[0].update(workers='9', calibration_ms=earlier_ms, contended='')  # another figure, from another run
+    with path.open('w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    capsys.readouterr()
+    assert main(['data', 'bench', str(jpegs), *FAST, '--results-dir', str(tmp_path)]) == 0
+    by_workers = {r['workers']: r for r in _rows(path)[1]}
+    slow = {'new': '1', 'earlier': '9'}[flagged]
+    assert [w for w, r in by_workers.items() if SLOW_HOST in r['contended']] == [slow]
+    assert f'warning: pil x{slow} workers' in capsys.readouterr().err

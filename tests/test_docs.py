@@ -74,7 +74,7 @@ def test_readmes_cores_per_gpu_are_the_committed_loader_figure():
     from fat.sweep.ceiling import loader_figure
     text = _paragraph((REPO / 'README.md').read_text(), '**Cores per GPU**')
     per_core = loader_figure(REPO / 'results', 'pil', 224).value
-    assert f'{per_core:.0f} img/s per Xeon core' in text
+    assert f'{per_core:g} img/s per Xeon core' in text
     low, high = (int(x.replace(',', '')) for x in re.search(r'FAT-B0 ([\d,]+)-([\d,]+) img/s', text).groups())
     macs = json.loads((REPO / 'results' / 'complexity-pins.json').read_text())['models']
     needs = []

@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader
 
 import fat
 from fat.bench import write_results
-from fat.contention import Monitor, summarize_checks
+from fat.contention import SLOW_HOST, Monitor, slower_host, summarize_checks
 from fat.data.datasets import SeededSamples, build_datasets, build_transforms
 from fat.data.decode import DECODERS
 from fat.data.jpegs import MANIFEST, generate
@@ -152,6 +152,16 @@ def results_path(results_dir: str = 'runs/bench') -> Path:
     return Path(results_dir) / f"loader-{env_name(torch.__version__, 'cpu', cpu_name())}.csv"
 
 
+def _review(rows: List[Dict[str, str]]) -> List[Dict[str, str]]:
+    """The file's rows, this run's and earlier runs', compared across runs (`slower_host`); each slow one said."""
+    rows = slower_host(rows)
+    for row in rows:
+        if SLOW_HOST in row['contended']:
+            print(f"warning: {row['decoder']} x{row['workers']} workers ({row['dataset']}): {row['contended']}",
+                  file=sys.stderr)
+    return rows
+
+
 def _run(args: argparse.Namespace) -> int:
     overrides = dict(parse_override(text) for text in args.overrides)
     workers = len(os.sched_getaffinity(0)) if args.workers is None else args.workers
@@ -173,7 +183,7 @@ def _run(args: argparse.Namespace) -> int:
               f"{r['img_per_sec_per_core']:>7.1f} per core{spread}"
               + (f"  CONTENDED ({r['contended']})" if r['contended'] else ''))
     if not args.no_save:
-        path = write_results(records, results_path(args.results_dir), FIELDS, _ROW_KEY)
+        path = write_results(records, results_path(args.results_dir), FIELDS, _ROW_KEY, review=_review)
         print(f'wrote {path}')
     return 0
 
